@@ -1,0 +1,270 @@
+"""Typed configuration: plain dataclasses read from TOML (stdlib tomllib), with --set overrides.
+
+Unknown keys and wrong types are errors that name the key and the file. Every section has
+defaults, so a config file only states what differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the file."""
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture (Laborieux et al. 2021, Sec. 4): conv layers, then dense layers.
+
+    Each conv layer i has channels[i], kernels[i], strides[i], paddings[i] and a pooling letter
+    pools[i] ('m' max, 'a' avg, 'i' none). `hidden` lists dense hidden layers after the convs; the
+    last layer has n_classes units: an output layer in the dynamics for loss = "mse", a softmax
+    readout outside it for loss = "cross_entropy".
+    """
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    channels: list[int] = field(default_factory=list)
+    kernels: list[int] = field(default_factory=list)
+    strides: list[int] = field(default_factory=list)
+    paddings: list[int] = field(default_factory=list)
+    pools: str = ""
+    hidden: list[int] = field(default_factory=lambda: [512])
+    n_classes: int = 10
+    activation: str = "my_hard_sig"
+    loss: str = "mse"  # "mse" or "cross_entropy"
+    init_scale: Union[float, list[float]] = 1.0  # one for all layers or one per layer
+
+    def validate(self) -> None:
+        from .neurons import get_activation
+        from .synapses import POOLS
+
+        get_activation(self.activation)
+        n = len(self.channels)
+        for name in ("kernels", "strides", "paddings"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"model.{name} has {len(getattr(self, name))} entries, "
+                                  f"model.channels has {n}: give one per conv layer")
+        if len(self.pools) != n:
+            raise ConfigError(f"model.pools {self.pools!r} has {len(self.pools)} letters for {n} conv layers")
+        for c in self.pools:
+            if c not in POOLS:
+                known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
+                raise ConfigError(f"model.pools: unknown pooling letter {c!r}; use one of {known}")
+        if self.loss not in ("mse", "cross_entropy"):
+            raise ConfigError(f"model.loss must be 'mse' or 'cross_entropy', got {self.loss!r}")
+        if not self.input_shape or any(d < 1 for d in self.input_shape):
+            raise ConfigError(f"model.input_shape must be positive sizes, got {self.input_shape}")
+        if any(c < 1 for c in self.channels + self.hidden) or self.n_classes < 2:
+            raise ConfigError("model.channels and model.hidden must be >= 1 and n_classes >= 2")
+        n_layers = n + len(self.hidden) + 1
+        if isinstance(self.init_scale, list) and len(self.init_scale) != n_layers:
+            raise ConfigError(f"model.init_scale has {len(self.init_scale)} entries for {n_layers} layers")
+
+
+@dataclass
+class DynamicsConfig:
+    """Relaxation: T1 free steps, T2 steps per nudged phase, optional early stop at tol."""
+    T1: int = 20
+    T2: int = 4
+    tol: float = 0.0  # a phase ends early once max |s_{t+1} - s_t| < tol (0: run all steps)
+    dtype: str = "float32"  # or "float64" for checks
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
+
+    def validate(self) -> None:
+        if self.T1 <= 0 or self.T2 <= 0:
+            raise ConfigError(f"dynamics.T1 and dynamics.T2 must be > 0, got T1={self.T1}, T2={self.T2}")
+        if self.tol < 0 or not math.isfinite(self.tol):
+            raise ConfigError(f"dynamics.tol must be a finite number >= 0, got {self.tol}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dynamics.dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+
+ESTIMATORS = ("one_sided", "random_sign", "symmetric", "bptt")
+
+
+@dataclass
+class EstimatorConfig:
+    """Which gradient: EP one-sided (Eq. 4), random-sign, symmetric (Eq. 12), or BPTT."""
+    name: str = "symmetric"
+    beta: float = 0.5
+    truncate: int = 0  # BPTT only: backpropagate through the last `truncate` steps (0: all T1)
+
+    def validate(self) -> None:
+        if self.name not in ESTIMATORS:
+            raise ConfigError(f"estimator.name must be one of {', '.join(ESTIMATORS)}, got {self.name!r}")
+        if self.name != "bptt" and (self.beta == 0 or not math.isfinite(self.beta)):
+            raise ConfigError(f"estimator.beta must be a nonzero finite number for EP, got {self.beta}")
+        if self.truncate < 0:
+            raise ConfigError(f"estimator.truncate must be >= 0, got {self.truncate}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lrs: list[float] = field(default_factory=lambda: [0.05, 0.025])  # one per layer, readout last
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_batch_size: int = 1000
+    # "constant", or "cosine": torch's CosineAnnealingLR(T_max, eta_min) stepped once per epoch
+    scheduler: str = "constant"
+    T_max: int = 0  # cosine period in epochs (0: the number of epochs)
+    eta_min: float = 0.0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
+        if self.scheduler not in ("constant", "cosine"):
+            raise ConfigError(f"train.scheduler must be 'constant' or 'cosine', got {self.scheduler!r}")
+        if any(lr < 0 for lr in self.lrs):
+            raise ConfigError(f"train.lrs must be >= 0, got {self.lrs}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # "mnist", "mnist-quickstart" (shipped inside spikeep)
+    root: str = ""  # data folder; empty: $SPIKEEP_DATA, else ~/.cache/spikeep/data
+    subset: int = 0  # use only the first N training samples (0: all)
+    download: bool = False  # let torchvision download missing files (needs internet)
+
+
+@dataclass
+class GDUConfig:
+    """Step-wise EP vs BPTT check (Ernoult et al. 2019 Eq. 6; Laborieux et al. Fig. 2)."""
+    K: int = 20  # nudged steps compared
+    beta: float = 1e-3
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "spikeep"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    gdu: GDUConfig = field(default_factory=GDUConfig)
+
+    def validate(self) -> "Config":
+        try:
+            self.model.validate()
+            self.dynamics.validate()
+            self.estimator.validate()
+            self.train.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        n_layers = len(self.model.channels) + len(self.model.hidden) + 1
+        if len(self.train.lrs) != n_layers:
+            raise ConfigError(f"train.lrs has {len(self.train.lrs)} entries for {n_layers} layers "
+                              f"(one per layer, readout last)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- typed reading ------------------------------------------------------------------------------------
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for alt in typing.get_args(tp):
+            try:
+                return _check_type(value, alt, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _from_dict(tp, value, where)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return _from_dict(Config, data, "").validate()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
+    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))

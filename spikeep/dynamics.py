@@ -1,0 +1,66 @@
+"""Relaxation to equilibrium: the free phase (beta = 0) and the nudged phases (beta != 0).
+
+One loop for every neuron model: it calls the network's pure `step` T times, optionally stopping
+once the largest change of any neuron falls below `tol`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .network import EqNetwork, Inputs, State
+
+
+class Relaxed(NamedTuple):
+    state: State
+    steps: int  # steps actually run
+    delta: float  # max |s_T - s_{T-1}| over all neurons at the end (nan if not measured)
+
+
+def _check_steps(T: int, what: str) -> None:
+    if not isinstance(T, int) or T <= 0:
+        raise ValueError(f"{what} must be a positive number of steps, got {T!r}")
+
+
+def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
+          tol: float = 0.0) -> Relaxed:
+    """Run s_{t+1} = sigma(dPhi^beta/ds) for at most T steps from `state`.
+
+    With tol > 0 the loop stops at the first step whose largest change is below tol (this reads one
+    number from the device per step). Runs under no_grad unless autograd is wanted by the caller
+    (BPTT relaxes with the same step function).
+    """
+    _check_steps(T, "T")
+    if beta != 0.0 and inp.target is None:
+        raise ValueError("a nudged phase (beta != 0) needs labels y")
+    delta = float("nan")
+    for t in range(T):
+        new = net.step(inp, state, beta)
+        if tol > 0:
+            delta = max(float((a - b).abs().max()) for a, b in zip(new, state))
+            state = new
+            if delta < tol:
+                return Relaxed(state, t + 1, delta)
+        else:
+            state = new
+    return Relaxed(state, T, delta)
+
+
+@torch.no_grad()
+def free_phase(net: EqNetwork, inp: Inputs, T1: int, state: State | None = None,
+               tol: float = 0.0) -> Relaxed:
+    """First phase: from `state` (zeros by default) to the free equilibrium s*."""
+    _check_steps(T1, "T1")
+    state = net.init_state(inp.x.shape[0]) if state is None else state
+    return relax(net, inp, state, T1, 0.0, tol)
+
+
+@torch.no_grad()
+def nudged_phase(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float,
+                 tol: float = 0.0) -> Relaxed:
+    """Nudged phase: from s* with the loss pulling the output, for any beta != 0 (+ or -)."""
+    _check_steps(T2, "T2")
+    if beta == 0.0:
+        raise ValueError("a nudged phase needs beta != 0")
+    return relax(net, inp, s_free, T2, beta, tol)

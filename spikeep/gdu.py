@@ -1,0 +1,142 @@
+"""Gradient Descending Updates: EP's step-wise updates against BPTT's truncated gradients.
+
+Ernoult et al. 2019 (Eq. 6) and Laborieux et al. 2021 (Fig. 2): after a free phase long enough to
+reach s*, the EP update accumulated over the first t steps of the nudged phase,
+
+    one-sided:  -1/beta     (dPhi^beta/dtheta(s^beta_t) - dPhi/dtheta(s*))
+    symmetric:  -1/(2 beta) (dPhi^beta/dtheta(s^beta_t) - dPhi^-beta/dtheta(s^-beta_t)),
+
+equals (exactly when the transition derives from Phi, to first order in beta) the BPTT gradient
+of L(s_T) truncated to the last t steps of the free phase. Both are expressed as gradients of the
+loss (sign included).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bptt import bptt_per_step
+from .dynamics import free_phase
+from .network import EqNetwork
+
+Tensor = torch.Tensor
+
+
+def _layer_slices(net: EqNetwork) -> list[tuple[str, list[int]]]:
+    """Parameter indices of each layer (weight and bias together), readout last."""
+    ids = {id(p): i for i, p in enumerate(net.parameters())}
+    return [(name, [ids[id(p)] for p in layer.parameters()])
+            for name, layer in zip(net.layer_names(), net.layers)]
+
+
+@torch.no_grad()
+def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float) -> dict[str, Any]:
+    """Compare cumulative EP updates with truncated BPTT gradients for t = 1..K, per layer.
+
+    Returns a dict: {"t": [1..K], "layers": [...], "estimators": {name: {layer: {"rel_error": [...],
+    "cosine": [...]}}}, "delta_free": float} plus the raw cumulative updates under "traces"
+    (tensors, for plotting) which `save_gdu` drops from the JSON.
+    """
+    if K <= 0 or T1 <= 0:
+        raise ValueError(f"T1 and K must be positive numbers of steps, got T1={T1}, K={K}")
+    if beta == 0.0:
+        raise ValueError("the GDU check needs beta != 0")
+    inp = net.prepare(x, y)
+    free = free_phase(net, inp, T1)
+    s_star = free.state
+    delta = max(float((a - b).abs().max()) for a, b in zip(net.step(inp, s_star), s_star))
+
+    # BPTT: gradient of L(s_{T1+K}) through the last t steps only, t = 1..K (cumulative sum)
+    per_step = bptt_per_step(net, inp.x, inp.y, s_star, K)
+    bptt_cum, acc = [], [torch.zeros_like(g) for g in per_step[0]]
+    for g in per_step:
+        acc = [a + gi for a, gi in zip(acc, g)]
+        bptt_cum.append(acc)
+
+    # EP: nudged trajectories with +beta and -beta from s*
+    d_star = net.dphi_dtheta(inp, s_star, 0.0)
+    s_p, s_m = s_star, s_star
+    ep = {"one_sided": [], "symmetric": []}
+    for _ in range(K):
+        s_p = net.step(inp, s_p, beta)
+        s_m = net.step(inp, s_m, -beta)
+        d_p, d_m = net.dphi_dtheta(inp, s_p, beta), net.dphi_dtheta(inp, s_m, -beta)
+        ep["one_sided"].append([(b - a) / beta for a, b in zip(d_p, d_star)])
+        ep["symmetric"].append([(b - a) / (2 * beta) for a, b in zip(d_p, d_m)])
+
+    layers = _layer_slices(net)
+    out: dict[str, Any] = {"t": list(range(1, K + 1)), "layers": [n for n, _ in layers],
+                           "beta": beta, "T1": T1, "K": K, "delta_free": delta, "estimators": {}}
+    for est, traj in ep.items():
+        per_layer = {}
+        for name, idx in layers:
+            rel, cos = [], []
+            e_t = [torch.cat([traj[t][i].flatten() for i in idx]) for t in range(K)]
+            b_t = [torch.cat([bptt_cum[t][i].flatten() for i in idx]) for t in range(K)]
+            scale = max(float(b.norm()) for b in b_t)
+            for e, b in zip(e_t, b_t):
+                # before BPTT reaches a layer (t smaller than its distance to the output) its
+                # truncated gradient is zero: measure EP's error against the layer's largest one
+                nb = float(b.norm())
+                rel.append(float((e - b).norm()) / (nb if nb > 1e-9 * scale else max(scale, 1e-300)))
+                cos.append(float(torch.nn.functional.cosine_similarity(e, b, dim=0)) if nb > 1e-9 * scale
+                           else float("nan"))
+            per_layer[name] = {"rel_error": rel, "cosine": cos}
+        out["estimators"][est] = per_layer
+    # a few synapses per layer for the Fig. 2-like plot
+    g = torch.Generator().manual_seed(0)
+    samples = {}
+    for name, idx in layers:
+        w = idx[0]
+        n = bptt_cum[0][w].numel()
+        pick = torch.randperm(n, generator=g)[:3]
+        samples[name] = {
+            "index": pick.tolist(),
+            "bptt": [[float(bptt_cum[t][w].flatten()[j]) for t in range(K)] for j in pick],
+            **{est: [[float(ep[est][t][w].flatten()[j]) for t in range(K)] for j in pick] for est in ep},
+        }
+    out["samples"] = samples
+    return out
+
+
+def save_gdu(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write gdu.json and gdu.png (EP updates vs truncated BPTT per layer, like Fig. 2)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "gdu.json", out_dir / "gdu.png"
+    json_path.write_text(json.dumps(result, indent=1))
+
+    layers, t = result["layers"], result["t"]
+    fig, axes = plt.subplots(2, len(layers), figsize=(3.2 * len(layers), 6), squeeze=False)
+    for c, name in enumerate(layers):
+        ax = axes[0][c]
+        smp = result["samples"][name]
+        for j in range(len(smp["index"])):
+            col = f"C{j}"
+            ax.plot(t, smp["symmetric"][j], color=col, lw=1.5, label="EP symmetric" if j == 0 else None)
+            ax.plot(t, smp["one_sided"][j], color=col, lw=1, ls=":", label="EP one-sided" if j == 0 else None)
+            ax.plot(t, smp["bptt"][j], color=col, lw=1.5, ls="--", label="BPTT" if j == 0 else None)
+        ax.set_title(name)
+        ax.set_xlabel("t")
+        if c == 0:
+            ax.set_ylabel("update (dL/dw) of 3 weights")
+            ax.legend(fontsize=7)
+        ax = axes[1][c]
+        for est, ls in (("symmetric", "-"), ("one_sided", ":")):
+            ax.semilogy(t, result["estimators"][est][name]["rel_error"], ls=ls, label=est)
+        ax.set_xlabel("t")
+        if c == 0:
+            ax.set_ylabel("||EP - BPTT|| / ||BPTT||")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"EP vs truncated BPTT (beta={result['beta']}, T1={result['T1']}, K={result['K']})")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return json_path, png_path

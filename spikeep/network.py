@@ -1,0 +1,204 @@
+"""EqNetwork: layers of neurons joined by synapses, the primitive function Phi and one step of
+the rate dynamics (Laborieux et al. 2021, Eqs. 7-8 and 16-19).
+
+Layers: s_0 = x (clamped input), s_1 .. s_N (neurons). Synapse k joins s_{k-1} to s_k.
+
+* Squared error (Eq. 16): s_N is the output layer, inside the dynamics; the nudge adds
+  beta * (y - s_N) to its drive, i.e. Phi^beta = Phi - beta * 1/2 ||y - s_N||^2.
+* Cross-entropy (Eqs. 17-19): s_N is the last hidden layer; a softmax readout
+  y_hat = softmax(w_out s_N) sits outside the dynamics, Phi^beta = Phi - beta * CE(w_out s_N, y),
+  and the nudge adds beta * w_out^T (y - y_hat) to the drive of s_N.
+
+The step is explicit: s_{t+1} = sigma(dPhi/ds(x, s_t)) (Eq. 8), each layer's dPhi/ds being the
+forward drive from the layer below plus the feedback drive from the layer above. There is no
+autograd graph and no requires_grad on states while relaxing; `phi` exists for checks and for the
+autograd baseline.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .neurons import get_activation
+from .synapses import Conv, Dense
+
+Tensor = torch.Tensor
+State = tuple[Tensor, ...]
+
+
+class Inputs(NamedTuple):
+    """What stays constant while a batch relaxes; computed once per batch by EqNetwork.prepare."""
+    x: Tensor
+    drive: Tensor  # forward drive of the first layer, P(w_1 * x + b_1): x never changes
+    target: Optional[Tensor]  # one-hot y (float), None when no label is given
+    y: Optional[Tensor]  # integer labels
+
+
+class EqNetwork(nn.Module):
+    """A convergent recurrent network with static input, trained by EP or BPTT."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.input_shape = tuple(cfg.input_shape)
+        self.n_classes = cfg.n_classes
+        self.loss_name = cfg.loss
+        self.activation = get_activation(cfg.activation)
+        n_layers = len(cfg.channels) + len(cfg.hidden) + 1
+        scales = cfg.init_scale if isinstance(cfg.init_scale, list) else [cfg.init_scale] * n_layers
+
+        synapses: list[nn.Module] = []
+        shape: tuple[int, ...] = self.input_shape
+        for i, ch in enumerate(cfg.channels):
+            if len(shape) != 3:
+                raise ValueError(f"conv layer {i} needs a (channels, height, width) input, got {shape}")
+            conv = Conv(shape, ch, cfg.kernels[i], cfg.strides[i], cfg.paddings[i], cfg.pools[i],
+                        scales[i])
+            synapses.append(conv)
+            shape = conv.post_shape
+        for j, n in enumerate(cfg.hidden):
+            synapses.append(Dense(shape, n, scales[len(cfg.channels) + j]))
+            shape = (n,)
+        out = Dense(shape, cfg.n_classes, scales[-1])
+        if cfg.loss == "mse":
+            synapses.append(out)  # the output layer is a layer of the dynamics (Eq. 16)
+        # registration order fixes parameters(): synapses first, readout last
+        self.synapses = nn.ModuleList(synapses)
+        self.readout = out if cfg.loss != "mse" else None  # w_out: softmax readout (Eq. 17)
+        self.layer_shapes = [s.post_shape for s in synapses]
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[nn.Module]:
+        """Every synapse with parameters, readout last: one learning rate each."""
+        return list(self.synapses) + ([self.readout] if self.readout is not None else [])
+
+    def layer_names(self) -> list[str]:
+        names = [f"{type(s).__name__.lower()}{k}" for k, s in enumerate(self.synapses)]
+        return names + (["readout"] if self.readout is not None else [])
+
+    def init_state(self, batch: int) -> State:
+        p = self.synapses[0].weight
+        return tuple(torch.zeros(batch, *s, dtype=p.dtype, device=p.device) for s in self.layer_shapes)
+
+    def prepare(self, x: Tensor, y: Optional[Tensor] = None) -> Inputs:
+        """Check the batch and compute what stays constant while it relaxes."""
+        p = self.synapses[0].weight
+        if not torch.is_tensor(x) or x.dim() < 2:
+            raise ValueError(f"input must be a batch tensor of shape (B, {', '.join(map(str, self.input_shape))}), "
+                             f"got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+        first = self.synapses[0]
+        ok = (tuple(x.shape[1:]) == self.input_shape if isinstance(first, Conv)
+              else math.prod(x.shape[1:]) == math.prod(self.input_shape))
+        if not ok:
+            raise ValueError(f"input has shape {tuple(x.shape)}, the network expects (B, "
+                             f"{', '.join(map(str, self.input_shape))})")
+        x = x.to(device=p.device, dtype=p.dtype)
+        target = None
+        if y is not None:
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+            y = y.to(p.device)
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+                raise ValueError(f"labels must lie in [0, {self.n_classes}), got {int(y.min())}..{int(y.max())}")
+            target = F.one_hot(y, self.n_classes).to(p.dtype)
+        drive, _ = first.forward_drive(x)
+        return Inputs(x, drive, target, y)
+
+    # -- Phi and the loss (reference definitions, differentiable) --------------------------------
+    def logits(self, state: State) -> Tensor:
+        """Network output: s_N for squared error, the readout's logits w_out s_N for cross-entropy."""
+        if self.readout is None:
+            return state[-1]
+        return self.readout.forward_drive(state[-1])[0]
+
+    def loss(self, state: State, y: Tensor) -> Tensor:
+        """Per-sample loss: 1/2 ||s_N - y||^2 (Eq. 16) or CE(w_out s_N, y) (Eq. 18)."""
+        if self.readout is None:
+            t = F.one_hot(y, self.n_classes).to(state[-1].dtype)
+            return 0.5 * ((state[-1] - t) ** 2).sum(1)
+        return F.cross_entropy(self.logits(state), y, reduction="none")
+
+    def phi(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None) -> Tensor:
+        """Per-sample Phi^beta(x, s) = sum_k s_k . P(w_k * s_{k-1}) - beta L(s, y) (Eqs. 7, 16, 18)."""
+        layers = (x,) + tuple(state)
+        phi = sum(syn.phi(layers[k], layers[k + 1]) for k, syn in enumerate(self.synapses))
+        if beta != 0.0:
+            phi = phi - beta * self.loss(state, y)
+        return phi
+
+    # -- explicit dynamics --------------------------------------------------------------------------
+    def nudge(self, state: State, target: Tensor) -> Tensor:
+        """-dL/ds_N, the direction the nudge pushes the last layer (times beta in the drive)."""
+        if self.readout is None:
+            return target - state[-1]  # Eq. 16
+        p = torch.softmax(self.logits(state), dim=1)
+        return self.readout.feedback_drive(target - p, None)  # Eq. 19: w_out^T (y - softmax)
+
+    def drives(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
+        """dPhi^beta/ds for every layer, explicitly: forward drive + feedback drive (+ nudge).
+
+        The max-pool indices of synapse k+1 found in its forward pass (on s_k of this step) route
+        its feedback to s_k, exactly as autograd would differentiate Phi.
+        """
+        syn, n = self.synapses, len(self.synapses)
+        fwd, idx = [inp.drive], [None]
+        for k in range(1, n):
+            d, i = syn[k].forward_drive(state[k - 1])
+            fwd.append(d)
+            idx.append(i)
+        out = []
+        for k in range(n):
+            if k + 1 < n:
+                fb = syn[k + 1].feedback_drive(state[k + 1], idx[k + 1])
+                d = fwd[0] + fb if k == 0 else fwd[k].add_(fb)  # never write into inp.drive
+            else:
+                d = fwd[k].clone() if k == 0 else fwd[k]
+            out.append(d)
+        if beta != 0.0:
+            out[-1] = out[-1].add_(self.nudge(state, inp.target), alpha=beta)
+        return out
+
+    def step(self, inp: Inputs, state: State, beta: float = 0.0) -> State:
+        """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)) (Eq. 8).
+
+        A pure function of (parameters, inputs, state, beta): no Python-side state, so it can be
+        compiled or captured. Without autograd the activation runs in place on the fresh drives.
+        """
+        d = self.drives(inp, state, beta)
+        act = self.activation.fn if torch.is_grad_enabled() else self.activation.fn_
+        return tuple(act(v) for v in d)
+
+    # -- local updates ----------------------------------------------------------------------------
+    def dphi_dtheta(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
+        """Batch-mean dPhi^beta/dtheta for every parameter (order of self.parameters()).
+
+        Each synapse's share depends only on the states of its own two layers; the readout's is
+        -beta dL/dw_out (Eq. 18), which depends on s_N and the label.
+        """
+        layers = (inp.x,) + tuple(state)
+        grads: list[Tensor] = []
+        for k, syn in enumerate(self.synapses):
+            grads.extend(syn.local_update(layers[k], layers[k + 1]))
+        if self.readout is not None:
+            n = state[-1].shape[0]
+            if beta == 0.0:
+                grads.extend(torch.zeros_like(p) for p in self.readout.parameters())
+            else:
+                err = torch.softmax(self.logits(state), dim=1) - inp.target  # dCE/dz
+                s_n = state[-1].flatten(1)
+                grads.extend((-beta * (err.t() @ s_n) / n, -beta * err.sum(0) / n))
+        return grads
+
+    def forward(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None) -> State:
+        """One step from scratch: prepare (x, y) and run `step` (used with torch.func.functional_call)."""
+        return self.step(self.prepare(x, y), state, beta)
+
+    def extra_repr(self) -> str:
+        return f"input={self.input_shape}, activation={self.activation.name}, loss={self.loss_name}"
