@@ -56,6 +56,8 @@ def cmd_gdu(args) -> int:
         for name, m in layers.items():
             print(f"{est:>10} {name:>8}: rel. error at t=1..{g.K}: max {max(m['rel_error']):.2e}, "
                   f"at t=K {m['rel_error'][-1]:.2e}")
+    for w in result["warnings"]:
+        print(f"warning: {w}")
     print(f"wrote {json_path} and {png_path}")
     return 0
 

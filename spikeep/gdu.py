@@ -68,8 +68,20 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
         ep["symmetric"].append([(b - a) / (2 * beta) for a, b in zip(d_p, d_m)])
 
     layers = _layer_slices(net)
+    # errors are relative to ||BPTT(t)|| of the layer; where that is ~0 (a layer BPTT has not reached
+    # yet, t below its distance to the output, or a silent layer), relative to the layer's largest
+    # ||BPTT||, and failing that to the largest of any layer
+    top = max(float(g.norm()) for gs in bptt_cum for g in gs)
     out: dict[str, Any] = {"t": list(range(1, K + 1)), "layers": [n for n, _ in layers],
-                           "beta": beta, "T1": T1, "K": K, "delta_free": delta, "estimators": {}}
+                           "beta": beta, "T1": T1, "K": K, "delta_free": delta, "estimators": {},
+                           "warnings": []}
+    if top == 0.0:
+        top = 1.0
+        out["warnings"].append("BPTT's gradient is zero in every layer (silent or saturated network): "
+                               "errors are absolute, not relative")
+    if delta > 1e-6:
+        out["warnings"].append(f"the free phase has not converged (max |s_(T1+1) - s_T1| = {delta:.1e}): "
+                               f"the GDU property assumes s* is a fixed point; raise T1")
     for est, traj in ep.items():
         per_layer = {}
         for name, idx in layers:
@@ -77,9 +89,8 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
             e_t = [torch.cat([traj[t][i].flatten() for i in idx]) for t in range(K)]
             b_t = [torch.cat([bptt_cum[t][i].flatten() for i in idx]) for t in range(K)]
             scale = max(float(b.norm()) for b in b_t)
+            scale = scale if scale > 1e-9 * top else top
             for e, b in zip(e_t, b_t):
-                # before BPTT reaches a layer (t smaller than its distance to the output) its
-                # truncated gradient is zero: measure EP's error against the layer's largest one
                 nb = float(b.norm())
                 rel.append(float((e - b).norm()) / (nb if nb > 1e-9 * scale else max(scale, 1e-300)))
                 cos.append(float(torch.nn.functional.cosine_similarity(e, b, dim=0)) if nb > 1e-9 * scale
@@ -130,7 +141,9 @@ def save_gdu(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
             ax.legend(fontsize=7)
         ax = axes[1][c]
         for est, ls in (("symmetric", "-"), ("one_sided", ":")):
-            ax.semilogy(t, result["estimators"][est][name]["rel_error"], ls=ls, label=est)
+            ax.plot(t, result["estimators"][est][name]["rel_error"], ls=ls, label=est)
+        if any(v > 0 for est in result["estimators"].values() for v in est[name]["rel_error"]):
+            ax.set_yscale("log")
         ax.set_xlabel("t")
         if c == 0:
             ax.set_ylabel("||EP - BPTT|| / ||BPTT||")

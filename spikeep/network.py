@@ -176,6 +176,7 @@ class EqNetwork(nn.Module):
         return tuple(act(v) for v in d)
 
     # -- local updates ----------------------------------------------------------------------------
+    @torch.no_grad()
     def dphi_dtheta(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
         """Batch-mean dPhi^beta/dtheta for every parameter (order of self.parameters()).
 

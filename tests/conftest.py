@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeep.config import ModelConfig
+from spikeep.network import EqNetwork
+
+REPO = Path(__file__).resolve().parents[1]
+# Real data sets live in ../shared/data beside the checkout; $SPIKEEP_DATA overrides.
+os.environ.setdefault("SPIKEEP_DATA", str(REPO.parent / "shared" / "data"))
+
+
+def small_conv(pools="mm", paddings=(1, 1), loss="mse", activation="my_hard_sig", hidden=(), scale=1.0,
+               strides=(1, 1), in_shape=(1, 12, 12), channels=(4, 6), n_classes=5, seed=0) -> EqNetwork:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_shape=list(in_shape), channels=list(channels), kernels=[3] * len(channels),
+                      strides=list(strides), paddings=list(paddings), pools=pools, hidden=list(hidden),
+                      n_classes=n_classes, loss=loss, activation=activation, init_scale=scale)
+    return EqNetwork(cfg).double()
+
+
+def small_mlp(loss="mse", activation="my_hard_sig", hidden=(16,), in_shape=(1, 6, 6), n_classes=4, seed=0,
+              scale=1.0) -> EqNetwork:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_shape=list(in_shape), hidden=list(hidden), n_classes=n_classes, loss=loss,
+                      activation=activation, init_scale=scale)
+    return EqNetwork(cfg).double()
+
+
+def batch_for(net: EqNetwork, n: int = 5, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *net.input_shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, net.n_classes, (n,), generator=g)
+    return x, y
+
+
+def random_state(net: EqNetwork, n: int, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(n, *s, generator=g, dtype=torch.float64) for s in net.layer_shapes)
+
+
+def mnist_available() -> bool:
+    raw = Path(os.environ["SPIKEEP_DATA"]) / "MNIST" / "raw"
+    return raw.is_dir() and any(raw.iterdir())
+
+
+needs_mnist = pytest.mark.skipif(not mnist_available(), reason="real MNIST not found under $SPIKEEP_DATA")

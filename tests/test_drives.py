@@ -1,0 +1,99 @@
+"""Explicit drives and local updates against autograd of Phi (acceptance a), weight layouts."""
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import batch_for, random_state, small_conv, small_mlp
+from spikeep.dynamics import free_phase
+
+CASES = [(p, pad, loss) for p in ("m", "a", "i") for pad in (0, 1) for loss in ("mse", "cross_entropy")]
+
+
+def _max_rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def _check_drives(net, x, y, state):
+    inp = net.prepare(x, y)
+    for beta in (0.0, 0.5, -0.3):
+        with torch.no_grad():
+            explicit = net.drives(inp, state, beta)
+        st = tuple(s.clone().requires_grad_(True) for s in state)
+        auto = torch.autograd.grad(net.phi(x, st, beta, y).sum(), st)
+        for k, (e, a) in enumerate(zip(explicit, auto)):
+            assert e.shape == a.shape
+            assert _max_rel(e, a) <= 1e-6, f"layer {k}, beta {beta}: relative error {_max_rel(e, a):.2e}"
+        # local updates: batch-mean dPhi/dtheta
+        params = list(net.parameters())
+        auto_p = torch.autograd.grad(net.phi(x, state, beta, y).mean(), params, allow_unused=True)
+        for p, e, a in zip(params, net.dphi_dtheta(inp, state, beta), auto_p):
+            a = torch.zeros_like(p) if a is None else a
+            assert e.shape == p.shape
+            assert float((e - a).abs().max()) <= 1e-6 * max(float(a.abs().max()), 1e-12)
+
+
+@pytest.mark.parametrize("pool,pad,loss", CASES)
+def test_conv_drives_equal_autograd(pool, pad, loss):
+    # odd sizes (13 -> 11 or 13 -> 6 -> ...) exercise pooling remainders; stride 2 in the second layer
+    net = small_conv(pools=pool * 2, paddings=(pad, pad), loss=loss, hidden=(7,), strides=(1, 2),
+                     in_shape=(2, 13, 13))
+    x, y = batch_for(net)
+    _check_drives(net, x, y, random_state(net, x.shape[0]))
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_mlp_drives_equal_autograd(loss):
+    net = small_mlp(loss=loss, hidden=(20, 12))
+    x, y = batch_for(net)
+    _check_drives(net, x, y, random_state(net, x.shape[0]))
+
+
+def test_paper_convnet_shapes():
+    """The CIFAR-10 ConvNet: 32 -> 16 -> 8 -> 4 -> (pad 0) 2 -> 1, readout 512 -> 10."""
+    net = small_conv(pools="mmmm", paddings=(1, 1, 1, 0), strides=(1, 1, 1, 1), channels=(8, 8, 8, 8),
+                     in_shape=(3, 32, 32), loss="cross_entropy", n_classes=10)
+    assert net.layer_shapes == [(8, 16, 16), (8, 8, 8), (8, 4, 4), (8, 1, 1)]
+    x, y = batch_for(net, 3)
+    _check_drives(net, x, y, random_state(net, 3))
+
+
+def test_step_is_sigma_of_drive_and_relax_has_no_graph():
+    net = small_conv(loss="cross_entropy").float()
+    x, y = batch_for(net)
+    inp = net.prepare(x.float(), y)
+    s = free_phase(net, inp, 5).state
+    assert all(not v.requires_grad and v.grad_fn is None for v in s)
+    with torch.no_grad():
+        new = net.step(inp, s, 0.3)
+        want = [net.activation.fn(d) for d in net.drives(inp, s, 0.3)]
+    for a, b in zip(new, want):
+        torch.testing.assert_close(a, b)
+    assert inp.drive.data_ptr() != new[0].data_ptr()  # the constant input drive is never overwritten
+
+
+def test_weights_use_pytorch_layouts_and_init():
+    """Same seed -> the same weights as nn.Conv2d / nn.Linear; loaded into them, same forward drive."""
+    net = small_conv(pools="ii", paddings=(1, 0), hidden=(9,), in_shape=(2, 8, 8), seed=3)
+    torch.manual_seed(3)
+    conv0 = nn.Conv2d(2, 4, 3, 1, 1).double()
+    assert torch.equal(conv0.weight, net.synapses[0].weight) and torch.equal(conv0.bias, net.synapses[0].bias)
+    lin = nn.Linear(6 * 6 * 6, 9).double()
+    lin.load_state_dict({k.split(".")[-1]: v for k, v in net.state_dict().items() if k.startswith("synapses.2.")})
+    pre = torch.rand(3, 6, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(lin(pre.flatten(1)), net.synapses[2].forward_drive(pre)[0])
+    # init_scale multiplies weights and biases
+    scaled = small_conv(pools="ii", paddings=(1, 0), hidden=(9,), in_shape=(2, 8, 8), seed=3, scale=0.5)
+    torch.testing.assert_close(scaled.synapses[1].weight, 0.5 * net.synapses[1].weight)
+    torch.testing.assert_close(scaled.synapses[1].bias, 0.5 * net.synapses[1].bias)
+
+
+@pytest.mark.parametrize("name", ["my_hard_sig", "hard_sigmoid", "sigmoid", "tanh", "identity"])
+def test_activations_in_place_equal_out_of_place(name):
+    from spikeep.neurons import get_activation
+
+    a = get_activation(name)
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    torch.testing.assert_close(a.fn_(x.clone()), a.fn(x))
+    ref = {"my_hard_sig": (x / 2).clamp(0, 1), "hard_sigmoid": x.clamp(0, 1),
+           "sigmoid": 1 / (1 + torch.exp(-4 * (x - 0.5))), "tanh": torch.tanh(x), "identity": x}[name]
+    torch.testing.assert_close(a.fn(x), ref)

@@ -1,0 +1,127 @@
+"""EP estimators against BPTT (acceptance b) and their bookkeeping."""
+import math
+
+import pytest
+import torch
+
+from conftest import batch_for, small_conv, small_mlp
+from spikeep.bptt import bptt_gradients
+from spikeep.dynamics import free_phase, nudged_phase
+from spikeep.estimators import ep_gradients, one_sided_estimate, symmetric_estimate
+
+BETAS = (0.4, 0.2, 0.1, 0.05)
+
+
+def _flat(gs):
+    return torch.cat([g.flatten() for g in gs])
+
+
+def _slope(betas, errors):
+    lx = [math.log(b) for b in betas]
+    ly = [math.log(e) for e in errors]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def _converged_net(loss, pools):
+    # smooth dynamics (steep sigmoid, which is invertible): the fixed point is a stationary point of
+    # an energy, so EP -> BPTT as beta -> 0 with the orders the theory gives
+    net = small_conv(pools=pools, paddings=(1,), loss=loss, activation="sigmoid", hidden=(16,),
+                     in_shape=(1, 8, 8), channels=(4,), strides=(1,), n_classes=4, seed=1)
+    return net
+
+
+@pytest.mark.parametrize("loss,pools", [("cross_entropy", "a"), ("cross_entropy", "m"), ("mse", "a")])
+def test_ep_converges_to_bptt_with_beta(loss, pools):
+    net = _converged_net(loss, pools)
+    x, y = batch_for(net, 8)
+    inp = net.prepare(x, y)
+    T = 400
+    free = free_phase(net, inp, T, tol=1e-14)
+    assert free.delta < 1e-14, "free phase did not converge"
+    _, g_bptt = bptt_gradients(net, x, y, T, write=False)
+    ref = _flat(g_bptt)
+    one, sym = [], []
+    for beta in BETAS + (0.01,):
+        sp = nudged_phase(net, inp, free.state, T, beta).state
+        sm = nudged_phase(net, inp, free.state, T, -beta).state
+        o = one_sided_estimate(net, inp, free.state, sp, beta)
+        s = symmetric_estimate(net, inp, sp, sm, beta)
+        one.append(float((_flat(o) - ref).norm() / ref.norm()))
+        sym.append(float((_flat(s) - ref).norm() / ref.norm()))
+        if beta == 0.01:
+            for name, a, b in zip([n for n, _ in net.named_parameters()], s, g_bptt):
+                cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+                assert cos >= 0.999, f"{name}: cosine {cos:.5f} with BPTT at beta = 0.01"
+    s_one, s_sym = _slope(BETAS, one[:4]), _slope(BETAS, sym[:4])
+    if loss == "mse":  # the squared-error output saturates at large beta: fit the small-beta end
+        s_one, s_sym = _slope(BETAS[1:], one[1:4]), _slope(BETAS[1:], sym[1:4])
+    assert 0.7 <= s_one <= 1.3, f"one-sided error slope {s_one:.2f} (errors {one})"
+    assert s_sym >= 1.7, f"symmetric error slope {s_sym:.2f} (errors {sym})"
+    assert sym[-1] < one[-1]
+
+
+def test_paper_activation_symmetric_matches_bptt():
+    """With my_hard_sig (the paper's dynamics) the symmetric estimate at small beta matches BPTT."""
+    net = small_conv(pools="m", paddings=(1,), loss="cross_entropy", hidden=(16,), in_shape=(1, 8, 8),
+                     channels=(4,), strides=(1,), n_classes=4, seed=1)
+    x, y = batch_for(net, 8)
+    inp = net.prepare(x, y)
+    free = free_phase(net, inp, 300, tol=1e-14)
+    _, g_bptt = bptt_gradients(net, x, y, 300, write=False)
+    beta = 0.01
+    sp = nudged_phase(net, inp, free.state, 300, beta).state
+    sm = nudged_phase(net, inp, free.state, 300, -beta).state
+    for a, b in zip(symmetric_estimate(net, inp, sp, sm, beta), g_bptt):
+        assert float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)) >= 0.999
+
+
+def test_symmetric_is_mean_of_two_one_sided():
+    net = small_mlp()
+    x, y = batch_for(net)
+    inp = net.prepare(x, y)
+    s0 = free_phase(net, inp, 50).state
+    sp, sm = nudged_phase(net, inp, s0, 20, 0.3).state, nudged_phase(net, inp, s0, 20, -0.3).state
+    sym = symmetric_estimate(net, inp, sp, sm, 0.3)
+    plus, minus = one_sided_estimate(net, inp, s0, sp, 0.3), one_sided_estimate(net, inp, s0, sm, -0.3)
+    for s, a, b in zip(sym, plus, minus):
+        torch.testing.assert_close(s, (a + b) / 2)
+
+
+@pytest.mark.parametrize("estimator", ["one_sided", "random_sign", "symmetric"])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_grad_is_loss_gradient_and_descends(estimator, loss):
+    """The estimate lands in .grad with the loss's sign: a small SGD step lowers the loss."""
+    net = small_mlp(loss=loss, hidden=(32,), in_shape=(1, 8, 8))
+    x, y = batch_for(net, 32)
+    g = torch.Generator().manual_seed(0)
+    r = ep_gradients(net, x, y, estimator, 0.1, T1=60, T2=60, generator=g)
+    before = float(r.loss.mean())
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    opt.step()
+    with torch.no_grad():
+        after = float(net.loss(free_phase(net, net.prepare(x, y), 60).state, y).mean())
+    assert after < before
+
+
+def test_random_sign_draws_both_signs_reproducibly():
+    net = small_mlp()
+    x, y = batch_for(net)
+    signs = []
+    for seed in (0, 0, 1, 2, 3, 4, 5, 6):
+        g = torch.Generator().manual_seed(seed)
+        signs.append(ep_gradients(net, x, y, "random_sign", 0.2, 10, 5, generator=g).beta)
+    assert signs[0] == signs[1]  # same seed, same sign
+    assert {math.copysign(1, s) for s in signs} == {1.0, -1.0}
+    assert all(abs(s) == 0.2 for s in signs)
+
+
+def test_bptt_truncation_and_grads_match_autograd_of_loss():
+    net = small_conv(loss="cross_entropy")
+    x, y = batch_for(net)
+    r, g = bptt_gradients(net, x, y, T=12, truncate=4)
+    assert all(torch.equal(p.grad, gi) for p, gi in zip(net.parameters(), g))
+    r_full, g_full = bptt_gradients(net, x, y, T=12, write=False)
+    torch.testing.assert_close(r.loss, r_full.loss)  # same forward
+    assert any(not torch.allclose(a, b) for a, b in zip(g, g_full))  # truncation changes the gradient
