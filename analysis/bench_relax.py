@@ -12,6 +12,7 @@ network needs at initialisation to converge (max |s_{t+1} - s_t| < 1e-4).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import weakref
@@ -54,6 +55,13 @@ def explicit_relax(net: EqNetwork, x, y, state, T: int, beta: float):
 
 
 METHODS = {"explicit": explicit_relax, "autograd": autograd_relax}
+# variants timed: (method, channels_last). spikeep relaxes conv nets in NHWC by default; the paper's
+# code runs autograd in PyTorch's default NCHW layout. Both layouts are timed for both methods.
+VARIANTS = [("explicit", True), ("explicit", False), ("autograd", False), ("autograd", True)]
+
+
+def _label(method: str, cl: bool, name: str) -> str:
+    return method if name != "conv" else f"{method} {'NHWC' if cl else 'NCHW'}"
 
 
 def _sync(device):
@@ -71,23 +79,26 @@ def _setup(name: str, batch: int, device: str, seed: int = 0):
 
 
 def time_methods(name: str, batch: int, device: str, steps: int, repeats: int):
-    """Seconds per step of each method (best of `repeats`, the methods interleaved), same process,
-    same network and inputs; also the final states, to check the math is the same."""
+    """Seconds per step of each variant (best of `repeats`, variants interleaved), same process,
+    same weights and inputs; and the largest state difference between variants (same math)."""
     net, x, y, dev = _setup(name, batch, device)
+    variants = [v for v in VARIANTS if name == "conv" or not v[1]]
+    nets = {v: copy.deepcopy(net).use_channels_last(v[1]) for v in variants}
     with torch.no_grad():
         s0 = free_phase(net, net.prepare(x, y), 5).state  # start from a non-trivial state
-    best = {m: float("inf") for m in METHODS}
+    best = {v: float("inf") for v in variants}
     final = {}
-    for m, fn in METHODS.items():
-        fn(net, x, y, s0, 2, 0.0)  # warm-up
+    for v in variants:
+        METHODS[v[0]](nets[v], x, y, s0, 2, 0.0)  # warm-up
     for _ in range(repeats):
-        for m, fn in METHODS.items():
+        for v in variants:
             _sync(dev)
             t0 = time.perf_counter()
-            final[m] = fn(net, x, y, s0, steps, 0.0)
+            final[v] = METHODS[v[0]](nets[v], x, y, s0, steps, 0.0)
             _sync(dev)
-            best[m] = min(best[m], (time.perf_counter() - t0) / steps)
-    diff = max(float((u - v).abs().max()) for u, v in zip(final["explicit"], final["autograd"]))
+            best[v] = min(best[v], (time.perf_counter() - t0) / steps)
+    ref = final[variants[0]]
+    diff = max(float((u - w).abs().max()) for v in variants for u, w in zip(final[v], ref))
     return best, diff
 
 
@@ -122,9 +133,10 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def peak_memory(name: str, method: str, batch: int, device: str, steps: int) -> float:
+def peak_memory(name: str, method: str, cl: bool, batch: int, device: str, steps: int) -> float:
     """Peak MiB of tensors allocated by `steps` relaxation steps (states, drives, graph, indices)."""
     net, x, y, dev = _setup(name, batch, device)
+    net.use_channels_last(cl)
     s0 = net.init_state(batch)
     with LiveTensorBytes() as m:
         out = METHODS[method](net, x, y, s0, steps, 0.0)
@@ -157,18 +169,25 @@ def main() -> None:
     for name in a.nets.split(","):
         batch = a.conv_batch if name == "conv" else a.mlp_batch
         t, diff = time_methods(name, batch, a.device, a.steps, a.repeats)
-        mem = {m: peak_memory(name, m, batch, a.device, 3) for m in METHODS}
+        mem = {v: peak_memory(name, v[0], v[1], batch, a.device, 3) for v in t}
         conv_steps = steps_to_converge(name, batch, a.device)
-        ratio = t["autograd"] / t["explicit"]
+        main_ratio = t[("autograd", False)] / t[("explicit", name == "conv")]
         print(f"\n{name} (batch {batch}):")
-        for m in METHODS:
-            print(f"  {m:>9}: {1e3 * t[m]:8.2f} ms/step   peak memory {mem[m]:8.1f} MiB")
-        print(f"  speed-up explicit vs autograd: {ratio:.2f}x   (max state difference {diff:.1e})")
+        for v in t:
+            print(f"  {_label(*v, name):>14}: {1e3 * t[v]:8.2f} ms/step   peak memory {mem[v]:8.1f} MiB")
+        print(f"  speed-up, spikeep (explicit{' NHWC' if name == 'conv' else ''}) vs autograd of Phi as in the "
+              f"paper's code{' (NCHW)' if name == 'conv' else ''}: {main_ratio:.2f}x")
+        same = {}
+        if name == "conv":
+            for cl in (False, True):
+                same["NHWC" if cl else "NCHW"] = t[("autograd", cl)] / t[("explicit", cl)]
+            print("  speed-up in the same layout: " + ", ".join(f"{k} {r:.2f}x" for k, r in same.items()))
+        print(f"  max state difference between variants after {a.steps} steps: {diff:.1e}")
         print(f"  free phase at initialisation converges (max |ds| < 1e-4) after "
               f"{conv_steps if conv_steps > 0 else '> 2000'} steps")
-        results["nets"][name] = {"batch": batch, "ratio": ratio, "max_state_diff": diff,
-                                 "steps_to_converge": conv_steps,
-                                 **{m: {"s_per_step": t[m], "peak_mib": mem[m]} for m in METHODS}}
+        results["nets"][name] = {"batch": batch, "ratio": main_ratio, "ratio_same_layout": same,
+                                 "max_state_diff": diff, "steps_to_converge": conv_steps,
+                                 "variants": {_label(*v, name): {"s_per_step": t[v], "peak_mib": mem[v]} for v in t}}
     print("\npeak memory: largest total of live tensor storage created during a 3-step relaxation "
           "(states, drives, pooling indices, autograd graph), counted by a dispatch mode")
     if a.json:

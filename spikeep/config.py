@@ -75,6 +75,7 @@ class DynamicsConfig:
     tol: float = 0.0  # a phase ends early once max |s_{t+1} - s_t| < tol (0: run all steps)
     dtype: str = "float32"  # or "float64" for checks
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
+    channels_last: bool = True  # NHWC conv layers (same math, faster oneDNN/cuDNN convolutions)
 
     def validate(self) -> None:
         if self.T1 <= 0 or self.T2 <= 0:

@@ -72,6 +72,19 @@ class EqNetwork(nn.Module):
         self.synapses = nn.ModuleList(synapses)
         self.readout = out if cfg.loss != "mse" else None  # w_out: softmax readout (Eq. 17)
         self.layer_shapes = [s.post_shape for s in synapses]
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self, enable: bool = True) -> "EqNetwork":
+        """Keep conv weights, inputs and conv-layer states in NHWC order. Same math; on CPU the
+        oneDNN convolutions run without layout reorders (see analysis/bench_relax.py)."""
+        self.memory_format = torch.channels_last if enable else torch.contiguous_format
+        for syn in self.synapses:
+            if isinstance(syn, Conv):
+                syn.weight.data = syn.weight.data.contiguous(memory_format=self.memory_format)
+        return self
+
+    def _layout(self, t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=self.memory_format) if t.dim() == 4 else t
 
     # -- bookkeeping ------------------------------------------------------------------------------
     @property
@@ -85,7 +98,7 @@ class EqNetwork(nn.Module):
 
     def init_state(self, batch: int) -> State:
         p = self.synapses[0].weight
-        return tuple(torch.zeros(batch, *s, dtype=p.dtype, device=p.device) for s in self.layer_shapes)
+        return tuple(self._layout(torch.zeros(batch, *s, dtype=p.dtype, device=p.device)) for s in self.layer_shapes)
 
     def prepare(self, x: Tensor, y: Optional[Tensor] = None) -> Inputs:
         """Check the batch and compute what stays constant while it relaxes."""
@@ -99,7 +112,7 @@ class EqNetwork(nn.Module):
         if not ok:
             raise ValueError(f"input has shape {tuple(x.shape)}, the network expects (B, "
                              f"{', '.join(map(str, self.input_shape))})")
-        x = x.to(device=p.device, dtype=p.dtype)
+        x = self._layout(x.to(device=p.device, dtype=p.dtype))
         target = None
         if y is not None:
             if y.shape != (x.shape[0],):

@@ -36,7 +36,8 @@ def build_network(cfg: Config) -> EqNetwork:
     """The network of cfg.model, initialised from cfg.train.seed, on cfg.dynamics' device and dtype."""
     torch.manual_seed(cfg.train.seed)
     net = EqNetwork(cfg.model)
-    return net.to(device=resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
+    net = net.to(device=resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
+    return net.use_channels_last(cfg.dynamics.channels_last)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:

@@ -97,3 +97,19 @@ def test_activations_in_place_equal_out_of_place(name):
     ref = {"my_hard_sig": (x / 2).clamp(0, 1), "hard_sigmoid": x.clamp(0, 1),
            "sigmoid": 1 / (1 + torch.exp(-4 * (x - 0.5))), "tanh": torch.tanh(x), "identity": x}[name]
     torch.testing.assert_close(a.fn(x), ref)
+
+
+def test_channels_last_is_the_same_math():
+    net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(7,), in_shape=(2, 13, 13))
+    nhwc = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(7,),
+                      in_shape=(2, 13, 13)).use_channels_last()
+    x, y = batch_for(net)
+    a = free_phase(net, net.prepare(x, y), 20).state
+    inp = nhwc.prepare(x, y)
+    assert inp.x.is_contiguous(memory_format=torch.channels_last)
+    b = free_phase(nhwc, inp, 20).state
+    assert b[0].is_contiguous(memory_format=torch.channels_last)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    for g, h in zip(net.dphi_dtheta(net.prepare(x, y), a, 0.5), nhwc.dphi_dtheta(inp, b, 0.5)):
+        torch.testing.assert_close(g, h, rtol=1e-12, atol=1e-12)

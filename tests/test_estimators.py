@@ -125,3 +125,14 @@ def test_bptt_truncation_and_grads_match_autograd_of_loss():
     r_full, g_full = bptt_gradients(net, x, y, T=12, write=False)
     torch.testing.assert_close(r.loss, r_full.loss)  # same forward
     assert any(not torch.allclose(a, b) for a, b in zip(g, g_full))  # truncation changes the gradient
+
+
+def test_tolerance_ends_a_phase_early():
+    net = small_mlp()
+    x, y = batch_for(net)
+    inp = net.prepare(x, y)
+    full = free_phase(net, inp, 500)
+    early = free_phase(net, inp, 500, tol=1e-6)
+    assert early.steps < 500 and early.delta < 1e-6
+    for a, b in zip(early.state, full.state):
+        assert float((a - b).abs().max()) < 1e-4

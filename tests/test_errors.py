@@ -1,0 +1,107 @@
+"""Bad input gets a clear error naming the problem (acceptance f), config errors."""
+import pytest
+import torch
+
+from conftest import REPO, batch_for, small_conv, small_mlp
+from spikeep.config import ConfigError, ModelConfig, load_config
+from spikeep.dynamics import free_phase, nudged_phase, relax
+from spikeep.estimators import ep_gradients, one_sided_estimate, symmetric_estimate
+from spikeep.network import EqNetwork
+
+
+def test_wrong_input_shape():
+    net = small_conv()
+    with pytest.raises(ValueError, match=r"input has shape \(4, 1, 10, 12\).*expects \(B, 1, 12, 12\)"):
+        net.prepare(torch.zeros(4, 1, 10, 12, dtype=torch.float64))
+    mlp = small_mlp()
+    with pytest.raises(ValueError, match="expects"):
+        mlp.prepare(torch.zeros(4, 35, dtype=torch.float64))
+    mlp.prepare(torch.zeros(4, 36, dtype=torch.float64))  # a flat batch is fine for a dense first layer
+    with pytest.raises(ValueError, match="labels must have shape"):
+        mlp.prepare(torch.zeros(4, 36, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        mlp.prepare(torch.zeros(2, 36, dtype=torch.float64), torch.tensor([0, 4]))
+
+
+def test_unknown_activation_and_pool_letter():
+    with pytest.raises(ValueError, match="unknown activation 'relu'.*my_hard_sig"):
+        EqNetwork(ModelConfig(activation="relu"))
+    with pytest.raises(ValueError, match="unknown pooling letter 'x'"):
+        EqNetwork(ModelConfig(input_shape=[1, 8, 8], channels=[2], kernels=[3], strides=[1], paddings=[1],
+                              pools="x", hidden=[]))
+    with pytest.raises(ValueError, match="does not fit an input"):
+        EqNetwork(ModelConfig(input_shape=[1, 3, 3], channels=[2], kernels=[3], strides=[1], paddings=[0],
+                              pools="m", hidden=[]))
+
+
+def test_beta_zero_and_bad_steps():
+    net = small_mlp()
+    x, y = batch_for(net)
+    inp = net.prepare(x, y)
+    s = free_phase(net, inp, 5).state
+    for call in (lambda: nudged_phase(net, inp, s, 5, 0.0),
+                 lambda: one_sided_estimate(net, inp, s, s, 0.0),
+                 lambda: symmetric_estimate(net, inp, s, s, 0.0),
+                 lambda: ep_gradients(net, x, y, "symmetric", beta=0.0)):
+        with pytest.raises(ValueError, match="beta"):
+            call()
+    for T in (0, -3):
+        with pytest.raises(ValueError, match="T1 must be a positive number of steps"):
+            free_phase(net, inp, T)
+        with pytest.raises(ValueError, match="T2 must be a positive number of steps"):
+            nudged_phase(net, inp, s, T, 0.5)
+    with pytest.raises(ValueError, match="needs labels"):
+        relax(net, net.prepare(x), s, 3, beta=0.5)
+    with pytest.raises(ValueError, match="unknown EP estimator 'two_sided'"):
+        ep_gradients(net, x, y, "two_sided")
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "cfg.toml"
+    p.write_text(text)
+    return p
+
+
+def test_config_errors_name_key_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        load_config(tmp_path / "nope.toml")
+    p = _write(tmp_path, "[model]\nhiden = [10]\n")
+    with pytest.raises(ConfigError, match=r"cfg.toml: model: unknown key 'hiden'"):
+        load_config(p)
+    p = _write(tmp_path, "[dynamics]\nT1 = 'many'\n")
+    with pytest.raises(ConfigError, match=r"cfg.toml: dynamics.T1: expected int, got str 'many'"):
+        load_config(p)
+    p = _write(tmp_path, "[dynamics]\nT1 = 0\n")
+    with pytest.raises(ConfigError, match="T1 and dynamics.T2 must be > 0"):
+        load_config(p)
+    p = _write(tmp_path, "[estimator]\nbeta = 0.0\n")
+    with pytest.raises(ConfigError, match="estimator.beta must be a nonzero"):
+        load_config(p)
+    p = _write(tmp_path, "[train]\nlrs = [0.1]\n")
+    with pytest.raises(ConfigError, match="train.lrs has 1 entries for 2 layers"):
+        load_config(p)
+    p = _write(tmp_path, "[model]\nactivation = 'relu'\n[train]\nlrs=[0.1, 0.1]\n")
+    with pytest.raises(ConfigError, match="unknown activation 'relu'"):
+        load_config(p)
+    p = _write(tmp_path, "[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+
+
+def test_overrides_and_shipped_configs():
+    cfg = load_config(REPO / "models" / "mnist_mlp.toml", ["train.epochs=1", "estimator.name=one_sided",
+                                                          "dynamics.tol=1e-4"])
+    assert cfg.train.epochs == 1 and cfg.estimator.name == "one_sided" and cfg.dynamics.tol == 1e-4
+    assert cfg.name == "mnist_mlp"
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_config(REPO / "models" / "mnist_mlp.toml", ["train.epoch=1"])
+    for path in sorted((REPO / "models").glob("*.toml")):
+        cfg = load_config(path)
+        EqNetwork(cfg.model)  # every shipped config builds
+
+
+def test_cli_reports_errors(capsys, tmp_path):
+    from spikeep.cli import main
+
+    assert main(["train", str(tmp_path / "missing.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
