@@ -98,7 +98,7 @@ def load_quickstart() -> Dataset:
                    "mnist-quickstart")
 
 
-DATASETS = {"mnist": load_mnist, "mnist-quickstart": None}
+DATASETS = ("mnist", "mnist-quickstart")
 
 
 def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = False) -> Dataset:

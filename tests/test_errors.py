@@ -56,36 +56,30 @@ def test_beta_zero_and_bad_steps():
         ep_gradients(net, x, y, "two_sided")
 
 
-def _write(tmp_path, text):
+BAD_CONFIGS = [
+    ("[model]\nhiden = [10]\n", r"cfg.toml: model: unknown key 'hiden'"),
+    ("[dynamics]\nT1 = 'many'\n", r"cfg.toml: dynamics.T1: expected int, got str 'many'"),
+    ("[dynamics]\nT1 = 0\n", "T1 and dynamics.T2 must be > 0"),
+    ("[estimator]\nbeta = 0.0\n", "estimator.beta must be a nonzero"),
+    ("[train]\nlrs = [0.1]\n", "train.lrs has 1 entries for 2 layers"),
+    ("[model]\nactivation = 'relu'\n[train]\nlrs=[0.1, 0.1]\n", "unknown activation 'relu'"),
+    ("[model]\npools = 'q'\nchannels = [2]\nkernels = [3]\nstrides = [1]\npaddings = [0]\n",
+     "unknown pooling letter 'q'"),
+    ("[model\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_CONFIGS)
+def test_config_errors_name_key_and_file(tmp_path, text, message):
     p = tmp_path / "cfg.toml"
     p.write_text(text)
-    return p
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
 
 
-def test_config_errors_name_key_and_file(tmp_path):
+def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
         load_config(tmp_path / "nope.toml")
-    p = _write(tmp_path, "[model]\nhiden = [10]\n")
-    with pytest.raises(ConfigError, match=r"cfg.toml: model: unknown key 'hiden'"):
-        load_config(p)
-    p = _write(tmp_path, "[dynamics]\nT1 = 'many'\n")
-    with pytest.raises(ConfigError, match=r"cfg.toml: dynamics.T1: expected int, got str 'many'"):
-        load_config(p)
-    p = _write(tmp_path, "[dynamics]\nT1 = 0\n")
-    with pytest.raises(ConfigError, match="T1 and dynamics.T2 must be > 0"):
-        load_config(p)
-    p = _write(tmp_path, "[estimator]\nbeta = 0.0\n")
-    with pytest.raises(ConfigError, match="estimator.beta must be a nonzero"):
-        load_config(p)
-    p = _write(tmp_path, "[train]\nlrs = [0.1]\n")
-    with pytest.raises(ConfigError, match="train.lrs has 1 entries for 2 layers"):
-        load_config(p)
-    p = _write(tmp_path, "[model]\nactivation = 'relu'\n[train]\nlrs=[0.1, 0.1]\n")
-    with pytest.raises(ConfigError, match="unknown activation 'relu'"):
-        load_config(p)
-    p = _write(tmp_path, "[model\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(p)
 
 
 def test_overrides_and_shipped_configs():
