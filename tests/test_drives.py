@@ -113,3 +113,17 @@ def test_channels_last_is_the_same_math():
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
     for g, h in zip(net.dphi_dtheta(net.prepare(x, y), a, 0.5), nhwc.dphi_dtheta(inp, b, 0.5)):
         torch.testing.assert_close(g, h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_step_compiles_without_graph_breaks():
+    """The step is a pure function of (parameters, inputs, state, beta): torch.compile captures it
+    whole (fullgraph=True fails on any graph break) and gives the same states."""
+    net = small_conv(loss="cross_entropy").float()
+    x, y = batch_for(net, 8)
+    with torch.no_grad():
+        inp = net.prepare(x.float(), y)
+        s = free_phase(net, inp, 3).state
+        compiled = torch.compile(net.step, fullgraph=True)
+        for a, b in zip(compiled(inp, s, 0.5), net.step(inp, s, 0.5)):
+            torch.testing.assert_close(a, b)
