@@ -8,8 +8,8 @@ from pathlib import Path
 from .config import ConfigError, load_config
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="TOML config file (see models/)")
+def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("config", nargs=None if config_required else "?", help="TOML config file (see models/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides dynamics.device)")
@@ -23,12 +23,29 @@ def _config(args) -> "Config":  # noqa: F821
 def cmd_train(args) -> int:
     from .train import train
 
-    cfg = _config(args)
-    if args.download:
-        cfg.data.download = True
-    result = train(cfg, progress=not args.no_progress)
-    last = result.history[-1]
-    print(f"test accuracy: {last['test_acc']:.2f}%")
+    if args.resume:
+        if args.config or args.overrides:
+            raise ValueError("--resume continues a run with the config stored in its folder: give no CONFIG or --set")
+        result = train(run_dir=args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if not args.config:
+            raise ValueError("give a CONFIG file, or --resume RUN_DIR")
+        cfg = _config(args)
+        if args.download:
+            cfg.data.download = True
+        result = train(cfg, args.run_dir, progress=not args.no_progress, base_dir=args.runs)
+    if result.history:
+        last = result.history[-1]
+        print(f"test accuracy: {last['test_acc']:.2f}% (run folder {result.run_dir})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train import evaluate_run
+
+    r = evaluate_run(args.run_dir, args.weights, args.device)
+    print(f"{r['run_dir']} ({r['weights']}, {r['data']} test set): accuracy {r['test_acc']:.2f}%, "
+          f"loss {r['test_loss']:.4f}")
     return 0
 
 
@@ -65,11 +82,22 @@ def cmd_gdu(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a network from a config", description="Train a network from a TOML config.")
-    _add_common(p)
+    p = sub.add_parser("train", help="train a network from a config", description=(
+        "Train a network from a TOML config into a run folder (config, metrics.csv, summary.json, env.json, "
+        "checkpoints, curves.png, train.log). Under torchrun it trains data-parallel."))
+    _add_common(p, config_required=False)
+    p.add_argument("--run-dir", help="run folder (default: RUNS/<config name>/<timestamp>)")
+    p.add_argument("--runs", default="runs", help="where new run folders go (default: runs)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("evaluate", help="test accuracy of a run's weights",
+                       description="Evaluate a run folder's best (or last) weights on its test set.")
+    p.add_argument("run_dir", help="a run folder written by spikeep train")
+    p.add_argument("--weights", choices=["best", "last"], default="best")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("gdu", help="step-wise EP vs BPTT check (writes gdu.json and gdu.png)",
                        description="Compare EP's step-wise updates with BPTT's truncated gradients "
                                    "(Ernoult et al. 2019; Laborieux et al. 2021, Fig. 2).")
@@ -77,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder for gdu.json and gdu.png")
     p.set_defaults(fn=cmd_gdu)
     args = ap.parse_args(argv)
+    from .runs import CheckpointError
+    from .train import DivergenceError
+
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, CheckpointError, DivergenceError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"spikeep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 2 if not isinstance(e, DivergenceError) else 3
 
 
 if __name__ == "__main__":

@@ -118,8 +118,11 @@ class TrainConfig:
     scheduler: str = "constant"
     T_max: int = 0  # cosine period in epochs (0: the number of epochs)
     eta_min: float = 0.0
+    checkpoint_every: int = 0  # also checkpoint every N iterations within an epoch (0: epoch ends only)
 
     def validate(self) -> None:
+        if self.checkpoint_every < 0 or self.T_max < 0 or self.weight_decay < 0 or self.momentum < 0:
+            raise ConfigError("train.checkpoint_every, T_max, weight_decay and momentum must be >= 0")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
         if self.scheduler not in ("constant", "cosine"):
@@ -130,10 +133,28 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"  # "mnist", "mnist-quickstart" (shipped inside spikeep)
+    name: str = "mnist"  # "mnist", "mnist-quickstart" (shipped inside spikeep), "cifar10"
     root: str = ""  # data folder; empty: $SPIKEEP_DATA, else ~/.cache/spikeep/data
-    subset: int = 0  # use only the first N training samples (0: all)
+    npz: str = ""  # CIFAR-10 as an npz file (default ROOT/cifar10/cifar10.npz)
+    subset: int = 0  # keep N training samples drawn at random (0: all)
+    subset_seed: int = 0
     download: bool = False  # let torchvision download missing files (needs internet)
+    mean: list[float] = field(default_factory=list)  # per-channel normalisation (empty: none)
+    std: list[float] = field(default_factory=list)
+    crop_padding: int = 0  # random crop of the original size after padding by this much (0: off)
+    padding_mode: str = "edge"  # "constant", "edge", "reflect", "symmetric"
+    hflip: bool = False  # random horizontal flip
+
+    def validate(self) -> None:
+        if self.subset < 0 or self.crop_padding < 0:
+            raise ConfigError("data.subset and data.crop_padding must be >= 0")
+        if len(self.mean) != len(self.std):
+            raise ConfigError(f"data.mean and data.std must have the same length, got {self.mean} and {self.std}")
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"data.std must be > 0, got {self.std}")
+        if self.padding_mode not in ("constant", "edge", "reflect", "symmetric"):
+            raise ConfigError(f"data.padding_mode must be constant, edge, reflect or symmetric, "
+                              f"got {self.padding_mode!r}")
 
 
 @dataclass
@@ -161,6 +182,7 @@ class Config:
             self.dynamics.validate()
             self.estimator.validate()
             self.train.validate()
+            self.data.validate()
         except ConfigError:
             raise
         except ValueError as e:

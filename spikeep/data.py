@@ -1,10 +1,18 @@
-"""Data sets as tensors: MNIST through torchvision, and the small MNIST subset shipped with spikeep.
+"""Data sets as in-memory tensors: MNIST and CIFAR-10 through torchvision, CIFAR-10 from an npz
+file, and the small MNIST subset shipped with spikeep; normalisation and per-sample augmentation.
 
 Where data is looked for: the config's data.root, else $SPIKEEP_DATA, else ~/.cache/spikeep/data.
-MNIST is found in ROOT/MNIST/raw, either extracted or as the four official .gz archives. Archives in
-a read-only folder are copied to a writable cache first, and torchvision checks their md5 and
-extracts them there (no network involved). `download=True` keeps torchvision's normal download
-for users with internet.
+
+* MNIST: ROOT/MNIST/raw, extracted or as the four official .gz archives. Archives are copied to
+  spikeep's cache and torchvision checks their md5 and extracts them there (no network involved,
+  nothing written into ROOT).
+* CIFAR-10: the official python batches (ROOT/cifar-10-batches-py, read by torchvision's CIFAR10),
+  else an npz file with uint8 arrays x_train (N, 32, 32, 3), y_train, x_test, y_test
+  (data.npz, default ROOT/cifar10/cifar10.npz).
+
+`download=True` keeps torchvision's normal download for users with internet. Augmentation (random
+crop with padding, horizontal flip) runs per sample on whole batches, on the batch's device, with an
+explicit torch.Generator so runs are reproducible and resumable.
 """
 from __future__ import annotations
 
@@ -98,21 +106,97 @@ def load_quickstart() -> Dataset:
                    "mnist-quickstart")
 
 
-DATASETS = ("mnist", "mnist-quickstart")
+def _from_uint8_nhwc(x: np.ndarray, y: np.ndarray, what: str) -> Split:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or y.shape != (x.shape[0],):
+        raise ValueError(f"{what}: expected uint8 images (N, 32, 32, 3) and N labels, "
+                         f"got {x.dtype} {x.shape} and {y.shape}")
+    return Split(torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255).contiguous(),
+                 torch.from_numpy(y.astype(np.int64)))
 
 
-def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = False) -> Dataset:
+def load_cifar10(root: Optional[str | Path] = None, npz: str = "", download: bool = False) -> Dataset:
+    """CIFAR-10 as float tensors in [0, 1] of shape (N, 3, 32, 32)."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser() if root else default_root()
+    npz_path = Path(npz).expanduser() if npz else root / "cifar10" / "cifar10.npz"
+    if (root / "cifar-10-batches-py").is_dir() or (download and not npz_path.is_file()):
+        splits = [CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+        return Dataset(*(_from_uint8_nhwc(d.data, np.asarray(d.targets), f"CIFAR10 in {root}") for d in splits),
+                       "cifar10")
+    if npz_path.is_file():
+        try:
+            with np.load(npz_path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        except (KeyError, ValueError, OSError) as e:
+            raise ValueError(f"{npz_path} is not a CIFAR-10 npz with x_train, y_train, x_test, y_test: {e}") from None
+        return Dataset(_from_uint8_nhwc(arrays["x_train"], arrays["y_train"], str(npz_path)),
+                       _from_uint8_nhwc(arrays["x_test"], arrays["y_test"], str(npz_path)), "cifar10")
+    raise DataMissing(
+        f"CIFAR-10 not found: looked for the official batches in {root / 'cifar-10-batches-py'}/ and for "
+        f"an npz file at {npz_path}.\nPoint data.root (or $SPIKEEP_DATA) at a folder holding "
+        f"cifar-10-batches-py/ or cifar10/cifar10.npz, set data.npz to the npz file, or pass --download "
+        f"to let torchvision fetch the official files (needs internet).")
+
+
+DATASETS = ("mnist", "mnist-quickstart", "cifar10")
+
+
+def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = False, npz: str = "",
+                 subset_seed: int = 0) -> Dataset:
+    """Load a data set; `subset` keeps N training samples drawn at random (fixed by subset_seed),
+    so files ordered by class (like the shipped CIFAR-10 npz) still give every class."""
     if name == "mnist":
         ds = load_mnist(root or None, download)
     elif name == "mnist-quickstart":
         ds = load_quickstart()
+    elif name == "cifar10":
+        ds = load_cifar10(root or None, npz, download)
     else:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if subset < 0:
         raise ValueError(f"data.subset must be >= 0, got {subset}")
-    if subset:
-        ds = ds._replace(train=Split(ds.train.x[:subset], ds.train.y[:subset]))
+    if subset and subset < ds.train.y.shape[0]:
+        keep = torch.randperm(ds.train.y.shape[0], generator=torch.Generator().manual_seed(subset_seed))[:subset]
+        keep = keep.sort().values
+        ds = ds._replace(train=Split(ds.train.x[keep], ds.train.y[keep]))
     return ds
+
+
+def normalize(split: Split, mean: list[float], std: list[float]) -> Split:
+    """(x - mean) / std per channel (torchvision's Normalize, on the whole split at once)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if not mean:
+        return split
+    if len(mean) != split.x.shape[1] or len(std) != split.x.shape[1]:
+        raise ValueError(f"data.mean and data.std need one value per channel ({split.x.shape[1]}), "
+                         f"got {len(mean)} and {len(std)}")
+    if any(v <= 0 for v in std):
+        raise ValueError(f"data.std must be > 0, got {std}")
+    return Split(TF.normalize(split.x, mean, std), split.y)
+
+
+def augment(x: Tensor, generator: torch.Generator, crop_padding: int = 0, hflip: bool = False,
+            padding_mode: str = "edge") -> Tensor:
+    """Per-sample random crop (after padding by crop_padding) and horizontal flip of a batch.
+
+    Random numbers come from `generator` (on the CPU), drawn for the whole batch in a fixed order,
+    so a batch augments the same whatever process or device handles it.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    n, _, h, w = x.shape
+    if crop_padding > 0:
+        p = crop_padding
+        i = torch.randint(0, 2 * p + 1, (n,), generator=generator).tolist()
+        j = torch.randint(0, 2 * p + 1, (n,), generator=generator).tolist()
+        padded = TF.pad(x, [p, p, p, p], padding_mode=padding_mode)
+        x = torch.stack([TF.crop(padded[k], i[k], j[k], h, w) for k in range(n)])
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], TF.horizontal_flip(x), x)
+    return x
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False,

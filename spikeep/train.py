@@ -1,26 +1,42 @@
-"""Training: one EP (or BPTT) update per mini-batch, any torch.optim optimizer on top.
+"""Training: one EP (or BPTT) estimate per mini-batch, any torch.optim optimizer on top, in a run
+folder that survives crashes and resumes bit for bit.
 
-    build_network(cfg) -> EqNetwork      make_optimizer(net, cfg) -> SGD with one lr per layer
-    train_step(...)     -> gradients in .grad from EP or BPTT, then optimizer.step()
+    build_network(cfg) -> EqNetwork       make_optimizer / make_scheduler -> SGD with one lr per layer
+    train_step(...)     -> gradients in .grad from EP or BPTT
     evaluate(...)       -> loss and accuracy after a free phase of T1 steps
-    train(cfg)          -> the whole loop, with a tqdm bar per epoch
+    train(cfg, run_dir) -> the whole loop (run folder, checkpoints, resume, divergence checks,
+                           data-parallel over torch.distributed when started by torchrun)
+
+Randomness: the data order comes from one generator (its state at the start of each epoch is
+checkpointed, so a run resumed mid-epoch replays the same permutation), augmentation and random
+signs from a second one, checkpointed as it is. Every process of a distributed run draws the same
+numbers and takes its own slice of each global batch.
 """
 from __future__ import annotations
 
+import math
+import os
 import time
-from typing import Callable, NamedTuple, Optional
+from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from . import runs
 from .bptt import bptt_gradients
-from .config import Config
-from .data import Split, batches, load_dataset
+from .config import Config, config_from_dict
+from .data import Split, augment, batches, load_dataset, normalize
 from .dynamics import free_phase
 from .estimators import ep_gradients
-from .network import EqNetwork
+from .network import EqNetwork, State
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class DivergenceError(FloatingPointError):
+    """NaN or inf in states, gradients or weights; the message names the layer and iteration."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,22 +48,25 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def build_network(cfg: Config) -> EqNetwork:
-    """The network of cfg.model, initialised from cfg.train.seed, on cfg.dynamics' device and dtype."""
+def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:
+    """The network of cfg.model, initialised from cfg.train.seed, on the device and dtype asked for."""
     torch.manual_seed(cfg.train.seed)
     net = EqNetwork(cfg.model)
-    net = net.to(device=resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
+    net = net.to(device=device or resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
     return net.use_channels_last(cfg.dynamics.channels_last)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with one learning rate per layer (readout last), as in Laborieux et al. 2021."""
+    """SGD with one learning rate per layer (readout last), as in Laborieux et al. 2021; weight
+    decay applies to weights and biases alike, as in the paper's code."""
     t = cfg.train
     groups = [{"params": list(layer.parameters()), "lr": lr} for layer, lr in zip(net.layers, t.lrs)]
     return torch.optim.SGD(groups, lr=t.lrs[0], momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
+    """torch's CosineAnnealingLR(T_max, eta_min), stepped once per epoch. Past T_max it does not
+    stay at eta_min: the cosine goes on, so the learning rate climbs again (see README)."""
     t = cfg.train
     if t.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.T_max or t.epochs, eta_min=t.eta_min)
@@ -55,14 +74,14 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
 
 
 def train_step(net: EqNetwork, x: torch.Tensor, y: torch.Tensor, cfg: Config,
-               generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write the configured gradient estimate into .grad; returns (per-sample loss, logits)."""
+               generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+    """Write the configured gradient estimate into .grad; returns (per-sample loss, logits, state)."""
     d, e = cfg.dynamics, cfg.estimator
     if e.name == "bptt":
         r, _ = bptt_gradients(net, x, y, d.T1, e.truncate)
-        return r.loss, r.logits
+        return r.loss, r.logits, r.s_last
     r = ep_gradients(net, x, y, e.name, e.beta, d.T1, d.T2, d.tol, generator)
-    return r.loss, r.logits
+    return r.loss, r.logits, r.s_free
 
 
 @torch.no_grad()
@@ -80,46 +99,245 @@ def evaluate(net: EqNetwork, split: Split, cfg: Config) -> tuple[float, float]:
     return loss_sum / total, 100.0 * correct / total
 
 
+def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str) -> None:
+    """Raise DivergenceError naming the first tensor with NaN or inf (one device sync in the normal case)."""
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if bool(ok.all()):
+        return
+    name = named[int((~ok).nonzero()[0])][0]
+    raise DivergenceError(f"NaN or inf in the {what} of layer {name} at {where}")
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+class Dist(NamedTuple):
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: Config) -> tuple[Dist, torch.device]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(cfg.dynamics.device)
+    if world <= 1:
+        return Dist(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def average_gradients(net: EqNetwork, n_local: int, n_global: int) -> None:
+    """.grad <- the mean over the global batch: sum_r n_r * grad_r / n (one all-reduce)."""
+    params = list(net.parameters())
+    flat = torch.cat([p.grad.reshape(-1) for p in params]) * n_local
+    dist.all_reduce(flat)
+    flat /= n_global
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
 class TrainResult(NamedTuple):
     net: EqNetwork
     history: list[dict]  # one dict of metrics per epoch
+    run_dir: Optional[Path]
 
 
-def train(cfg: Config, progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    """Train cfg.model on cfg.data; returns the trained network and per-epoch metrics."""
+def _prepare_data(cfg: Config):
+    d = cfg.data
+    ds = load_dataset(d.name, d.root, d.subset, d.download, d.npz, d.subset_seed)
+    return normalize(ds.train, d.mean, d.std), normalize(ds.test, d.mean, d.std), ds.name
+
+
+def _checkpoint(net, opt, sched, cfg, epoch, batch, order_state, step_gen, stats, history, best) -> dict:
+    return {"format": runs.CHECKPOINT_FORMAT, "model": net.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch, "batch": batch,
+            "order_rng": order_state, "step_rng": step_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "epoch_stats": dict(stats), "history": history, "best": dict(best), "config": cfg.to_dict()}
+
+
+def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
+          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs") -> TrainResult:
+    """Train cfg.model on cfg.data in a run folder.
+
+    resume=True continues the run in `run_dir` from its checkpoint (cfg is then read from the folder);
+    otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given).
+    """
+    ckpt = None
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run folder")
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
+        import json
+        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+        if (run_dir / "checkpoint.pt").exists():
+            ckpt = runs.load_checkpoint(run_dir / "checkpoint.pt")
+    if cfg is None:
+        raise ValueError("train needs a config (or resume=True with a run folder)")
     cfg.validate()
-    ds = load_dataset(cfg.data.name, cfg.data.root, cfg.data.subset, cfg.data.download)
-    net = build_network(cfg)
+    ddp, device = init_distributed(cfg)
+    if not resume and ddp.main:
+        run_dir = Path(run_dir) if run_dir is not None else runs.new_run_dir(cfg.name, base_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    if ddp.world > 1:  # every process learns the folder rank 0 made
+        box = [str(run_dir) if ddp.main else None]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0])
+    log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
+    try:
+        return _train(cfg, run_dir, ckpt, ddp, device, log, progress and ddp.main)
+    finally:
+        runs.close_logger(log)
+
+
+def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
+    train_set, test_set, data_name = _prepare_data(cfg)
+    net = build_network(cfg, device)
     opt = make_optimizer(net, cfg)
     sched = make_scheduler(opt, cfg)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    dev = net.synapses[0].weight.device
-    log(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
-        f"{ds.test.y.shape[0]} test), device {dev}, {sum(p.numel() for p in net.parameters())} parameters")
-    history = []
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        seen, correct, loss_sum = 0, 0, 0.0
-        n_batches = -(-ds.train.y.shape[0] // cfg.train.batch_size)
-        bar = tqdm(batches(ds.train, cfg.train.batch_size, shuffle=True, generator=gen), total=n_batches,
+    order_gen = torch.Generator().manual_seed(cfg.train.seed)
+    step_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    history: list[dict] = []
+    best = {"test_acc": -1.0, "epoch": 0}
+    start_epoch, start_batch, stats = 1, 0, {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+    ckpt_path = run_dir / "checkpoint.pt"
+    if ckpt is not None:
+        runs.check_state_dict(ckpt_path, ckpt["model"], net)
+        try:
+            net.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(ckpt["scheduler"])
+            step_gen.set_state(ckpt["step_rng"])
+            order_gen.set_state(ckpt["order_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch, start_batch = int(ckpt["epoch"]) + 1, int(ckpt["batch"])
+            stats, history, best = dict(ckpt["epoch_stats"]), list(ckpt["history"]), dict(ckpt["best"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise runs.CheckpointError(f"{ckpt_path}: incomplete or foreign training state ({e})") from None
+        log.info(f"resuming {run_dir} at epoch {start_epoch}, batch {start_batch}")
+    elif ddp.main:
+        runs.write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
+
+    train_x, train_y = train_set.x.to(device), train_set.y.to(device)
+    n_train, B = train_y.shape[0], cfg.train.batch_size
+    n_batches = math.ceil(n_train / B)
+    d = cfg.data
+    log.info(f"{cfg.name}: {cfg.estimator.name} on {data_name} ({n_train} train, {test_set.y.shape[0]} test), "
+             f"device {device}, {ddp.world} process(es), {sum(p.numel() for p in net.parameters())} parameters, "
+             f"run folder {run_dir}")
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        if start_batch == 0:
+            order_state = order_gen.get_state()  # epoch start: what a resume needs to replay the order
+        else:
+            order_state = ckpt["order_rng"]
+            order_gen.set_state(order_state)
+        perm = torch.randperm(n_train, generator=order_gen).to(device)
+        t0 = time.perf_counter() - stats["seconds"]
+        bar = tqdm(range(start_batch, n_batches), initial=start_batch, total=n_batches,
                    desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
-        for x, y in bar:
-            x, y = x.to(dev), y.to(dev)
+        for b in bar:
+            idx = perm[b * B:(b + 1) * B]
+            x = train_x[idx]
+            if d.crop_padding or d.hflip:
+                x = augment(x, step_gen, d.crop_padding, d.hflip, d.padding_mode)
+            y = train_y[idx]
+            n_global = y.shape[0]
+            if ddp.world > 1:
+                part = torch.tensor_split(torch.arange(n_global), ddp.world)[ddp.rank]
+                x, y = x[part.to(device)], y[part.to(device)]
+            where = f"epoch {epoch}, iteration {b + 1}"
             opt.zero_grad(set_to_none=False)
-            loss, logits = train_step(net, x, y, cfg, gen)
+            if y.shape[0] > 0:
+                loss, logits, state = train_step(net, x, y, cfg, step_gen)
+                check_finite(list(zip(net.layer_names(), state)), "state", where)
+            else:  # a short last batch left this process nothing: it contributes zero
+                loss = logits = None
+                for p in net.parameters():
+                    p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+                if cfg.estimator.name == "random_sign":
+                    torch.randint(0, 2, (1,), generator=step_gen)  # keep the generators in step
+            if ddp.world > 1:
+                average_gradients(net, y.shape[0], n_global)
+            check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
             opt.step()
-            seen += y.shape[0]
-            loss_sum += float(loss.sum())
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(acc=f"{100 * correct / seen:.2f}%", loss=f"{loss_sum / seen:.4f}")
-        train_time = time.perf_counter() - t0
+            check_finite(list(net.named_parameters()), "weights", where)
+            if loss is not None:
+                stats["seen"] += y.shape[0]
+                stats["loss_sum"] += float(loss.sum())
+                stats["correct"] += int((logits.argmax(1) == y).sum())
+                bar.set_postfix(acc=f"{100 * stats['correct'] / stats['seen']:.2f}%",
+                                loss=f"{stats['loss_sum'] / stats['seen']:.4f}")
+            every = cfg.train.checkpoint_every
+            if every and (b + 1) % every == 0 and b + 1 < n_batches and ddp.main:
+                stats["seconds"] = time.perf_counter() - t0
+                runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch - 1, b + 1, order_state,
+                                                              step_gen, stats, history, best))
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        if ddp.world > 1:  # the epoch's train metrics over every process's shard
+            tot = torch.tensor([stats["seen"], stats["correct"], stats["loss_sum"]], dtype=torch.float64)
+            dist.all_reduce(tot)
+            stats.update(seen=int(tot[0]), correct=int(tot[1]), loss_sum=float(tot[2]))
         lr = opt.param_groups[0]["lr"]
         if sched is not None:
             sched.step()
-        test_loss, test_acc = evaluate(net, ds.test, cfg)
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": 100 * correct / seen,
-               "test_loss": test_loss, "test_acc": test_acc, "lr": lr, "seconds": train_time}
-        history.append(row)
-        log(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
-            f"(loss {test_loss:.4f}) | {train_time:.1f} s")
-    return TrainResult(net, history)
+        if ddp.main:
+            test_loss, test_acc = evaluate(net, test_set, cfg)
+            row = {"epoch": epoch, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
+                   "train_acc": 100 * stats["correct"] / max(stats["seen"], 1), "test_loss": test_loss,
+                   "test_acc": test_acc, "lr": lr, "seconds": train_seconds}
+            history.append(row)
+            if test_acc > best["test_acc"]:
+                best = {"test_acc": test_acc, "epoch": epoch}
+                runs.save_torch_atomic(run_dir / "best.pt", {"format": runs.CHECKPOINT_FORMAT,
+                                                            "model": net.state_dict(), "epoch": epoch,
+                                                            "test_acc": test_acc, "config": cfg.to_dict()})
+            stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+            runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch, 0, order_gen.get_state(),
+                                                          step_gen, stats, history, best))
+            runs.write_metrics(run_dir / "metrics.csv", history)
+            runs.write_json_atomic(run_dir / "summary.json",
+                                   runs.summary(history, sum(h["seconds"] for h in history), cfg.train.epochs))
+            runs.plot_curves(run_dir / "curves.png", history, f"{cfg.name} ({cfg.estimator.name})")
+            log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
+                     f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s")
+        stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+        start_batch = 0
+        if ddp.world > 1:
+            dist.barrier()
+    return TrainResult(net, history, run_dir)
+
+
+def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None) -> dict:
+    """Evaluate a run folder's best (or last) weights on its test set."""
+    import json
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
+    cfg = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
+    if device:
+        cfg.dynamics.device = device
+    path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
+    ckpt = runs.load_checkpoint(path, "weights")
+    net = build_network(cfg)
+    runs.check_state_dict(path, ckpt["model"], net)
+    net.load_state_dict(ckpt["model"])
+    _, test_set, name = _prepare_data(cfg)
+    loss, acc = evaluate(net, test_set, cfg)
+    return {"run_dir": str(run_dir), "weights": path.name, "data": name, "test_loss": loss, "test_acc": acc}

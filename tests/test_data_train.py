@@ -36,37 +36,37 @@ def test_mnist_from_archives_never_writes_into_the_data_folder(tmp_path, monkeyp
     assert (tmp_path / "cache" / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 
-def test_train_quickstart_end_to_end_is_reproducible():
+def test_train_quickstart_end_to_end_is_reproducible(tmp_path):
     cfg = load_config(REPO / "models" / "quickstart.toml", ["train.epochs=1", "data.subset=600"])
-    a = train(cfg, progress=False, log=lambda s: None)
-    b = train(cfg, progress=False, log=lambda s: None)
+    a = train(cfg, tmp_path / "a", progress=False, echo=False)
+    b = train(cfg, tmp_path / "b", progress=False, echo=False)
     assert a.history[0]["test_acc"] > 50.0  # 600 images, one epoch: well above chance (10 %)
     for p, q in zip(a.net.parameters(), b.net.parameters()):
         assert torch.equal(p, q)  # same seed, bitwise the same weights
 
 
 @pytest.mark.parametrize("estimator", ["one_sided", "random_sign", "bptt"])
-def test_every_estimator_trains(estimator):
+def test_every_estimator_trains(estimator, tmp_path):
     cfg = load_config(REPO / "models" / "quickstart.toml",
                       ["train.epochs=1", "data.subset=1000", f"estimator.name={estimator}"])
-    r = train(cfg, progress=False, log=lambda s: None)
+    r = train(cfg, tmp_path, progress=False, echo=False)
     assert r.history[0]["test_acc"] > 50.0
 
 
-def test_conv_network_trains_on_quickstart():
+def test_conv_network_trains_on_quickstart(tmp_path):
     over = ["train.epochs=1", "data.subset=1000", "model.channels=[8]", "model.kernels=[5]", "model.strides=[1]",
             "model.paddings=[0]", "model.pools=m", "model.hidden=[]", "train.lrs=[0.1, 0.05]",
             "dynamics.T1=15", "dynamics.T2=5"]
-    r = train(load_config(REPO / "models" / "quickstart.toml", over), progress=False, log=lambda s: None)
+    r = train(load_config(REPO / "models" / "quickstart.toml", over), tmp_path, progress=False, echo=False)
     assert r.history[0]["test_acc"] > 50.0
 
 
 @pytest.mark.slow
 @needs_mnist
-def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys):
+def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
     """Acceptance d: MLP 784-512-10, symmetric EP, >= 97.5 % test accuracy within 3 epochs; BPTT too."""
-    ep = train(load_config(REPO / "models" / "mnist_mlp.toml"), progress=False)
-    bptt = train(load_config(REPO / "models" / "mnist_mlp_bptt.toml"), progress=False)
+    ep = train(load_config(REPO / "models" / "mnist_mlp.toml"), tmp_path / "ep", progress=False)
+    bptt = train(load_config(REPO / "models" / "mnist_mlp_bptt.toml"), tmp_path / "bptt", progress=False)
     with capsys.disabled():
         for name, r in (("EP symmetric", ep), ("BPTT", bptt)):
             print(f"\n{name}: " + ", ".join(f"epoch {h['epoch']} {h['test_acc']:.2f}% ({h['seconds']:.1f} s)"

@@ -1,0 +1,208 @@
+"""Run folders: everything a training run writes, written so that a crash loses nothing already
+written, and read back safely.
+
+    runs/<config name>/<YYYYmmdd-HHMMSS>/
+        config.json    the resolved config (what `--resume` and `evaluate` read)
+        env.json       versions, device, git commit, command line, world size
+        metrics.csv    epoch, train/test loss and accuracy, learning rate, seconds
+        summary.json   best and final values
+        checkpoint.pt  the latest training state (model, optimizer, scheduler, RNGs, position)
+        best.pt        the weights with the best test accuracy so far
+        curves.png     train/test curves, redrawn each epoch
+        train.log      the log
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed over
+the old one, so a `kill -9` at any moment leaves either the old or the new file, never half of one.
+Checkpoints load with torch.load(weights_only=True) and are checked before anything is restored.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and why."""
+
+
+def new_run_dir(name: str, base: str | Path = "runs") -> Path:
+    """A fresh folder runs/<name>/<timestamp> (suffixed if two runs start in the same second)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / name / stamp
+    k = 1
+    while path.exists():
+        path = Path(base) / name / f"{stamp}-{k}"
+        k += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def _replace_atomically(path: Path, write) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def save_torch_atomic(path: Path, obj: Any) -> None:
+    _replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: Path, kind: str = "checkpoint") -> dict:
+    """Load a spikeep checkpoint safely (weights_only=True); any problem names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {kind} file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or holding objects that weights_only refuses
+        raise CheckpointError(f"{path}: cannot be read as a spikeep {kind} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT or "model" not in obj:
+        raise CheckpointError(f"{path}: not a spikeep {kind} (expected format {CHECKPOINT_FORMAT!r})")
+    return obj
+
+
+def check_state_dict(path: Path, state: dict, model: torch.nn.Module) -> None:
+    """The stored weights must fit the model exactly: same names, same shapes, finite."""
+    own = model.state_dict()
+    if set(state) != set(own):
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise CheckpointError(f"{path}: weights do not match the model (missing {missing}, unexpected {extra})")
+    for k, v in state.items():
+        if not torch.is_tensor(v) or v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(getattr(v, 'shape', ()))}, "
+                                  f"the model needs {tuple(own[k].shape)}")
+        if not torch.isfinite(v).all():
+            raise CheckpointError(f"{path}: {k} holds NaN or inf")
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("spikeep", "torch", "torchvision", "norse", "numpy", "h5py"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "world_size": world_size, "git_commit": git_commit(),
+        "command": sys.argv, "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    write_text_atomic(path, buf.getvalue())
+
+
+def summary(history: list[dict], total_seconds: float, epochs: int) -> dict[str, Any]:
+    best = max(history, key=lambda h: h["test_acc"])
+    last = history[-1]
+    return {"epochs_done": last["epoch"], "epochs": epochs, "finished": last["epoch"] == epochs,
+            "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+            "final_test_acc": last["test_acc"], "final_test_loss": last["test_loss"],
+            "final_train_acc": last["train_acc"], "final_train_loss": last["train_loss"],
+            "train_seconds": total_seconds}
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(ep, [100 - h["train_acc"] for h in history], "o-", label="train")
+    b.plot(ep, [100 - h["test_acc"] for h in history], "s-", label="test")
+    b.set_xlabel("epoch")
+    b.set_ylabel("error (%)")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    _replace_atomically(path, lambda f: f.write(buf.getvalue()))
+
+
+def get_logger(run_dir: Optional[Path], enabled: bool = True, echo: bool = True) -> logging.Logger:
+    """A logger writing to run_dir/train.log (appending, so a resumed run keeps its history)."""
+    log = logging.getLogger(f"spikeep.run.{run_dir}.{time.time_ns()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not enabled:
+        log.addHandler(logging.NullHandler())
+        return log
+    if run_dir is not None:
+        fh = logging.FileHandler(Path(run_dir) / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+    if echo:
+        sh = logging.StreamHandler(sys.stdout)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    return log
+
+
+def close_logger(log: logging.Logger) -> None:
+    for h in list(log.handlers):
+        h.close()
+        log.removeHandler(h)
