@@ -199,6 +199,12 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
     try:
         return _train(cfg, run_dir, ckpt, ddp, device, log, progress and ddp.main)
+    except DivergenceError as e:
+        ck = run_dir / "checkpoint.pt"
+        msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
+                                         else "No checkpoint had been written yet.")
+        log.error(msg)
+        raise DivergenceError(msg) from None
     finally:
         runs.close_logger(log)
 
