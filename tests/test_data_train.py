@@ -73,3 +73,64 @@ def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
                                             for h in r.history))
     assert len(ep.history) <= 3 and ep.history[-1]["test_acc"] >= 97.5
     assert bptt.history[-1]["test_acc"] >= 97.0
+
+
+def _tiny_cifar_npz(path, n_train=40, n_test=20, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(n_train) % 10, x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(n_test) % 10)
+
+
+def test_cifar10_from_npz_and_missing_message(tmp_path):
+    import numpy as np
+
+    _tiny_cifar_npz(tmp_path / "c.npz")
+    ds = load_dataset("cifar10", str(tmp_path), npz=str(tmp_path / "c.npz"))
+    z = np.load(tmp_path / "c.npz")
+    assert ds.train.x.shape == (40, 3, 32, 32) and ds.test.y.tolist() == z["y_test"].tolist()
+    # NHWC uint8 -> NCHW float in [0, 1], pixel for pixel
+    assert torch.equal((ds.train.x * 255).round().to(torch.uint8), torch.from_numpy(z["x_train"]).permute(0, 3, 1, 2))
+    sub = load_dataset("cifar10", str(tmp_path), subset=10, npz=str(tmp_path / "c.npz"))
+    assert sub.train.x.shape[0] == 10 and len(set(sub.train.y.tolist())) > 1  # drawn at random, not the first 10
+    with pytest.raises(DataMissing, match=r"(?s)CIFAR-10 not found.*cifar-10-batches-py.*cifar10.npz.*--download"):
+        load_dataset("cifar10", str(tmp_path / "empty"))
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((2, 32, 32), dtype=np.uint8))
+    with pytest.raises(ValueError, match="not a CIFAR-10 npz"):
+        load_dataset("cifar10", npz=str(tmp_path / "bad.npz"))
+
+
+@pytest.mark.slow
+def test_real_cifar10_npz():
+    root = os.environ["SPIKEEP_DATA"]
+    if not os.path.isfile(os.path.join(root, "cifar10", "cifar10.npz")):
+        pytest.skip("CIFAR-10 npz not found under $SPIKEEP_DATA")
+    ds = load_dataset("cifar10", root)
+    assert ds.train.x.shape == (50000, 3, 32, 32) and ds.test.x.shape == (10000, 3, 32, 32)
+    assert torch.equal(torch.bincount(ds.train.y), torch.full((10,), 5000))
+    mean = ds.train.x.mean((0, 2, 3)) * 255  # the published CIFAR-10 channel means
+    torch.testing.assert_close(mean, torch.tensor([125.307, 122.950, 113.865]), atol=0.01, rtol=0)
+
+
+def test_augment_is_per_sample_reproducible_and_correct():
+    from torchvision.transforms.v2 import functional as TF
+
+    from spikeep.data import augment, normalize
+    from spikeep.data import Split
+
+    x = torch.rand(64, 3, 8, 8)
+    a = augment(x, torch.Generator().manual_seed(3), 2, True)
+    b = augment(x, torch.Generator().manual_seed(3), 2, True)
+    assert torch.equal(a, b) and a.shape == x.shape
+    g = torch.Generator().manual_seed(3)
+    i, j = torch.randint(0, 5, (64,), generator=g), torch.randint(0, 5, (64,), generator=g)
+    flip = torch.rand(64, generator=g) < 0.5
+    padded = TF.pad(x, [2, 2, 2, 2], padding_mode="edge")
+    for k in range(64):
+        want = padded[k, :, i[k]:i[k] + 8, j[k]:j[k] + 8]
+        assert torch.equal(a[k], want.flip(-1) if flip[k] else want)
+    assert 10 < int(flip.sum()) < 54 and len(set(zip(i.tolist(), j.tolist()))) > 10
+    n = normalize(Split(x, torch.zeros(64, dtype=torch.long)), [0.5, 0.5, 0.5], [0.25, 0.5, 1.0])
+    torch.testing.assert_close(n.x[:, 1], (x[:, 1] - 0.5) / 0.5)

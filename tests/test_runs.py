@@ -155,7 +155,7 @@ def test_divergence_stops_the_run_naming_layer_and_iteration(tmp_path):
 
 def test_cosine_schedule_after_t_max_climbs_again():
     """The paper's CosineAnnealingLR(T_max=100, eta_min=1e-5) run for 120 epochs: at epoch 100 the
-    rate is eta_min, then it rises along the cosine (closed form), reaching ~9.5 % of the base at 120."""
+    rate is eta_min, then it rises along the cosine (closed form), epoch 120 runs at ~8.6 % of the base rate."""
     cfg = load_config(REPO / "models" / "cifar10_ep_symmetric_ce.toml")
     net = build_network(cfg)
     opt = make_optimizer(net, cfg)
@@ -169,13 +169,14 @@ def test_cosine_schedule_after_t_max_climbs_again():
     closed = lambda t: 1e-5 + (0.25 - 1e-5) * (1 + math.cos(math.pi * t / 100)) / 2
     assert lrs[100] == pytest.approx(1e-5, rel=1e-6)
     assert lrs[119] == pytest.approx(closed(119), rel=1e-6)
-    assert lrs[119] > lrs[110] > lrs[100]
+    assert lrs[119] == pytest.approx(0.02162, rel=1e-3) and lrs[119] > lrs[110] > lrs[100]
 
 
 def test_two_gloo_processes_equal_one(tmp_path):
     over = ["--set", "dynamics.dtype=float64", "--set", "train.epochs=1", "--set", "data.subset=200",
             "--set", "model.hidden=[32]", "--set", "train.batch_size=32", "--set", "estimator.name=random_sign",
-            "--set", "dynamics.T1=15", "--set", "dynamics.T2=5"]
+            "--set", "dynamics.T1=15", "--set", "dynamics.T2=5", "--set", "data.crop_padding=2",
+            "--set", "data.hflip=true"]
     cfg = str(REPO / "models" / "quickstart.toml")
     single = tmp_path / "single"
     r = subprocess.run([sys.executable, "-m", "spikeep.cli", "train", cfg, "--no-progress", "--run-dir",
