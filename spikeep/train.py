@@ -99,13 +99,23 @@ def evaluate(net: EqNetwork, split: Split, cfg: Config) -> tuple[float, float]:
     return loss_sum / total, 100.0 * correct / total
 
 
-def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str) -> None:
-    """Raise DivergenceError naming the first tensor with NaN or inf (one device sync in the normal case)."""
+def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> Optional[str]:
+    """Name of the first tensor holding NaN or inf, or None (one device sync in the normal case)."""
     ok = torch.stack([torch.isfinite(t).all() for _, t in named])
-    if bool(ok.all()):
-        return
-    name = named[int((~ok).nonzero()[0])][0]
-    raise DivergenceError(f"NaN or inf in the {what} of layer {name} at {where}")
+    return None if bool(ok.all()) else named[int((~ok).nonzero()[0])][0]
+
+
+def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str, ddp: "Dist" = None) -> None:
+    """Raise DivergenceError naming the layer and iteration. In a distributed run every process
+    learns of it (one tiny all-reduce), so none is left waiting in a collective."""
+    bad = first_nonfinite(named)
+    if ddp is not None and ddp.world > 1:
+        flag = torch.tensor([0.0 if bad is None else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if bad is None and flag.item() > 0:
+            raise DivergenceError(f"NaN or inf in the {what} of another process at {where}")
+    if bad is not None:
+        raise DivergenceError(f"NaN or inf in the {what} of layer {bad} at {where}")
 
 
 # -- distributed -----------------------------------------------------------------------------------
@@ -164,6 +174,13 @@ def _checkpoint(net, opt, sched, cfg, epoch, batch, order_state, step_gen, stats
             "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch, "batch": batch,
             "order_rng": order_state, "step_rng": step_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "epoch_stats": dict(stats), "history": history, "best": dict(best), "config": cfg.to_dict()}
+
+
+def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
+    runs.write_metrics(run_dir / "metrics.csv", history)
+    runs.write_json_atomic(run_dir / "summary.json",
+                           runs.summary(history, sum(h["seconds"] for h in history), cfg.train.epochs))
+    runs.plot_curves(run_dir / "curves.png", history, f"{cfg.name} ({cfg.estimator.name})")
 
 
 def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
@@ -235,6 +252,8 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise runs.CheckpointError(f"{ckpt_path}: incomplete or foreign training state ({e})") from None
         log.info(f"resuming {run_dir} at epoch {start_epoch}, batch {start_batch}")
+        if history and ddp.main:  # a crash may have come between the checkpoint and these files
+            _write_epoch_files(run_dir, cfg, history)
     elif ddp.main:
         runs.write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
 
@@ -269,13 +288,15 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
             opt.zero_grad(set_to_none=False)
             if y.shape[0] > 0:
                 loss, logits, state = train_step(net, x, y, cfg, step_gen)
-                check_finite(list(zip(net.layer_names(), state)), "state", where)
+                named_state = list(zip(net.layer_names(), state))
             else:  # a short last batch left this process nothing: it contributes zero
                 loss = logits = None
                 for p in net.parameters():
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
                 if cfg.estimator.name == "random_sign":
                     torch.randint(0, 2, (1,), generator=step_gen)  # keep the generators in step
+                named_state = [("input", x)]
+            check_finite(named_state, "state", where, ddp)
             if ddp.world > 1:
                 average_gradients(net, y.shape[0], n_global)
             check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
@@ -315,10 +336,7 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
             stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
             runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch, 0, order_gen.get_state(),
                                                           step_gen, stats, history, best))
-            runs.write_metrics(run_dir / "metrics.csv", history)
-            runs.write_json_atomic(run_dir / "summary.json",
-                                   runs.summary(history, sum(h["seconds"] for h in history), cfg.train.epochs))
-            runs.plot_curves(run_dir / "curves.png", history, f"{cfg.name} ({cfg.estimator.name})")
+            _write_epoch_files(run_dir, cfg, history)
             log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
                      f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s")
         stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
