@@ -72,6 +72,9 @@ def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
             print(f"\n{name}: " + ", ".join(f"epoch {h['epoch']} {h['test_acc']:.2f}% ({h['seconds']:.1f} s)"
                                             for h in r.history))
     assert len(ep.history) <= 3 and ep.history[-1]["test_acc"] >= 97.5
+    files = {p.name for p in (tmp_path / "ep").iterdir()}
+    assert {"config.json", "env.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "curves.png",
+            "train.log"} <= files
     assert bptt.history[-1]["test_acc"] >= 97.0
 
 
