@@ -1,0 +1,7 @@
+"""spikeep: Equilibrium Propagation on rate-coded (and spiking) networks."""
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("spikeep")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

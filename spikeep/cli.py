@@ -79,6 +79,19 @@ def cmd_gdu(args) -> int:
     return 0
 
 
+def cmd_traces(args) -> int:
+    from . import traces
+
+    if args.action == "info":
+        print(traces.info(args.file))
+    else:
+        if not args.layer:
+            raise ValueError("traces export needs --layer NAME (see 'spikeep traces info FILE')")
+        out = traces.export(args.file, args.layer, args.format, args.out)
+        print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -104,13 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("--out", required=True, help="output folder for gdu.json and gdu.png")
     p.set_defaults(fn=cmd_gdu)
+    p = sub.add_parser("traces", help="inspect or export a weight-trace file (traces.h5)",
+                       description="Inspect (info) or export one layer of an HDF5 weight-trace file.")
+    p.add_argument("action", choices=["info", "export"])
+    p.add_argument("file", help="a traces.h5 written by spikeep train with [traces] enabled = true")
+    p.add_argument("--layer", help="layer to export (export only)")
+    p.add_argument("--format", choices=["csv", "npz"], default="npz", help="export format (default npz)")
+    p.add_argument("--out", help="output file (default: next to FILE)")
+    p.set_defaults(fn=cmd_traces)
     args = ap.parse_args(argv)
     from .runs import CheckpointError
+    from .traces import TracesError
     from .train import DivergenceError
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, DivergenceError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, CheckpointError, TracesError, DivergenceError, FileNotFoundError, ValueError,
+            RuntimeError) as e:
         print(f"spikeep {args.command}: error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, DivergenceError) else 3
 

@@ -167,6 +167,31 @@ class GDUConfig:
 
 
 @dataclass
+class TraceConfig:
+    """Weight traces written to RUN_DIR/traces.h5 during training (see spikeep/traces.py)."""
+    enabled: bool = False
+    sample: int = 1000  # synapses per layer, drawn at random once, recorded every iteration
+    full_every: int = 0  # full weight tensors every N iterations (0: off)
+    full_each_epoch: bool = True  # and at every epoch end
+    probe: int = 0  # equilibrium states of this many test samples at each full snapshot (0: off)
+    compression: str = "lzf"  # "none", "lzf" or "gzip"
+    gzip_level: int = 4  # 1..4
+    flush_every: int = 10  # iterations between flushes (what a crash can lose at most)
+    chunk: int = 64  # rows per chunk along time
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.sample < 0 or self.full_every < 0 or self.probe < 0:
+            raise ConfigError("traces.sample, traces.full_every and traces.probe must be >= 0")
+        if self.flush_every < 1 or self.chunk < 1:
+            raise ConfigError("traces.flush_every and traces.chunk must be >= 1")
+        if self.compression not in ("none", "lzf", "gzip"):
+            raise ConfigError(f"traces.compression must be 'none', 'lzf' or 'gzip', got {self.compression!r}")
+        if not 1 <= self.gzip_level <= 4:
+            raise ConfigError(f"traces.gzip_level must be 1..4, got {self.gzip_level}")
+
+
+@dataclass
 class Config:
     name: str = "spikeep"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -175,6 +200,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     gdu: GDUConfig = field(default_factory=GDUConfig)
+    traces: TraceConfig = field(default_factory=TraceConfig)
 
     def validate(self) -> "Config":
         try:
@@ -183,6 +209,7 @@ class Config:
             self.estimator.validate()
             self.train.validate()
             self.data.validate()
+            self.traces.validate()
         except ConfigError:
             raise
         except ValueError as e:

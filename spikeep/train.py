@@ -14,6 +14,7 @@ numbers and takes its own slice of each global batch.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -197,7 +198,6 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-        import json
         cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
         if (run_dir / "checkpoint.pt").exists():
             ckpt = runs.load_checkpoint(run_dir / "checkpoint.pt")
@@ -257,6 +257,50 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
     elif ddp.main:
         runs.write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
 
+    n_batches = math.ceil(train_set.y.shape[0] / cfg.train.batch_size)
+    recorder = _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches) if ddp.main else None
+    try:
+        return _loop(cfg, run_dir, ckpt, ddp, device, log, progress, train_set, test_set, data_name, net, opt,
+                     sched, order_gen, step_gen, history, best, start_epoch, start_batch, stats, recorder)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches):
+    tc = cfg.traces
+    if not tc.enabled:
+        return None
+    from . import __version__
+    from .traces import TraceRecorder, layer_specs
+
+    probe = None
+    if tc.probe:
+        probe = (test_set.x[:tc.probe].numpy(), test_set.y[:tc.probe].numpy())
+    resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
+    attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
+             "git_commit": runs.git_commit() or ""}
+    return TraceRecorder(run_dir / "traces.h5", layer_specs(net, tc.sample, tc.seed), attrs=attrs,
+                         compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
+                         flush_every=tc.flush_every, probe=probe, resume_iteration=resume_it)
+
+
+def _snapshot(recorder, net, cfg, iteration, epoch):
+    weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
+    biases = {n: l.bias for n, l in zip(net.layer_names(), net.layers)}
+    states = None
+    if recorder.probe is not None:
+        with torch.no_grad():
+            x, y = (torch.from_numpy(a).to(net.synapses[0].weight.device) for a in recorder.probe)
+            s = free_phase(net, net.prepare(x, y), cfg.dynamics.T1, tol=cfg.dynamics.tol).state
+        states = dict(zip(net.layer_names(), s))
+    recorder.snapshot(iteration, epoch, weights, biases, states)
+
+
+def _loop(cfg, run_dir, ckpt, ddp, device, log, progress, train_set, test_set, data_name, net, opt, sched,
+          order_gen, step_gen, history, best, start_epoch, start_batch, stats, recorder) -> TrainResult:
+    ckpt_path = run_dir / "checkpoint.pt"
+    layer_weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
     train_x, train_y = train_set.x.to(device), train_set.y.to(device)
     n_train, B = train_y.shape[0], cfg.train.batch_size
     n_batches = math.ceil(n_train / B)
@@ -300,8 +344,15 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
             if ddp.world > 1:
                 average_gradients(net, y.shape[0], n_global)
             check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
+            before = recorder.sample(layer_weights) if recorder is not None else None
             opt.step()
             check_finite(list(net.named_parameters()), "weights", where)
+            it_global = (epoch - 1) * n_batches + b + 1
+            if recorder is not None:
+                recorder.record(it_global, epoch, layer_weights, before,
+                                {n: w.grad for n, w in layer_weights.items()})
+                if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
+                    _snapshot(recorder, net, cfg, it_global, epoch)
             if loss is not None:
                 stats["seen"] += y.shape[0]
                 stats["loss_sum"] += float(loss.sum())
@@ -311,6 +362,8 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
             every = cfg.train.checkpoint_every
             if every and (b + 1) % every == 0 and b + 1 < n_batches and ddp.main:
                 stats["seconds"] = time.perf_counter() - t0
+                if recorder is not None:
+                    recorder.flush()  # traces up to the checkpoint are on disk before it is
                 runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch - 1, b + 1, order_state,
                                                               step_gen, stats, history, best))
         bar.close()
@@ -334,6 +387,11 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
                                                             "model": net.state_dict(), "epoch": epoch,
                                                             "test_acc": test_acc, "config": cfg.to_dict()})
             stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+            if recorder is not None:
+                if cfg.traces.full_each_epoch and not (cfg.traces.full_every and
+                                                       (epoch * n_batches) % cfg.traces.full_every == 0):
+                    _snapshot(recorder, net, cfg, epoch * n_batches, epoch)
+                recorder.flush()
             runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch, 0, order_gen.get_state(),
                                                           step_gen, stats, history, best))
             _write_epoch_files(run_dir, cfg, history)
@@ -348,7 +406,6 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
 
 def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None) -> dict:
     """Evaluate a run folder's best (or last) weights on its test set."""
-    import json
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"

@@ -1,0 +1,414 @@
+"""Weight traces in HDF5: what synapses do while a network learns, recorded so that a crash loses
+nothing flushed and any HDF5 tool can read it.
+
+Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
+
+    /                          attrs: format, spikeep_version, config (JSON), seed, git_commit, created
+    /iteration   (T,)   int64  the iteration of each per-iteration row; a dimension scale
+    /epoch       (T,)   int32  its epoch; a dimension scale
+    /snapshot_iteration (S,) int64, /snapshot_epoch (S,) int32: the time axis of full snapshots
+    /layers/<name>/            attrs: kind, weight_shape, n_weights, dtype, quantized (False), units
+        sample_index  (K,)         int64    flat indices into the weight tensor (fixed, random)
+        sample_weight (T, K)       float32  those weights after each iteration's update
+        sample_delta  (T, K)       float32  the change the update made to them (delta-W)
+        sample_grad   (T, K)       float32  the EP (or BPTT) estimate of dL/dw written into .grad
+        summary       (T, 5)       float32  norm, mean, std, min, max of the whole weight tensor
+        weight        (S, *shape)  float32  full weight tensors (every `full_every` iterations / epoch)
+        bias          (S, n_out)   float32  full biases, same times
+    /probe/x (P, ...), /probe/y (P,), /probe/<layer> (S, P, *shape): equilibrium states of a fixed
+        probe batch at each snapshot (optional)
+
+Every per-iteration dataset has /iteration and /epoch attached to axis 0 as dimension scales; every
+snapshot dataset has /snapshot_iteration and /snapshot_epoch. Datasets are chunked along time,
+resizable (maxshape None along time) and optionally compressed (lzf, or gzip levels 1-4).
+
+Crash safety: the writer works in HDF5's SWMR mode and flushes every `flush_every` iterations and at
+every snapshot. After a `kill -9` the file opens (with swmr=True, which `open` below does by itself)
+and holds everything flushed. Resuming truncates the rows after the checkpoint being resumed and goes
+on appending, so no iteration is lost or duplicated. Readers may open the file while it is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import h5py
+import numpy as np
+import torch
+
+FORMAT = "spikeep-traces/1"
+SUMMARY_COLUMNS = ("norm", "mean", "std", "min", "max")
+PER_ITERATION = ("sample_weight", "sample_delta", "sample_grad", "summary")
+PER_SNAPSHOT = ("weight", "bias")
+
+
+class TracesError(RuntimeError):
+    """A trace file cannot be used as asked; the message names the file (and layer)."""
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    sample_index: np.ndarray
+    state_shape: Optional[tuple[int, ...]] = None  # for probe states (None: not a neuron layer)
+
+
+def _compression(name: str, level: int) -> dict[str, Any]:
+    if name in ("", "none"):
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "gzip":
+        if not 1 <= level <= 4:
+            raise ValueError(f"gzip level must be 1..4 (higher levels cost too much time), got {level}")
+        return {"compression": "gzip", "compression_opts": level}
+    raise ValueError(f"unknown compression {name!r}; use 'none', 'lzf' or 'gzip'")
+
+
+def _open_for_reading(path: Path) -> h5py.File:
+    """Open a trace file read-only; one whose writer was killed (or is running) opens in SWMR mode."""
+    if not path.is_file():
+        raise TracesError(f"no trace file at {path}")
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError:
+        pass
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise TracesError(f"{path}: not a readable HDF5 trace file ({e})") from None
+
+
+class TraceRecorder:
+    """Appends traces of one network's weights to traces.h5 during training (process 0 only)."""
+
+    def __init__(self, path: str | Path, layers: list[LayerSpec], *, attrs: dict[str, Any],
+                 compression: str = "lzf", gzip_level: int = 4, chunk: int = 64, flush_every: int = 10,
+                 probe: Optional[tuple[np.ndarray, np.ndarray]] = None, resume_iteration: Optional[int] = None):
+        self.path = Path(path)
+        self.layers = {l.name: l for l in layers}
+        self.comp = _compression(compression, gzip_level)
+        self.chunk, self.flush_every = max(1, chunk), max(1, flush_every)
+        self.probe = probe
+        self._rows: list[tuple[int, int, dict]] = []  # buffered per-iteration rows
+        if resume_iteration is not None and self.path.exists():
+            self._reopen(attrs, resume_iteration)
+        else:
+            self._create(self.path, attrs)
+        self.f.swmr_mode = True
+
+    # -- file creation -------------------------------------------------------------------------------
+    def _create(self, path: Path, attrs: dict[str, Any]) -> None:
+        f = h5py.File(path, "w", libver="latest")
+        self.f = f
+        f.attrs["format"] = FORMAT
+        f.attrs["created"] = datetime.now().isoformat(timespec="seconds")
+        for k, v in attrs.items():
+            f.attrs[k] = v if v is not None else ""
+        t_chunk = self.chunk
+
+        def scale(name, dtype):
+            d = f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(t_chunk,), dtype=dtype)
+            d.make_scale(name)
+            return d
+
+        it, ep = scale("iteration", "i8"), scale("epoch", "i4")
+        sit, sep = scale("snapshot_iteration", "i8"), scale("snapshot_epoch", "i4")
+
+        def timed(group, name, shape, dtype, per_snapshot=False):
+            chunks = (1 if per_snapshot else t_chunk,) + tuple(shape)
+            d = group.create_dataset(name, shape=(0,) + tuple(shape), maxshape=(None,) + tuple(shape),
+                                     chunks=chunks, dtype=dtype, **self.comp)
+            for s in ((sit, sep) if per_snapshot else (it, ep)):
+                d.dims[0].attach_scale(s)
+            d.dims[0].label = "snapshot" if per_snapshot else "iteration"
+            return d
+
+        for spec in self.layers.values():
+            g = f.create_group(f"layers/{spec.name}")
+            g.attrs.update(kind=spec.kind, weight_shape=spec.weight_shape, n_weights=int(np.prod(spec.weight_shape)),
+                           dtype="float32", quantized=False, units="weight (dimensionless, PyTorch layout)")
+            g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64))
+            k = len(spec.sample_index)
+            for name in ("sample_weight", "sample_delta", "sample_grad"):
+                timed(g, name, (k,), "f4")
+            s = timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4")
+            s.attrs["columns"] = ",".join(SUMMARY_COLUMNS)
+            timed(g, "weight", spec.weight_shape, "f4", per_snapshot=True)
+            timed(g, "bias", spec.bias_shape, "f4", per_snapshot=True)
+        if self.probe is not None:
+            pg = f.create_group("probe")
+            pg.create_dataset("x", data=self.probe[0])
+            pg.create_dataset("y", data=self.probe[1])
+            for spec in self.layers.values():
+                if spec.state_shape is not None:
+                    timed(pg, spec.name, (len(self.probe[1]),) + spec.state_shape, "f4", per_snapshot=True)
+
+    def _reopen(self, attrs: dict[str, Any], last_iteration: int) -> None:
+        """Continue an existing file after a resume: keep rows up to `last_iteration`, drop the rest.
+
+        A file whose writer was killed carries HDF5's 'open for writing' flags and cannot be opened
+        for appending, so its kept rows are copied into a fresh file, which then replaces it.
+        """
+        old = _open_for_reading(self.path)
+        try:
+            if old.attrs.get("format") != FORMAT:
+                raise TracesError(f"{self.path}: not a spikeep trace file")
+            n_it = int(np.searchsorted(old["iteration"][:], last_iteration, side="right"))
+            n_sn = int(np.searchsorted(old["snapshot_iteration"][:], last_iteration, side="right"))
+            tmp = self.path.with_name(f".{self.path.name}.resume{os.getpid()}")
+            self._create(tmp, attrs)
+            for name in ("iteration", "epoch"):
+                self._append(self.f[name], old[name][:n_it])
+            for name in ("snapshot_iteration", "snapshot_epoch"):
+                self._append(self.f[name], old[name][:n_sn])
+            for layer in self.layers:
+                if f"layers/{layer}" not in old:
+                    raise TracesError(f"{self.path}: has no layer {layer!r}; it was written for another network")
+                for name in PER_ITERATION:
+                    self._append(self.f[f"layers/{layer}/{name}"], old[f"layers/{layer}/{name}"][:n_it])
+                for name in PER_SNAPSHOT:
+                    self._copy_rows(old[f"layers/{layer}/{name}"], self.f[f"layers/{layer}/{name}"], n_sn)
+                if self.probe is not None and f"probe/{layer}" in old and f"probe/{layer}" in self.f:
+                    self._copy_rows(old[f"probe/{layer}"], self.f[f"probe/{layer}"], n_sn)
+        finally:
+            old.close()
+        self.f.close()
+        os.replace(tmp, self.path)
+        self.f = h5py.File(self.path, "a", libver="latest")
+
+    @staticmethod
+    def _copy_rows(src, dst, n: int, block: int = 8) -> None:
+        for i in range(0, n, block):
+            TraceRecorder._append(dst, src[i:min(n, i + block)])
+
+    @staticmethod
+    def _append(d: h5py.Dataset, rows: np.ndarray) -> None:
+        if len(rows):
+            n = d.shape[0]
+            d.resize(n + len(rows), axis=0)
+            d[n:] = rows
+
+    # -- recording -------------------------------------------------------------------------------------
+    def record(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor], before: dict[str, np.ndarray],
+               grads: dict[str, torch.Tensor]) -> None:
+        """One iteration: the sampled synapses (after the update), their change and their gradient,
+        and the per-layer summary. `before` comes from `sample` called before the update."""
+        row = {}
+        for name, w in weights.items():
+            idx = self._index(name, w.device)
+            flat = w.detach().reshape(-1)
+            after = flat.index_select(0, idx)
+            g = grads[name].detach().reshape(-1).index_select(0, idx)
+            wf = flat.float()
+            std, mean = torch.std_mean(wf)
+            summ = torch.stack([wf.norm(), mean, std, wf.min(), wf.max()])
+            row[name] = torch.cat([after.float(), g.float(), summ]).cpu().numpy()
+        self._rows.append((iteration, epoch, before, row))
+        if len(self._rows) >= self.flush_every:
+            self.flush()
+
+    def sample(self, weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The sampled synapses' current values (call before the optimizer step)."""
+        return {n: w.detach().reshape(-1).index_select(0, self._index(n, w.device)).float().cpu().numpy()
+                for n, w in weights.items()}
+
+    def _index(self, name: str, device) -> torch.Tensor:
+        spec = self.layers[name]
+        cache = getattr(spec, "_idx", None)
+        if cache is None or cache.device != torch.device(device):
+            spec._idx = cache = torch.as_tensor(spec.sample_index, device=device)
+        return cache
+
+    def snapshot(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor],
+                 biases: dict[str, torch.Tensor], states: Optional[dict[str, torch.Tensor]] = None) -> None:
+        """Full weight (and bias) tensors, and the probe batch's equilibrium states if given."""
+        self.flush(sync=False)
+        self._append(self.f["snapshot_iteration"], np.array([iteration], dtype=np.int64))
+        self._append(self.f["snapshot_epoch"], np.array([epoch], dtype=np.int32))
+        for name, w in weights.items():
+            self._append(self.f[f"layers/{name}/weight"], w.detach().float().cpu().numpy()[None])
+            self._append(self.f[f"layers/{name}/bias"], biases[name].detach().float().cpu().numpy()[None])
+        for name, s in (states or {}).items():
+            if f"probe/{name}" in self.f:
+                self._append(self.f[f"probe/{name}"], s.detach().float().cpu().numpy()[None])
+        self.f.flush()
+
+    def flush(self, sync: bool = True) -> None:
+        """Write the buffered rows and make them visible to readers and durable against a crash."""
+        if self._rows:
+            its = np.array([r[0] for r in self._rows], dtype=np.int64)
+            eps = np.array([r[1] for r in self._rows], dtype=np.int32)
+            for name in self.layers:
+                k = len(self.layers[name].sample_index)
+                before = np.stack([r[2][name] for r in self._rows])
+                rows = np.stack([r[3][name] for r in self._rows])
+                after, grad, summ = rows[:, :k], rows[:, k:2 * k], rows[:, 2 * k:]
+                g = self.f[f"layers/{name}"]
+                self._append(g["sample_weight"], after)
+                self._append(g["sample_delta"], after - before)
+                self._append(g["sample_grad"], grad)
+                self._append(g["summary"], summ)
+            # the time axis last: a reader never sees an iteration whose rows are missing
+            self._append(self.f["epoch"], eps)
+            self._append(self.f["iteration"], its)
+            self._rows.clear()
+        if sync:
+            self.f.flush()
+
+    def close(self) -> None:
+        if getattr(self, "f", None) is not None and self.f.id.valid:
+            self.flush()
+            self.f.close()
+
+
+def layer_specs(net, k: int, seed: int) -> list[LayerSpec]:
+    """One spec per layer of an EqNetwork, with K synapses drawn at random (fixed by seed)."""
+    g = torch.Generator().manual_seed(seed)
+    specs = []
+    n_state = len(net.layer_shapes)
+    for i, (name, layer) in enumerate(zip(net.layer_names(), net.layers)):
+        n = layer.weight.numel()
+        idx = torch.randperm(n, generator=g)[:min(k, n)].sort().values.numpy()
+        specs.append(LayerSpec(name, type(layer).__name__.lower(), tuple(layer.weight.shape),
+                               tuple(layer.bias.shape), idx,
+                               tuple(net.layer_shapes[i]) if i < n_state else None))
+    return specs
+
+
+# -- reading --------------------------------------------------------------------------------------------
+
+class LayerTraces:
+    """One layer's traces: h5py datasets (slicing gives numpy arrays) and torch views."""
+
+    def __init__(self, group: h5py.Group, name: str):
+        self.group, self.name = group, name
+        self.kind = group.attrs["kind"]
+        self.weight_shape = tuple(int(v) for v in group.attrs["weight_shape"])
+        self.sample_index = group["sample_index"][:]
+
+    def __getattr__(self, item: str) -> h5py.Dataset:
+        if item in PER_ITERATION + PER_SNAPSHOT:
+            d = self.group[item]
+            d.refresh()  # see what a live writer has flushed since
+            return d
+        raise AttributeError(item)
+
+    def torch(self, item: str, index: Any = slice(None)) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(getattr(self, item)[index]))
+
+    def summary_columns(self) -> dict[str, np.ndarray]:
+        s = self.summary[:]
+        return {c: s[:, i] for i, c in enumerate(SUMMARY_COLUMNS)}
+
+
+class Traces:
+    """A trace file opened for reading (also while training writes it, or after a crash)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = _open_for_reading(self.path)
+        if self.file.attrs.get("format") != FORMAT:
+            self.file.close()
+            raise TracesError(f"{self.path}: not a spikeep trace file (format {FORMAT!r} expected)")
+        self.layers = list(self.file["layers"].keys())
+
+    def _axis(self, name: str) -> np.ndarray:
+        d = self.file[name]
+        d.refresh()
+        return d[:]
+
+    @property
+    def iteration(self) -> np.ndarray:
+        return self._axis("iteration")
+
+    @property
+    def epoch(self) -> np.ndarray:
+        return self._axis("epoch")
+
+    @property
+    def snapshot_iteration(self) -> np.ndarray:
+        return self._axis("snapshot_iteration")
+
+    @property
+    def snapshot_epoch(self) -> np.ndarray:
+        return self._axis("snapshot_epoch")
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.file.attrs.get("config", "{}") or "{}")
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.file.attrs)
+
+    def __getitem__(self, name: str) -> LayerTraces:
+        if name not in self.layers:
+            raise TracesError(f"{self.path}: no layer {name!r}; layers: {', '.join(self.layers)}")
+        return LayerTraces(self.file["layers"][name], name)
+
+    def __iter__(self) -> Iterator[LayerTraces]:
+        return (self[n] for n in self.layers)
+
+    def n_rows(self) -> int:
+        """Complete per-iteration rows (the time axis is written last)."""
+        return len(self.iteration)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Traces":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open(path: str | Path) -> Traces:  # noqa: A001 - spikeep.traces.open, like h5py.File / np.load
+    """Open a trace file for reading: `with spikeep.traces.open(run / "traces.h5") as t: ...`."""
+    return Traces(path)
+
+
+def info(path: str | Path) -> str:
+    with open(path) as t:
+        it = t.iteration
+        lines = [f"{t.path} ({Path(t.path).stat().st_size / 2**20:.1f} MiB, format {FORMAT})",
+                 f"iterations: {len(it)} rows" + (f", {it[0]}..{it[-1]}" if len(it) else ""),
+                 f"snapshots: {len(t.snapshot_iteration)} at iterations {t.snapshot_iteration.tolist()[:10]}"
+                 + (" ..." if len(t.snapshot_iteration) > 10 else ""),
+                 f"seed {t.attrs.get('seed')}, git commit {t.attrs.get('git_commit') or '-'}",
+                 f"{'layer':<10} {'kind':<6} {'weight shape':<20} {'sampled':>8}"]
+        for lt in t:
+            lines.append(f"{lt.name:<10} {lt.kind:<6} {str(lt.weight_shape):<20} {len(lt.sample_index):>8}")
+    return "\n".join(lines)
+
+
+def export(path: str | Path, layer: str, fmt: str, out: Optional[str | Path] = None) -> Path:
+    """Write one layer's per-iteration traces as CSV (one row per iteration) or npz (everything)."""
+    if fmt not in ("csv", "npz"):
+        raise TracesError(f"unknown export format {fmt!r}; use csv or npz")
+    with open(path) as t:
+        lt = t[layer]
+        n = t.n_rows()
+        out = Path(out) if out else Path(path).with_name(f"{Path(path).stem}_{layer}.{fmt}")
+        it, ep = t.iteration[:n], t.epoch[:n]
+        sw, sd, sg, summ = (getattr(lt, k)[:n] for k in ("sample_weight", "sample_delta", "sample_grad", "summary"))
+        if fmt == "npz":
+            np.savez_compressed(out, iteration=it, epoch=ep, sample_index=lt.sample_index, sample_weight=sw,
+                                sample_delta=sd, sample_grad=sg, summary=summ,
+                                summary_columns=np.array(SUMMARY_COLUMNS), weight=lt.weight[:], bias=lt.bias[:],
+                                snapshot_iteration=t.snapshot_iteration)
+        else:
+            cols = (["iteration", "epoch"] + [f"summary_{c}" for c in SUMMARY_COLUMNS]
+                    + [f"{p}_{i}" for p in ("w", "dw", "grad") for i in lt.sample_index])
+            data = np.column_stack([it, ep, summ, sw, sd, sg])
+            fmt_cols = ["%d", "%d"] + ["%.9g"] * (data.shape[1] - 2)
+            np.savetxt(out, data, delimiter=",", header=",".join(cols), comments="", fmt=fmt_cols)
+    return out
