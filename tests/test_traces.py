@@ -202,3 +202,9 @@ def test_layout_is_readable_by_h5py_alone(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("layout ok 20 ")
+    # the analysis script turns the run's traces into figures
+    r = subprocess.run([sys.executable, str(REPO / "analysis" / "plot_traces.py"), str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name in ("weight_trajectories.png", "weight_change_hist.png", "weight_summary.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"

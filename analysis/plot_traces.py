@@ -1,0 +1,84 @@
+"""Figures from a run's weight traces (RUN_DIR/traces.h5):
+
+    weight_trajectories.png   a few sampled synapses per layer over iterations (as in Fig. 2 of
+                              Laborieux et al. 2021, "a single weight chosen at random")
+    weight_change_hist.png    per layer, histograms of the sampled synapses' changes (delta-W) in
+                              successive windows of training, coloured by time
+    weight_summary.png        per layer, norm and std of the whole weight tensor over iterations
+
+    python analysis/plot_traces.py RUN_DIR [--synapses 5] [--windows 6]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spikeep import traces  # noqa: E402
+
+
+def plot(run_dir: Path, n_syn: int = 5, windows: int = 6) -> list[Path]:
+    path = run_dir / "traces.h5" if run_dir.is_dir() else run_dir
+    out_dir = path.parent
+    with traces.open(path) as t:
+        n = t.n_rows()
+        if n == 0:
+            raise SystemExit(f"{path}: no iterations recorded yet")
+        it = t.iteration[:n]
+        layers = list(t)
+        cols = len(layers)
+        fig1, ax1 = plt.subplots(1, cols, figsize=(3.4 * cols, 3), squeeze=False)
+        fig2, ax2 = plt.subplots(1, cols, figsize=(3.4 * cols, 3), squeeze=False)
+        fig3, ax3 = plt.subplots(2, cols, figsize=(3.4 * cols, 4.6), squeeze=False, sharex=True)
+        cmap = plt.get_cmap("viridis")
+        for c, lt in enumerate(layers):
+            w = lt.sample_weight[:n]
+            for j in range(min(n_syn, w.shape[1])):
+                ax1[0][c].plot(it, w[:, j], lw=1)
+            ax1[0][c].set_title(f"{lt.name} {lt.weight_shape}", fontsize=8)
+            ax1[0][c].set_xlabel("iteration")
+            dw = lt.sample_delta[:n]
+            edges = np.linspace(*np.percentile(dw, [0.5, 99.5]), 60) if dw.size else None
+            for k, rows in enumerate(np.array_split(np.arange(n), min(windows, n))):
+                ax2[0][c].hist(dw[rows].ravel(), bins=edges, histtype="step", color=cmap(k / max(1, windows - 1)),
+                               label=f"it {it[rows[0]]}-{it[rows[-1]]}")
+            ax2[0][c].set_yscale("log")
+            ax2[0][c].set_title(lt.name, fontsize=8)
+            ax2[0][c].set_xlabel("delta-W per iteration")
+            s = lt.summary_columns()
+            ax3[0][c].plot(it, s["norm"][:n])
+            ax3[1][c].plot(it, s["std"][:n])
+            ax3[0][c].set_title(lt.name, fontsize=8)
+            ax3[1][c].set_xlabel("iteration")
+        ax1[0][0].set_ylabel("weight")
+        ax2[0][0].set_ylabel("count")
+        ax2[0][-1].legend(fontsize=6)
+        ax3[0][0].set_ylabel("||W||")
+        ax3[1][0].set_ylabel("std(W)")
+        outs = []
+        for fig, name in ((fig1, "weight_trajectories.png"), (fig2, "weight_change_hist.png"),
+                          (fig3, "weight_summary.png")):
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=100)
+            plt.close(fig)
+            outs.append(out_dir / name)
+    return outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path, help="a run folder with traces.h5 (or the file itself)")
+    ap.add_argument("--synapses", type=int, default=5, help="sampled synapses drawn per layer")
+    ap.add_argument("--windows", type=int, default=6, help="time windows in the histograms")
+    a = ap.parse_args()
+    for p in plot(a.run_dir, a.synapses, a.windows):
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()
