@@ -200,31 +200,46 @@ class TraceRecorder:
     def record(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor], before: dict[str, np.ndarray],
                grads: dict[str, torch.Tensor]) -> None:
         """One iteration: the sampled synapses (after the update), their change and their gradient,
-        and the per-layer summary. `before` comes from `sample` called before the update."""
-        row = {}
+        and the per-layer summary. `before` comes from `sample` called before the update.
+        Costs a gather of K values and two passes over each weight tensor, no copy of it."""
+        parts = []
         for name, w in weights.items():
-            idx = self._index(name, w.device)
-            flat = w.detach().reshape(-1)
-            after = flat.index_select(0, idx)
-            g = grads[name].detach().reshape(-1).index_select(0, idx)
-            wf = flat.float()
-            std, mean = torch.std_mean(wf)
-            summ = torch.stack([wf.norm(), mean, std, wf.min(), wf.max()])
-            row[name] = torch.cat([after.float(), g.float(), summ]).cpu().numpy()
+            idx = self._index(name, w)
+            f = _flat_view(w.detach())
+            n = f.numel()
+            # three fast passes (PyTorch's pairwise sums); std from them in float64:
+            # (n - 1) var = ||w||^2 - (sum w)^2 / n, well conditioned for weights centred near 0
+            total, norm = f.sum().double(), torch.linalg.vector_norm(f).double()
+            lo, hi = torch.aminmax(f)
+            var = ((norm * norm - total * total / n) / max(n - 1, 1)).clamp_min(0)
+            parts += [w.detach()[idx], grads[name].detach()[idx], norm[None], (total / n)[None], var.sqrt()[None],
+                      lo[None], hi[None]]
+        flat = torch.cat([p.float() for p in parts]).cpu().numpy()  # one transfer per iteration
+        row, off = {}, 0
+        for name in weights:
+            k = len(self.layers[name].sample_index)
+            row[name] = flat[off:off + 2 * k + len(SUMMARY_COLUMNS)]
+            off += 2 * k + len(SUMMARY_COLUMNS)
         self._rows.append((iteration, epoch, before, row))
         if len(self._rows) >= self.flush_every:
             self.flush()
 
     def sample(self, weights: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """The sampled synapses' current values (call before the optimizer step)."""
-        return {n: w.detach().reshape(-1).index_select(0, self._index(n, w.device)).float().cpu().numpy()
-                for n, w in weights.items()}
+        vals = torch.cat([w.detach()[self._index(n, w)].float() for n, w in weights.items()]).cpu().numpy()
+        out, off = {}, 0
+        for n in weights:
+            k = len(self.layers[n].sample_index)
+            out[n], off = vals[off:off + k], off + k
+        return out
 
-    def _index(self, name: str, device) -> torch.Tensor:
+    def _index(self, name: str, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The sampled synapses as a multi-dimensional index (gathers K values in any memory layout)."""
         spec = self.layers[name]
         cache = getattr(spec, "_idx", None)
-        if cache is None or cache.device != torch.device(device):
-            spec._idx = cache = torch.as_tensor(spec.sample_index, device=device)
+        if cache is None or cache[0].device != w.device:
+            multi = np.unravel_index(spec.sample_index, spec.weight_shape)
+            spec._idx = cache = tuple(torch.as_tensor(m, device=w.device) for m in multi)
         return cache
 
     def snapshot(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor],
@@ -267,6 +282,15 @@ class TraceRecorder:
         if getattr(self, "f", None) is not None and self.f.id.valid:
             self.flush()
             self.f.close()
+
+
+def _flat_view(w: torch.Tensor) -> torch.Tensor:
+    """All elements of a dense tensor as one flat view, in memory order (for order-free statistics)."""
+    if w.is_contiguous():
+        return w.view(-1)
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last):
+        return w.permute(0, 2, 3, 1).reshape(-1)  # a view: NHWC storage is contiguous
+    return w.reshape(-1)
 
 
 def layer_specs(net, k: int, seed: int) -> list[LayerSpec]:

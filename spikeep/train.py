@@ -19,6 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 import torch
@@ -170,11 +171,51 @@ def _prepare_data(cfg: Config):
     return normalize(ds.train, d.mean, d.std), normalize(ds.test, d.mean, d.std), ds.name
 
 
-def _checkpoint(net, opt, sched, cfg, epoch, batch, order_state, step_gen, stats, history, best) -> dict:
-    return {"format": runs.CHECKPOINT_FORMAT, "model": net.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch, "batch": batch,
-            "order_rng": order_state, "step_rng": step_gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "epoch_stats": dict(stats), "history": history, "best": dict(best), "config": cfg.to_dict()}
+def _fresh_stats() -> dict:
+    return {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: weights, optimizer and scheduler, both generators, where in
+    the data the run is (`epoch` epochs done, `batch` batches of the next one), metrics so far."""
+    net: EqNetwork
+    opt: torch.optim.Optimizer
+    sched: Optional[torch.optim.lr_scheduler.LRScheduler]
+    order_gen: torch.Generator  # data order; its state at the epoch start is what is saved mid-epoch
+    step_gen: torch.Generator  # augmentation and random signs
+    epoch: int = 0
+    batch: int = 0
+    order_state: Optional[torch.Tensor] = None
+    stats: dict = field(default_factory=_fresh_stats)  # running train metrics of the current epoch
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
+
+    def checkpoint(self, cfg: Config) -> dict:
+        return {"format": runs.CHECKPOINT_FORMAT, "model": self.net.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else {},
+                "epoch": self.epoch, "batch": self.batch,
+                "order_rng": self.order_state if self.batch else self.order_gen.get_state(),
+                "step_rng": self.step_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch_stats": dict(self.stats), "history": self.history, "best": dict(self.best),
+                "config": cfg.to_dict()}
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        runs.check_state_dict(path, ckpt["model"], self.net)
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(ckpt["scheduler"])
+            self.step_gen.set_state(ckpt["step_rng"])
+            self.order_gen.set_state(ckpt["order_rng"])
+            self.order_state = ckpt["order_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+            self.stats, self.history, self.best = dict(ckpt["epoch_stats"]), list(ckpt["history"]), dict(ckpt["best"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise runs.CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 
 
 def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
@@ -230,41 +271,26 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
     train_set, test_set, data_name = _prepare_data(cfg)
     net = build_network(cfg, device)
     opt = make_optimizer(net, cfg)
-    sched = make_scheduler(opt, cfg)
-    order_gen = torch.Generator().manual_seed(cfg.train.seed)
-    step_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    history: list[dict] = []
-    best = {"test_acc": -1.0, "epoch": 0}
-    start_epoch, start_batch, stats = 1, 0, {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
-    ckpt_path = run_dir / "checkpoint.pt"
+    st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
+                    torch.Generator().manual_seed(cfg.train.seed + 1))
     if ckpt is not None:
-        runs.check_state_dict(ckpt_path, ckpt["model"], net)
-        try:
-            net.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if sched is not None:
-                sched.load_state_dict(ckpt["scheduler"])
-            step_gen.set_state(ckpt["step_rng"])
-            order_gen.set_state(ckpt["order_rng"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            start_epoch, start_batch = int(ckpt["epoch"]) + 1, int(ckpt["batch"])
-            stats, history, best = dict(ckpt["epoch_stats"]), list(ckpt["history"]), dict(ckpt["best"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise runs.CheckpointError(f"{ckpt_path}: incomplete or foreign training state ({e})") from None
-        log.info(f"resuming {run_dir} at epoch {start_epoch}, batch {start_batch}")
-        if history and ddp.main:  # a crash may have come between the checkpoint and these files
-            _write_epoch_files(run_dir, cfg, history)
+        st.restore(ckpt, run_dir / "checkpoint.pt")
+        log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
+        if st.history and ddp.main:  # a crash may have come between the checkpoint and these files
+            _write_epoch_files(run_dir, cfg, st.history)
     elif ddp.main:
         runs.write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
-
     n_batches = math.ceil(train_set.y.shape[0] / cfg.train.batch_size)
     recorder = _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches) if ddp.main else None
+    log.info(f"{cfg.name}: {cfg.estimator.name} on {data_name} ({train_set.y.shape[0]} train, "
+             f"{test_set.y.shape[0]} test), device {device}, {ddp.world} process(es), "
+             f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
     try:
-        return _loop(cfg, run_dir, ckpt, ddp, device, log, progress, train_set, test_set, data_name, net, opt,
-                     sched, order_gen, step_gen, history, best, start_epoch, start_batch, stats, recorder)
+        _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st, recorder)
     finally:
         if recorder is not None:
             recorder.close()
+    return TrainResult(net, st.history, run_dir)
 
 
 def _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches):
@@ -297,48 +323,45 @@ def _snapshot(recorder, net, cfg, iteration, epoch):
     recorder.snapshot(iteration, epoch, weights, biases, states)
 
 
-def _loop(cfg, run_dir, ckpt, ddp, device, log, progress, train_set, test_set, data_name, net, opt, sched,
-          order_gen, step_gen, history, best, start_epoch, start_batch, stats, recorder) -> TrainResult:
+def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: TrainState, recorder) -> None:
+    net, opt, d = st.net, st.opt, cfg.data
     ckpt_path = run_dir / "checkpoint.pt"
     layer_weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
     train_x, train_y = train_set.x.to(device), train_set.y.to(device)
     n_train, B = train_y.shape[0], cfg.train.batch_size
     n_batches = math.ceil(n_train / B)
-    d = cfg.data
-    log.info(f"{cfg.name}: {cfg.estimator.name} on {data_name} ({n_train} train, {test_set.y.shape[0]} test), "
-             f"device {device}, {ddp.world} process(es), {sum(p.numel() for p in net.parameters())} parameters, "
-             f"run folder {run_dir}")
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
-        if start_batch == 0:
-            order_state = order_gen.get_state()  # epoch start: what a resume needs to replay the order
+    while st.epoch < cfg.train.epochs:
+        epoch = st.epoch + 1
+        if st.batch == 0:
+            st.order_state = st.order_gen.get_state()  # what a resume mid-epoch needs to replay the order
         else:
-            order_state = ckpt["order_rng"]
-            order_gen.set_state(order_state)
-        perm = torch.randperm(n_train, generator=order_gen).to(device)
-        t0 = time.perf_counter() - stats["seconds"]
-        bar = tqdm(range(start_batch, n_batches), initial=start_batch, total=n_batches,
-                   desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
-        for b in bar:
+            st.order_gen.set_state(st.order_state)
+        perm = torch.randperm(n_train, generator=st.order_gen).to(device)
+        t0 = time.perf_counter() - st.stats["seconds"]
+        bar = tqdm(total=n_batches, initial=st.batch, desc=f"epoch {epoch}/{cfg.train.epochs}",
+                   disable=not progress, leave=False)
+        while st.batch < n_batches:
+            b = st.batch
             idx = perm[b * B:(b + 1) * B]
             x = train_x[idx]
             if d.crop_padding or d.hflip:
-                x = augment(x, step_gen, d.crop_padding, d.hflip, d.padding_mode)
+                x = augment(x, st.step_gen, d.crop_padding, d.hflip, d.padding_mode)
             y = train_y[idx]
             n_global = y.shape[0]
             if ddp.world > 1:
-                part = torch.tensor_split(torch.arange(n_global), ddp.world)[ddp.rank]
-                x, y = x[part.to(device)], y[part.to(device)]
+                part = torch.tensor_split(torch.arange(n_global), ddp.world)[ddp.rank].to(device)
+                x, y = x[part], y[part]
             where = f"epoch {epoch}, iteration {b + 1}"
             opt.zero_grad(set_to_none=False)
             if y.shape[0] > 0:
-                loss, logits, state = train_step(net, x, y, cfg, step_gen)
+                loss, logits, state = train_step(net, x, y, cfg, st.step_gen)
                 named_state = list(zip(net.layer_names(), state))
             else:  # a short last batch left this process nothing: it contributes zero
                 loss = logits = None
                 for p in net.parameters():
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
                 if cfg.estimator.name == "random_sign":
-                    torch.randint(0, 2, (1,), generator=step_gen)  # keep the generators in step
+                    torch.randint(0, 2, (1,), generator=st.step_gen)  # keep the generators in step
                 named_state = [("input", x)]
             check_finite(named_state, "state", where, ddp)
             if ddp.world > 1:
@@ -347,61 +370,59 @@ def _loop(cfg, run_dir, ckpt, ddp, device, log, progress, train_set, test_set, d
             before = recorder.sample(layer_weights) if recorder is not None else None
             opt.step()
             check_finite(list(net.named_parameters()), "weights", where)
-            it_global = (epoch - 1) * n_batches + b + 1
+            st.batch += 1
+            it_global = st.epoch * n_batches + st.batch
             if recorder is not None:
                 recorder.record(it_global, epoch, layer_weights, before,
                                 {n: w.grad for n, w in layer_weights.items()})
                 if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
                     _snapshot(recorder, net, cfg, it_global, epoch)
             if loss is not None:
-                stats["seen"] += y.shape[0]
-                stats["loss_sum"] += float(loss.sum())
-                stats["correct"] += int((logits.argmax(1) == y).sum())
-                bar.set_postfix(acc=f"{100 * stats['correct'] / stats['seen']:.2f}%",
-                                loss=f"{stats['loss_sum'] / stats['seen']:.4f}")
+                st.stats["seen"] += y.shape[0]
+                st.stats["loss_sum"] += float(loss.sum())
+                st.stats["correct"] += int((logits.argmax(1) == y).sum())
+                bar.set_postfix(acc=f"{100 * st.stats['correct'] / st.stats['seen']:.2f}%",
+                                loss=f"{st.stats['loss_sum'] / st.stats['seen']:.4f}")
+            bar.update()
             every = cfg.train.checkpoint_every
-            if every and (b + 1) % every == 0 and b + 1 < n_batches and ddp.main:
-                stats["seconds"] = time.perf_counter() - t0
+            if every and st.batch % every == 0 and st.batch < n_batches and ddp.main:
+                st.stats["seconds"] = time.perf_counter() - t0
                 if recorder is not None:
                     recorder.flush()  # traces up to the checkpoint are on disk before it is
-                runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch - 1, b + 1, order_state,
-                                                              step_gen, stats, history, best))
+                runs.save_torch_atomic(ckpt_path, st.checkpoint(cfg))
         bar.close()
         train_seconds = time.perf_counter() - t0
+        stats = st.stats
         if ddp.world > 1:  # the epoch's train metrics over every process's shard
             tot = torch.tensor([stats["seen"], stats["correct"], stats["loss_sum"]], dtype=torch.float64)
             dist.all_reduce(tot)
             stats.update(seen=int(tot[0]), correct=int(tot[1]), loss_sum=float(tot[2]))
         lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
+        if st.sched is not None:
+            st.sched.step()
+        st.epoch, st.batch, st.stats = epoch, 0, _fresh_stats()
         if ddp.main:
             test_loss, test_acc = evaluate(net, test_set, cfg)
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
                    "train_acc": 100 * stats["correct"] / max(stats["seen"], 1), "test_loss": test_loss,
                    "test_acc": test_acc, "lr": lr, "seconds": train_seconds}
-            history.append(row)
-            if test_acc > best["test_acc"]:
-                best = {"test_acc": test_acc, "epoch": epoch}
+            st.history.append(row)
+            if test_acc > st.best["test_acc"]:
+                st.best = {"test_acc": test_acc, "epoch": epoch}
                 runs.save_torch_atomic(run_dir / "best.pt", {"format": runs.CHECKPOINT_FORMAT,
                                                             "model": net.state_dict(), "epoch": epoch,
                                                             "test_acc": test_acc, "config": cfg.to_dict()})
-            stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
             if recorder is not None:
-                if cfg.traces.full_each_epoch and not (cfg.traces.full_every and
-                                                       (epoch * n_batches) % cfg.traces.full_every == 0):
-                    _snapshot(recorder, net, cfg, epoch * n_batches, epoch)
+                it_end = epoch * n_batches
+                if cfg.traces.full_each_epoch and not (cfg.traces.full_every and it_end % cfg.traces.full_every == 0):
+                    _snapshot(recorder, net, cfg, it_end, epoch)
                 recorder.flush()
-            runs.save_torch_atomic(ckpt_path, _checkpoint(net, opt, sched, cfg, epoch, 0, order_gen.get_state(),
-                                                          step_gen, stats, history, best))
-            _write_epoch_files(run_dir, cfg, history)
+            runs.save_torch_atomic(ckpt_path, st.checkpoint(cfg))
+            _write_epoch_files(run_dir, cfg, st.history)
             log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
                      f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s")
-        stats = {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
-        start_batch = 0
         if ddp.world > 1:
             dist.barrier()
-    return TrainResult(net, history, run_dir)
 
 
 def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None) -> dict:
