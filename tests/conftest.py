@@ -47,3 +47,20 @@ def mnist_available() -> bool:
 
 
 needs_mnist = pytest.mark.skipif(not mnist_available(), reason="real MNIST not found under $SPIKEEP_DATA")
+
+
+def kill_when(proc, cond, timeout: float = 120.0, poll: float = 0.005) -> bool:
+    """kill -9 a subprocess as soon as cond() holds; False if it ended (or timed out) first."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if cond():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(poll)
+    proc.wait()
+    return False

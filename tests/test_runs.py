@@ -2,15 +2,13 @@
 data-parallel training with 2 gloo processes (issue 3, acceptance a)."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, kill_when
 from spikeep import runs
 from spikeep.cli import main
 from spikeep.config import load_config
@@ -55,21 +53,16 @@ def _spawn_train(run_dir, *args):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def _kill_after_checkpoint(proc, ckpt, wait_changes):
-    """kill -9 the process once checkpoint.pt has been (re)written `wait_changes` times."""
-    seen, last = 0, None
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+def _checkpoint_rewritten(ckpt, times):
+    """A condition: checkpoint.pt has been (re)written `times` times since the first call."""
+    seen = {"n": 0, "last": None}
+
+    def cond():
         m = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-        if m is not None and m != last:
-            seen, last = seen + 1, m
-            if seen >= wait_changes:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-        time.sleep(0.005)
-    proc.wait()
-    return False
+        if m is not None and m != seen["last"]:
+            seen["n"], seen["last"] = seen["n"] + 1, m
+        return seen["n"] >= times
+    return cond
 
 
 def test_resume_after_kill_gives_bitwise_identical_weights(tmp_path):
@@ -84,7 +77,7 @@ def test_resume_after_kill_gives_bitwise_identical_weights(tmp_path):
     # first run, then two resumes, each killed mid-way (after different numbers of checkpoints)
     for attempt, changes in enumerate((3, 7)):
         args = ([cfg_path, "--run-dir", str(run), *cfg_args] if attempt == 0 else ["--resume", str(run)])
-        killed += _kill_after_checkpoint(_spawn_train(run, *args), run / "checkpoint.pt", changes)
+        killed += kill_when(_spawn_train(run, *args), _checkpoint_rewritten(run / "checkpoint.pt", changes))
     assert killed >= 1, "the run finished before it could be killed: make it longer"
     done = _spawn_train(run, "--resume", str(run))
     assert done.wait() == 0, done.stderr.read()

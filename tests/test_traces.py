@@ -1,18 +1,16 @@
 """HDF5 weight traces (issue 4): round trip, kill -9, resume without gaps or duplicates, a reader
 while training writes, errors, and the layout read by h5py alone."""
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, kill_when
 from spikeep import traces
 from spikeep.cli import main
 from spikeep.traces import LayerSpec, TraceRecorder, TracesError
@@ -95,18 +93,6 @@ def test_bad_paths_and_unknown_layers(tmp_path, capsys):
         TraceRecorder(tmp_path / "u.h5", _specs(), attrs={}, compression="gzip", gzip_level=9)
 
 
-def _kill_when(proc, cond, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if cond():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.01)
-    proc.wait()
-    return False
-
-
 def _rows(path):
     try:
         with traces.open(path) as t:
@@ -135,14 +121,14 @@ def test_kill_resume_reader_and_cli(tmp_path):
         seen.append(n)
         return n >= 25
 
-    assert _kill_when(p, reader_sees_enough), "run ended before it was killed"
+    assert kill_when(p, reader_sees_enough), "run ended before it was killed"
     assert seen == sorted(seen) and seen[-1] >= 25
     with traces.open(h5) as t:  # opens after kill -9, holds what was flushed (flush_every = 2)
         n_killed = t.n_rows()
         assert n_killed >= 24 and t.iteration.tolist() == list(range(1, n_killed + 1))
         assert len(t.snapshot_iteration) >= 3
     p = subprocess.Popen(TRAIN + ["--resume", str(run)], cwd=REPO, env=ENV)
-    _kill_when(p, lambda: _rows(h5) >= 45)
+    kill_when(p, lambda: _rows(h5) >= 45)
     assert subprocess.run(TRAIN + ["--resume", str(run)], cwd=REPO, env=ENV).returncode == 0
     with traces.open(ref / "traces.h5") as a, traces.open(h5) as b:
         assert b.iteration.tolist() == list(range(1, 61)) == a.iteration.tolist()
