@@ -38,7 +38,7 @@ def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
     for t in range(T):
         new = net.step(inp, state, beta)
         if tol > 0:
-            delta = max(float((a - b).abs().max()) for a, b in zip(new, state))
+            delta = float(torch.stack([(a - b).abs().max() for a, b in zip(new, state)]).max())  # one sync
             state = new
             if delta < tol:
                 return Relaxed(state, t + 1, delta)

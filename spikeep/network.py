@@ -118,8 +118,10 @@ class EqNetwork(nn.Module):
             if y.shape != (x.shape[0],):
                 raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
             y = y.to(p.device)
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
-                raise ValueError(f"labels must lie in [0, {self.n_classes}), got {int(y.min())}..{int(y.max())}")
+            if y.numel():
+                lo, hi = (int(v) for v in torch.aminmax(y))  # one device sync per batch
+                if lo < 0 or hi >= self.n_classes:
+                    raise ValueError(f"labels must lie in [0, {self.n_classes}), got {lo}..{hi}")
             target = F.one_hot(y, self.n_classes).to(p.dtype)
         drive, _ = first.forward_drive(x)
         return Inputs(x, drive, target, y)
