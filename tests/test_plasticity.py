@@ -1,0 +1,154 @@
+"""Quantized local synaptic updates (issue 6, first part): grid, range, rounding, residual, devices."""
+import math
+
+import pytest
+import torch
+
+from spikeep.plasticity import (QuantizedSynapses, SynapseSpec, depression_curve, layer_scale,
+                                potentiation_curve)
+
+
+def _layer(bits, rounding="nearest", seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    w0 = (torch.rand(64, 32, generator=g, dtype=torch.float64) - 0.5) * 0.2
+    return w0, QuantizedSynapses(w0, SynapseSpec(bits=bits, rounding=rounding, **kw), g)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic", "residual"])
+def test_weights_stay_on_the_grid_and_in_range(bits, rounding):
+    w0, q = _layer(bits, rounding, scale="pow2" if bits == 8 else "init")
+    w = w0.clone()
+    q.apply(w, w.clone())
+    g = torch.Generator().manual_seed(1)
+    for step in range(30):
+        dw = torch.randn(w.shape, generator=g, dtype=w.dtype) * 0.05 * (3 if step % 7 == 0 else 1)
+        q.apply(w, w + dw)
+        c = w / q.scale
+        assert torch.allclose(c, c.round(), atol=1e-9), "off the grid"
+        assert float(c.abs().max()) <= q.spec.c_max + 1e-9, "out of range"
+        if bits == 1:
+            assert set(c.round().unique().tolist()) <= {-1.0, 1.0}
+    if bits == 8:
+        assert math.log2(q.scale) == round(math.log2(q.scale))  # Loihi-like power-of-two scale
+
+
+def test_scale_rules():
+    w = torch.tensor([0.5, -1.27, 0.3])
+    assert layer_scale(w, SynapseSpec(bits=8)) == pytest.approx(1.27 / 127)
+    assert layer_scale(w, SynapseSpec(bits=8, scale="pow2")) == 2.0 ** math.ceil(math.log2(1.27 / 127))
+    assert layer_scale(w, SynapseSpec(bits=1)) == pytest.approx(float(w.abs().mean()))
+
+
+def test_stochastic_rounding_is_unbiased():
+    torch.manual_seed(0)
+    w0, q = _layer(4, "stochastic", seed=3)
+    spec_scale = q.scale
+    w = q.weight().clone()
+    dw = torch.full_like(w, 0.37 * spec_scale)  # a third of a step, well inside the range for most synapses
+    inside = (w / spec_scale).abs() <= q.spec.c_max - 2
+    moves = []
+    for trial in range(400):
+        q.codes = (w / spec_scale).round().clone()
+        out = w.clone()
+        q.apply(out, w + dw)
+        moves.append(((out - w) / spec_scale)[inside])
+    m = torch.stack(moves)
+    mean = float(m.mean())
+    stderr = float(m.std()) / math.sqrt(m.numel())
+    assert abs(mean - 0.37) < 4 * stderr + 1e-3, (mean, stderr)
+    # nearest rounding of the same move is biased: it never moves
+    _, qn = _layer(4, "nearest", seed=3)
+    out = qn.weight().clone()
+    qn.apply(out, out + dw)
+    assert torch.equal(out, qn.scale * qn.codes) and float((out - qn.weight()).abs().max()) == 0
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_residual_accumulator_never_loses_update_mass(bits):
+    w0, q = _layer(bits, "residual", seed=5)
+    w = q.weight().clone()
+    start = w.clone()
+    g = torch.Generator().manual_seed(7)
+    total = torch.zeros_like(w)
+    spacing = 2.0 if bits == 1 else 1.0
+    never_clipped = torch.ones_like(w, dtype=torch.bool)
+    for _ in range(50):
+        dw = torch.randn(w.shape, generator=g, dtype=w.dtype) * 0.1 * spacing * q.scale  # mostly below a step
+        total += dw
+        q.apply(w, w + dw)
+        # the range limit is the one place mass goes: there the residual sits at its bound
+        lo = (-q.spec.c_max - q.codes) / spacing - 0.5
+        hi = (q.spec.c_max - q.codes) / spacing + 0.5
+        never_clipped &= (q.residual > lo + 1e-9) & (q.residual < hi - 1e-9)
+    held = (w - start) + q.residual * spacing * q.scale
+    assert int(never_clipped.sum()) > w.numel() // 4
+    torch.testing.assert_close(held[never_clipped], total[never_clipped], rtol=0, atol=1e-12)
+    assert float((w - start).abs().max()) > 0  # small moves did add up into whole steps
+
+
+def test_threshold_drops_small_moves():
+    _, q = _layer(8, "nearest", threshold=2.0)
+    w = q.weight().clone()
+    out = w.clone()
+    q.apply(out, w + 1.4 * q.scale)  # rounds to one step, but below the threshold of 2
+    assert torch.equal(out, w)
+    q.apply(out, w + 2.6 * q.scale)
+    inside = (w / q.scale) <= q.spec.c_max - 3
+    torch.testing.assert_close(((out - w) / q.scale)[inside], torch.full_like(w, 3.0)[inside])
+
+
+def test_memristor_follows_its_curves():
+    L = 16
+    spec = SynapseSpec(bits=8, device="memristor", levels=L, nu_p=3.0, nu_d=1.5)
+    w0 = torch.full((1, 5), -10.0, dtype=torch.float64)  # starts at G = 0 (the lowest weight)
+    w0[0, 0] = 10.0
+    q = QuantizedSynapses(w0 * 0 - 1.0, spec)  # all at G = 0
+    q.g = torch.zeros(1, 5, dtype=torch.float64)
+    unit = q.scale * 2 * spec.c_max / (L - 1)
+    w = q.weight().clone()
+    for k in range(1, L + 3):  # one potentiating pulse each, past the top
+        q.apply(w, w + unit)
+        expect = potentiation_curve(torch.tensor(float(min(k, L - 1))), L, 3.0)
+        torch.testing.assert_close(q.g, torch.full_like(q.g, float(expect)))
+    assert float(q.g.max()) == pytest.approx(1.0)
+    for k in range(1, L):  # now depress: along the other branch
+        q.apply(w, w - unit)
+        expect = depression_curve(torch.tensor(float(L - 1 - k)), L, 1.5)
+        torch.testing.assert_close(q.g, torch.full_like(q.g, float(expect)))
+    # steps are conductance-dependent and asymmetric: first potentiation step > last one
+    steps = torch.diff(potentiation_curve(torch.arange(L, dtype=torch.float64), L, 3.0))
+    assert steps[0] > 3 * steps[-1]
+    # a linear memristor (nu = 0) has equal steps
+    lin = torch.diff(potentiation_curve(torch.arange(L, dtype=torch.float64), L, 0.0))
+    torch.testing.assert_close(lin, torch.full_like(lin, 1 / (L - 1)))
+
+
+def test_memristor_cycle_to_cycle_noise():
+    L = 64
+    spec = SynapseSpec(bits=8, device="memristor", levels=L, noise=0.2)
+    w0 = torch.zeros(200, 50, dtype=torch.float64)
+    w0[0, 0] = 1.0  # sets the range; every other synapse starts in the middle (G = 0.5)
+    q = QuantizedSynapses(w0, spec, torch.Generator().manual_seed(0))
+    g0 = q.g.clone()
+    w = q.weight().clone()
+    unit = q.scale * 2 * spec.c_max / (L - 1)
+    q.apply(w, w + unit)
+    step = (q.g - g0) * (L - 1)  # in ideal linear steps
+    assert abs(float(step.mean()) - 1) < 0.01 and abs(float(step.std()) - 0.2) < 0.01
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"bits": 17}, "weight bits must be 0"), ({"bits": -1}, "weight bits must be 0"),
+    ({"bits": 4, "rounding": "floor"}, "unknown rounding 'floor'"),
+    ({"bits": 4, "scale": "log"}, "unknown scale rule 'log'"),
+    ({"bits": 4, "device": "pcm"}, "unknown device model 'pcm'"),
+    ({"bits": 4, "threshold": -1.0}, "must be >= 0"),
+    ({"bits": 1, "device": "memristor"}, "needs bits >= 2"),
+    ({"bits": 4, "device": "memristor", "levels": 1}, "at least 2 conductance levels"),
+])
+def test_bad_specs(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SynapseSpec(**kw)
+    with pytest.raises(ValueError, match="cannot derive a weight scale"):
+        layer_scale(torch.zeros(3), SynapseSpec(bits=4))
