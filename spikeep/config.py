@@ -192,6 +192,34 @@ class TraceConfig:
 
 
 @dataclass
+class PlasticityConfig:
+    """Chip-like synapses (see spikeep/plasticity.py): bits = 0 keeps float weights."""
+    bits: int = 0
+    scale: str = "init"  # "init" or "pow2"
+    rounding: str = "nearest"  # "nearest", "stochastic" or "residual"
+    threshold: float = 0.0  # ignore moves below this many grid spacings
+    device: str = "linear"  # "linear" or "memristor"
+    levels: int = 32
+    nu_p: float = 0.0
+    nu_d: float = 0.0
+    noise: float = 0.0
+    headroom: float = 1.0  # weight range = headroom x the initial max |w| of the layer
+    seed: int = 0
+
+    def spec(self):
+        from .plasticity import SynapseSpec
+
+        return SynapseSpec(self.bits, self.scale, self.rounding, self.threshold, self.device, self.levels,
+                           self.nu_p, self.nu_d, self.noise, self.headroom)
+
+    def validate(self) -> None:
+        try:
+            self.spec()
+        except ValueError as e:
+            raise ConfigError(f"plasticity: {e}") from None
+
+
+@dataclass
 class Config:
     name: str = "spikeep"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,6 +229,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     gdu: GDUConfig = field(default_factory=GDUConfig)
     traces: TraceConfig = field(default_factory=TraceConfig)
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
 
     def validate(self) -> "Config":
         try:
@@ -210,6 +239,7 @@ class Config:
             self.train.validate()
             self.data.validate()
             self.traces.validate()
+            self.plasticity.validate()
         except ConfigError:
             raise
         except ValueError as e:

@@ -10,8 +10,8 @@ state, more than most chips hold); the residual and the device state are per syn
 Weight grid of a layer with n bits and scale s:
     n >= 2:  w = s * c,  c integer in [-(2^(n-1) - 1), 2^(n-1) - 1]   (signed, symmetric)
     n == 1:  w = s * c,  c in {-1, +1}                                  (binary, Laydevant et al. 2021)
-Scale: "init", s = max|w_0| / c_max (for 1 bit, mean|w_0|); "pow2", the smallest power of two
-at least that large (one shared exponent per layer, as on Loihi).
+Scale: "init", s = headroom * max|w_0| / c_max (for 1 bit, mean|w_0|); "pow2", the smallest power
+of two at least that large (one shared exponent per layer, as on Loihi).
 
 Rounding of the proposed weight w + dw onto the grid (c' from c and delta = dw / s):
     nearest     c' = the grid point nearest c + delta
@@ -56,6 +56,7 @@ class SynapseSpec:
     nu_p: float = 0.0  # memristor potentiation nonlinearity (0: linear)
     nu_d: float = 0.0  # memristor depression nonlinearity
     noise: float = 0.0  # memristor cycle-to-cycle relative std of a step
+    headroom: float = 1.0  # range = headroom x the initial max |w| (weights grow while learning)
 
     def __post_init__(self):
         if not (self.bits == 0 or 1 <= self.bits <= 16):
@@ -68,6 +69,8 @@ class SynapseSpec:
             raise ValueError(f"unknown device model {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.threshold < 0 or self.noise < 0 or self.nu_p < 0 or self.nu_d < 0:
             raise ValueError("threshold, noise and the nonlinearities nu_p, nu_d must be >= 0")
+        if not self.headroom > 0:
+            raise ValueError(f"headroom must be > 0, got {self.headroom}")
         if self.device == "memristor" and self.levels < 2:
             raise ValueError(f"a memristor needs at least 2 conductance levels, got {self.levels}")
         if self.device == "memristor" and self.bits < 2:
@@ -80,7 +83,7 @@ class SynapseSpec:
 
 def layer_scale(w0: Tensor, spec: SynapseSpec) -> float:
     """The per-layer scale s from the initial weights (fixed for the whole run)."""
-    ref = float(w0.abs().mean()) if spec.bits == 1 else float(w0.abs().max()) / spec.c_max
+    ref = float(w0.abs().mean()) if spec.bits == 1 else spec.headroom * float(w0.abs().max()) / spec.c_max
     if not ref > 0 or not math.isfinite(ref):
         raise ValueError(f"cannot derive a weight scale from initial weights with max |w| = {float(w0.abs().max())}")
     return 2.0 ** math.ceil(math.log2(ref)) if spec.scale == "pow2" else ref
@@ -233,3 +236,19 @@ class Plasticity:
         for name, q in self.layers.items():
             w = self._weights[name]
             q.apply(w, w.detach().clone())
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs: each layer's scale, codes or conductances, residual; the generator."""
+        return {"generator": self.gen.get_state(),
+                "layers": {n: {"scale": q.scale, "codes": q.codes, "g": q.g, "residual": q.residual}
+                           for n, q in self.layers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+        for n, q in self.layers.items():
+            s = state["layers"][n]
+            q.scale, q.codes, q.g, q.residual = float(s["scale"]), s["codes"], s["g"], s["residual"]
+            for t in ("codes", "g", "residual"):
+                if getattr(q, t) is not None:
+                    setattr(q, t, getattr(q, t).to(self._weights[n].device))
+        self.sync()

@@ -184,6 +184,7 @@ class TrainState:
     sched: Optional[torch.optim.lr_scheduler.LRScheduler]
     order_gen: torch.Generator  # data order; its state at the epoch start is what is saved mid-epoch
     step_gen: torch.Generator  # augmentation and random signs
+    plasticity: Optional["Plasticity"] = None  # chip-like synapses (None: float weights)
     epoch: int = 0
     batch: int = 0
     order_state: Optional[torch.Tensor] = None
@@ -199,6 +200,7 @@ class TrainState:
                 "order_rng": self.order_state if self.batch else self.order_gen.get_state(),
                 "step_rng": self.step_gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch_stats": dict(self.stats), "history": self.history, "best": dict(self.best),
+                "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
                 "config": cfg.to_dict()}
 
     def restore(self, ckpt: dict, path: Path) -> None:
@@ -214,6 +216,8 @@ class TrainState:
             torch.set_rng_state(ckpt["torch_rng"])
             self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
             self.stats, self.history, self.best = dict(ckpt["epoch_stats"]), list(ckpt["history"]), dict(ckpt["best"])
+            if self.plasticity is not None:
+                self.plasticity.load_state_dict(ckpt["plasticity"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise runs.CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 
@@ -273,6 +277,10 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
     opt = make_optimizer(net, cfg)
     st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
                     torch.Generator().manual_seed(cfg.train.seed + 1))
+    if cfg.plasticity.bits:
+        from .plasticity import Plasticity
+
+        st.plasticity = Plasticity(net, cfg.plasticity.spec(), cfg.plasticity.seed)  # weights onto the grid
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
@@ -369,6 +377,8 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
             check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
             before = recorder.sample(layer_weights) if recorder is not None else None
             opt.step()
+            if st.plasticity is not None:
+                st.plasticity.apply()  # each synapse realises its update on its own grid / device
             check_finite(list(net.named_parameters()), "weights", where)
             st.batch += 1
             it_global = st.epoch * n_batches + st.batch

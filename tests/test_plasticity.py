@@ -152,3 +152,40 @@ def test_bad_specs(kw, message):
         SynapseSpec(**kw)
     with pytest.raises(ValueError, match="cannot derive a weight scale"):
         layer_scale(torch.zeros(3), SynapseSpec(bits=4))
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "residual"])
+def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch, rounding):
+    """Training keeps every weight on its layer's grid; a run interrupted mid-epoch resumes to the
+    same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
+    import spikeep.train as tr
+    from conftest import REPO
+    from spikeep.config import load_config
+    from spikeep.runs import load_checkpoint
+
+    over = ["train.epochs=2", "data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15",
+            "dynamics.T2=5", "train.checkpoint_every=4", "plasticity.bits=4", f"plasticity.rounding={rounding}",
+            "plasticity.headroom=2.0", "plasticity.scale=pow2"]
+    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
+    state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["plasticity"]["layers"]
+    for name, layer in zip(a.net.layer_names(), a.net.layers):
+        c = layer.weight.detach() / state[name]["scale"]
+        assert torch.equal(c, c.round()) and float(c.abs().max()) <= 7
+    calls = {"n": 0}
+    real = tr.check_finite
+
+    def crash_at_iteration_17(named, what, where, ddp=None):
+        if what == "weights":
+            calls["n"] += 1
+            if calls["n"] == 17:
+                raise KeyboardInterrupt("simulated crash")
+        return real(named, what, where, ddp)
+
+    monkeypatch.setattr(tr, "check_finite", crash_at_iteration_17)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tmp_path / "b", progress=False, echo=False)
+    monkeypatch.setattr(tr, "check_finite", real)
+    b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
+    for p, q in zip(a.net.parameters(), b.net.parameters()):
+        assert torch.equal(p, q)
