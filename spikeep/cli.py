@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -15,7 +18,7 @@ def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> Non
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides dynamics.device)")
 
 
-def _config(args) -> "Config":  # noqa: F821
+def _config(args) -> "Config":
     overrides = list(args.overrides) + ([f'dynamics.device="{args.device}"'] if args.device else [])
     return load_config(args.config, overrides)
 

@@ -97,7 +97,8 @@ class TraceRecorder:
         self.comp = _compression(compression, gzip_level)
         self.chunk, self.flush_every = max(1, chunk), max(1, flush_every)
         self.probe = probe
-        self._rows: list[tuple[int, int, dict]] = []  # buffered per-iteration rows
+        self._rows: list[tuple[int, int, dict, dict]] = []  # buffered per-iteration rows
+        self._indices: dict[str, tuple[torch.Tensor, ...]] = {}  # sampled synapses as index tensors
         if resume_iteration is not None and self.path.exists():
             self._reopen(attrs, resume_iteration)
         else:
@@ -235,11 +236,11 @@ class TraceRecorder:
 
     def _index(self, name: str, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The sampled synapses as a multi-dimensional index (gathers K values in any memory layout)."""
-        spec = self.layers[name]
-        cache = getattr(spec, "_idx", None)
+        cache = self._indices.get(name)
         if cache is None or cache[0].device != w.device:
+            spec = self.layers[name]
             multi = np.unravel_index(spec.sample_index, spec.weight_shape)
-            spec._idx = cache = tuple(torch.as_tensor(m, device=w.device) for m in multi)
+            cache = self._indices[name] = tuple(torch.as_tensor(m, device=w.device) for m in multi)
         return cache
 
     def snapshot(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor],

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,9 @@ from .data import Split, augment, batches, load_dataset, normalize
 from .dynamics import free_phase
 from .estimators import ep_gradients
 from .network import EqNetwork, State
+
+if TYPE_CHECKING:
+    from .plasticity import Plasticity
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

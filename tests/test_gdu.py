@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from conftest import REPO, batch_for, small_conv
 from spikeep.cli import main
