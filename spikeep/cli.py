@@ -46,9 +46,11 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .train import evaluate_run
 
-    r = evaluate_run(args.run_dir, args.weights, args.device)
-    print(f"{r['run_dir']} ({r['weights']}, {r['data']} test set): accuracy {r['test_acc']:.2f}%, "
-          f"loss {r['test_loss']:.4f}")
+    r = evaluate_run(args.run_dir, args.weights, args.device, args.neurons, args.set)
+    spk = (f"; {r['spikes_per_inference']:.0f} spikes and {r['synops_per_inference']:.3g} SynOps per inference"
+           if r["neurons"] == "spiking" else "")
+    print(f"{r['run_dir']} ({r['weights']}, {r['neurons']} neurons, {r['data']} test set): accuracy "
+          f"{r['test_acc']:.2f}%, loss {r['test_loss']:.4f}{spk}")
     return 0
 
 
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="a run folder written by spikeep train")
     p.add_argument("--weights", choices=["best", "last"], default="best")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--neurons", choices=["rate", "spiking"],
+                   help="run the weights in this neuron model (e.g. rate-trained weights in the spiking twin)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value of the run (e.g. spiking.T1=400); repeatable")
     p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("gdu", help="step-wise EP vs BPTT check (writes gdu.json and gdu.png)",
                        description="Compare EP's step-wise updates with BPTT's truncated gradients "

@@ -39,6 +39,7 @@ class ModelConfig:
     activation: str = "my_hard_sig"
     loss: str = "mse"  # "mse" or "cross_entropy"
     init_scale: Union[float, list[float]] = 1.0  # one for all layers or one per layer
+    neurons: str = "rate"  # "rate" (Eq. 8 dynamics) or "spiking" (IF / LIF-box twin, see [spiking])
 
     def validate(self) -> None:
         from .neurons import get_activation
@@ -56,6 +57,8 @@ class ModelConfig:
             if c not in POOLS:
                 known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
                 raise ConfigError(f"model.pools: unknown pooling letter {c!r}; use one of {known}")
+        if self.neurons not in ("rate", "spiking"):
+            raise ConfigError(f"model.neurons must be 'rate' or 'spiking', got {self.neurons!r}")
         if self.loss not in ("mse", "cross_entropy"):
             raise ConfigError(f"model.loss must be 'mse' or 'cross_entropy', got {self.loss!r}")
         if not self.input_shape or any(d < 1 for d in self.input_shape):
@@ -220,6 +223,44 @@ class PlasticityConfig:
 
 
 @dataclass
+class SpikingConfig:
+    """Spiking neurons (model.neurons = "spiking", see spikeep/spiking.py). An IF neuron with
+    threshold theta fires at clip(I / theta, 0, 1): theta = 2 is the twin of my_hard_sig,
+    theta = 1 of hard_sigmoid. Step budgets T1 / T2 replace dynamics.T1 / T2; phases run whole windows."""
+    T1: int = 200  # free-phase step budget
+    T2: int = 100  # step budget of each nudged phase
+    window: int = 50  # steps per rate window (rates = spike counts of the last window / window)
+    rate_tol: float = 0.0  # stop a phase when two successive windows' rates differ by <= this
+    theta: float = 2.0
+    leak: float = 0.0  # dt / tau_mem (0: integrate-and-fire; > 0: Norse's LIF box)
+    refractory: int = 0  # steps
+    v_min: float = -2.0  # lower bound of the membrane potential
+    syn_alpha: float = 1.0  # synaptic current filter (1: none)
+    trace_tau: float = 10.0  # steps: output spike trace that feeds the nudge
+    encoding: str = "current"  # "current" or "poisson"
+    backend: str = "auto"  # "auto", "dense" or "event"
+    crossover: float = -1.0  # activity below which "auto" uses events (< 0: spikeep's measured default)
+
+    def params(self):
+        from .spiking import DEFAULT_CROSSOVER, NeuronParams, SpikingParams
+
+        return SpikingParams(NeuronParams(self.theta, self.leak, self.refractory, self.v_min), self.syn_alpha,
+                             self.trace_tau, self.window, self.rate_tol, self.encoding, self.backend,
+                             DEFAULT_CROSSOVER if self.crossover < 0 else self.crossover)
+
+    def validate(self) -> None:
+        if self.T1 <= 0 or self.T2 <= 0:
+            raise ConfigError(f"spiking.T1 and spiking.T2 must be > 0 steps, got T1={self.T1}, T2={self.T2}")
+        if self.window > min(self.T1, self.T2):
+            raise ConfigError(f"spiking.window ({self.window}) must not exceed spiking.T1 and spiking.T2 "
+                              f"({self.T1}, {self.T2})")
+        try:
+            self.params()
+        except ValueError as e:
+            raise ConfigError(f"[spiking] {e}") from None
+
+
+@dataclass
 class Config:
     name: str = "spikeep"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -230,6 +271,7 @@ class Config:
     gdu: GDUConfig = field(default_factory=GDUConfig)
     traces: TraceConfig = field(default_factory=TraceConfig)
     plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
+    spiking: SpikingConfig = field(default_factory=SpikingConfig)
 
     def validate(self) -> "Config":
         try:
@@ -240,10 +282,14 @@ class Config:
             self.data.validate()
             self.traces.validate()
             self.plasticity.validate()
+            self.spiking.validate()
         except ConfigError:
             raise
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.model.neurons == "spiking" and self.estimator.name == "bptt":
+            raise ConfigError("estimator.name = 'bptt' needs model.neurons = 'rate' (spikes have no gradient "
+                              "here); spiking networks learn with one_sided, random_sign or symmetric EP")
         n_layers = len(self.model.channels) + len(self.model.hidden) + 1
         if len(self.train.lrs) != n_layers:
             raise ConfigError(f"train.lrs has {len(self.train.lrs)} entries for {n_layers} layers "

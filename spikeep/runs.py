@@ -33,7 +33,8 @@ from typing import Any, Optional
 import torch
 
 CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                 "spikes_per_inference", "synops_per_inference"]  # the last two: spiking networks
 
 
 class CheckpointError(RuntimeError):
@@ -177,10 +178,19 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     b.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
+def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically (a crash never leaves half a picture) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     _replace_atomically(path, lambda f: f.write(buf.getvalue()))
+    return path
 
 
 def get_logger(run_dir: Optional[Path], enabled: bool = True, echo: bool = True) -> logging.Logger:

@@ -33,6 +33,7 @@ from .data import Split, augment, batches, load_dataset, normalize
 from .dynamics import free_phase
 from .estimators import ep_gradients
 from .network import EqNetwork, State
+from .spiking import SpikingSimulator, spiking_ep_gradients
 
 if TYPE_CHECKING:
     from .plasticity import Plasticity
@@ -82,6 +83,10 @@ def train_step(net: EqNetwork, x: torch.Tensor, y: torch.Tensor, cfg: Config,
                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, State]:
     """Write the configured gradient estimate into .grad; returns (per-sample loss, logits, state)."""
     d, e = cfg.dynamics, cfg.estimator
+    if cfg.model.neurons == "spiking":  # local rule on spike rates, same .grad convention
+        s = cfg.spiking
+        r = spiking_ep_gradients(SpikingSimulator(net, s.params()), x, y, e.name, e.beta, s.T1, s.T2, generator).ep
+        return r.loss, r.logits, r.s_free
     if e.name == "bptt":
         r, _ = bptt_gradients(net, x, y, d.T1, e.truncate)
         return r.loss, r.logits, r.s_last
@@ -89,19 +94,44 @@ def train_step(net: EqNetwork, x: torch.Tensor, y: torch.Tensor, cfg: Config,
     return r.loss, r.logits, r.s_free
 
 
+class Evaluation(NamedTuple):
+    loss: float  # mean per-sample loss at the free equilibrium
+    acc: float  # accuracy in %
+    spikes: float  # spiking networks: spikes per inference (free phase, one sample); nan for rates
+    synops: float  # synaptic events per inference (input spikes' included); nan for rates
+
+
 @torch.no_grad()
-def evaluate(net: EqNetwork, split: Split, cfg: Config) -> tuple[float, float]:
-    """Mean loss and accuracy (in %) at the free equilibrium (T1 steps)."""
+def free_equilibrium(net: EqNetwork, x: torch.Tensor, cfg: Config, y: Optional[torch.Tensor] = None,
+                     generator: Optional[torch.Generator] = None):
+    """The free phase of cfg's neuron model: (state or spike rates, (spikes, synops) summed or None)."""
+    inp = net.prepare(x, y)
+    if cfg.model.neurons == "spiking":
+        ph = SpikingSimulator(net, cfg.spiking.params()).run_phase(inp, None, cfg.spiking.T1, 0.0, generator)
+        c = ph.counts
+        return ph.rates, (float(c.spikes.sum()), float(c.synops.sum()) + c.input_synops)
+    return free_phase(net, inp, cfg.dynamics.T1, tol=cfg.dynamics.tol).state, None
+
+
+@torch.no_grad()
+def evaluate(net: EqNetwork, split: Split, cfg: Config) -> Evaluation:
+    """Mean loss and accuracy (in %) at the free equilibrium (T1 steps); spikes and SynOps per
+    inference for spiking networks (Poisson input drawn from a fixed seed, so evaluations repeat)."""
     dev = net.synapses[0].weight.device
-    total, loss_sum, correct = 0, 0.0, 0
+    gen = torch.Generator(device=dev).manual_seed(cfg.train.seed) if cfg.spiking.encoding == "poisson" else None
+    total, loss_sum, correct, spikes, synops = 0, 0.0, 0, 0.0, 0.0
     for x, y in batches(split, cfg.train.eval_batch_size):
         x, y = x.to(dev), y.to(dev)
-        inp = net.prepare(x, y)
-        s = free_phase(net, inp, cfg.dynamics.T1, tol=cfg.dynamics.tol).state
-        loss_sum += float(net.loss(s, inp.y).sum())
-        correct += int((net.logits(s).argmax(1) == inp.y).sum())
+        s, counts = free_equilibrium(net, x, cfg, None, gen)
+        y_ = y.to(dev)
+        loss_sum += float(net.loss(s, y_).sum())
+        correct += int((net.logits(s).argmax(1) == y_).sum())
         total += y.shape[0]
-    return loss_sum / total, 100.0 * correct / total
+        if counts is not None:
+            spikes, synops = spikes + counts[0], synops + counts[1]
+    rate = cfg.model.neurons == "rate"
+    return Evaluation(loss_sum / total, 100.0 * correct / total, math.nan if rate else spikes / total,
+                      math.nan if rate else synops / total)
 
 
 def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> Optional[str]:
@@ -329,9 +359,24 @@ def _snapshot(recorder, net, cfg, iteration, epoch):
     if recorder.probe is not None:
         with torch.no_grad():
             x, y = (torch.from_numpy(a).to(net.synapses[0].weight.device) for a in recorder.probe)
-            s = free_phase(net, net.prepare(x, y), cfg.dynamics.T1, tol=cfg.dynamics.tol).state
+            s, _ = free_equilibrium(net, x, cfg, y)
         states = dict(zip(net.layer_names(), s))
     recorder.snapshot(iteration, epoch, weights, biases, states)
+
+
+def _spike_pictures(net: EqNetwork, cfg: Config, test_set: Split, run_dir: Path, probe: int = 4) -> None:
+    """raster.png and rate_convergence.png of the three phases for the first test samples."""
+    from .rasters import plot_rate_convergence, plot_raster
+    from .spiking import probe_phases
+
+    dev = net.synapses[0].weight.device
+    x, y = test_set.x[:probe].to(dev), test_set.y[:probe].to(dev)
+    gen = torch.Generator(device=dev).manual_seed(cfg.train.seed)
+    s = cfg.spiking
+    phases = probe_phases(SpikingSimulator(net, s.params()), x, y, s.T1, s.T2, cfg.estimator.beta, probe, gen)
+    names = net.layer_names()[:len(net.synapses)]
+    plot_raster(phases, names, run_dir / "raster.png")
+    plot_rate_convergence(phases, names, run_dir / "rate_convergence.png")
 
 
 def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: TrainState, recorder) -> None:
@@ -415,10 +460,14 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
             st.sched.step()
         st.epoch, st.batch, st.stats = epoch, 0, _fresh_stats()
         if ddp.main:
-            test_loss, test_acc = evaluate(net, test_set, cfg)
+            ev = evaluate(net, test_set, cfg)
+            test_loss, test_acc = ev.loss, ev.acc
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
                    "train_acc": 100 * stats["correct"] / max(stats["seen"], 1), "test_loss": test_loss,
                    "test_acc": test_acc, "lr": lr, "seconds": train_seconds}
+            if cfg.model.neurons == "spiking":
+                row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
+                _spike_pictures(net, cfg, test_set, run_dir)
             st.history.append(row)
             if test_acc > st.best["test_acc"]:
                 st.best = {"test_acc": test_acc, "epoch": epoch}
@@ -432,20 +481,29 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
                 recorder.flush()
             runs.save_torch_atomic(ckpt_path, st.checkpoint(cfg))
             _write_epoch_files(run_dir, cfg, st.history)
+            spk = (f" | {ev.spikes:.0f} spikes, {ev.synops:.3g} SynOps per inference"
+                   if cfg.model.neurons == "spiking" else "")
             log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
-                     f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s")
+                     f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s{spk}")
         if ddp.world > 1:
             dist.barrier()
 
 
-def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None) -> dict:
-    """Evaluate a run folder's best (or last) weights on its test set."""
+def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None,
+                 neurons: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
+    """Evaluate a run folder's best (or last) weights on its test set; `neurons` runs them in the
+    other neuron model (e.g. rate-trained weights in the spiking twin), `overrides` are --set items."""
+    from .config import apply_overrides
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-    cfg = config_from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
+    data = json.loads(cfg_path.read_text())
+    if neurons:
+        data.setdefault("model", {})["neurons"] = neurons
+    apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data, str(cfg_path))
     if device:
         cfg.dynamics.device = device
     path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
@@ -454,5 +512,9 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
     runs.check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])
     _, test_set, name = _prepare_data(cfg)
-    loss, acc = evaluate(net, test_set, cfg)
-    return {"run_dir": str(run_dir), "weights": path.name, "data": name, "test_loss": loss, "test_acc": acc}
+    ev = evaluate(net, test_set, cfg)
+    out = {"run_dir": str(run_dir), "weights": path.name, "data": name, "neurons": cfg.model.neurons,
+           "test_loss": ev.loss, "test_acc": ev.acc}
+    if cfg.model.neurons == "spiking":
+        out.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
+    return out
