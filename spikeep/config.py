@@ -196,9 +196,12 @@ class TraceConfig:
 
 @dataclass
 class PlasticityConfig:
-    """Chip-like synapses (see spikeep/plasticity.py): bits = 0 keeps float weights."""
+    """Chip-like synapses (see spikeep/plasticity.py): bits = 0 keeps float weights. `profile` names a
+    chip preset (spikeep/chips.py: ideal, loihi2, brainscales2, spinnaker, memristor) that fills the
+    keys of this table and the neuron constants of [spiking]; keys given explicitly win."""
+    profile: str = ""
     bits: int = 0
-    scale: str = "init"  # "init" or "pow2"
+    scale: Union[str, float] = "init"  # "init", "pow2" or a fixed grid spacing > 0
     rounding: str = "nearest"  # "nearest", "stochastic" or "residual"
     threshold: float = 0.0  # ignore moves below this many grid spacings
     device: str = "linear"  # "linear" or "memristor"
@@ -353,6 +356,12 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    from .chips import apply_profile
+
+    try:
+        data = apply_profile(dict(data))
+    except ValueError as e:
+        raise ConfigError(f"{source}: plasticity.profile: {e}") from None
     try:
         return _from_dict(Config, data, "").validate()
     except ConfigError as e:

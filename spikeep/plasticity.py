@@ -11,7 +11,7 @@ Weight grid of a layer with n bits and scale s:
     n >= 2:  w = s * c,  c integer in [-(2^(n-1) - 1), 2^(n-1) - 1]   (signed, symmetric)
     n == 1:  w = s * c,  c in {-1, +1}                                  (binary, Laydevant et al. 2021)
 Scale: "init", s = headroom * max|w_0| / c_max (for 1 bit, mean|w_0|); "pow2", the smallest power
-of two at least that large (one shared exponent per layer, as on Loihi).
+of two at least that large (one shared exponent per layer, as on Loihi); or a fixed number s > 0.
 
 Rounding of the proposed weight w + dw onto the grid (c' from c and delta = dw / s):
     nearest     c' = the grid point nearest c + delta
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -48,7 +48,7 @@ DEVICES = ("linear", "memristor")
 class SynapseSpec:
     """How a layer's synapses store and change their weights (0 bits: float, no quantization)."""
     bits: int = 0
-    scale: str = "init"
+    scale: Union[str, float] = "init"  # "init", "pow2" or a fixed grid spacing > 0
     rounding: str = "nearest"
     threshold: float = 0.0  # in grid spacings
     device: str = "linear"
@@ -61,8 +61,11 @@ class SynapseSpec:
     def __post_init__(self):
         if not (self.bits == 0 or 1 <= self.bits <= 16):
             raise ValueError(f"weight bits must be 0 (float) or 1..16, got {self.bits}")
-        if self.scale not in SCALE_RULES:
-            raise ValueError(f"unknown scale rule {self.scale!r}; use one of {', '.join(SCALE_RULES)}")
+        if isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool):
+            if not (math.isfinite(self.scale) and self.scale > 0):
+                raise ValueError(f"a fixed weight scale must be a finite number > 0, got {self.scale!r}")
+        elif self.scale not in SCALE_RULES:
+            raise ValueError(f"unknown scale rule {self.scale!r}; use one of {', '.join(SCALE_RULES)} or a number > 0")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"unknown rounding {self.rounding!r}; use one of {', '.join(ROUNDINGS)}")
         if self.device not in DEVICES:
@@ -83,6 +86,8 @@ class SynapseSpec:
 
 def layer_scale(w0: Tensor, spec: SynapseSpec) -> float:
     """The per-layer scale s from the initial weights (fixed for the whole run)."""
+    if not isinstance(spec.scale, str):
+        return float(spec.scale)
     ref = float(w0.abs().mean()) if spec.bits == 1 else spec.headroom * float(w0.abs().max()) / spec.c_max
     if not ref > 0 or not math.isfinite(ref):
         raise ValueError(f"cannot derive a weight scale from initial weights with max |w| = {float(w0.abs().max())}")
@@ -232,10 +237,16 @@ class Plasticity:
             self._weights[name].copy_(q.weight())
 
     @torch.no_grad()
-    def apply(self) -> None:
+    def apply(self) -> int:
+        """Realise every layer's proposed update; returns how many synapses changed (their count is
+        what a chip pays update energy for)."""
+        changed = torch.zeros((), dtype=torch.int64)
         for name, q in self.layers.items():
             w = self._weights[name]
-            q.apply(w, w.detach().clone())
+            old = w.detach().clone()
+            q.apply(w, old)
+            changed = changed + (w != old).sum().cpu()
+        return int(changed)
 
     def state_dict(self) -> dict:
         """What a checkpoint needs: each layer's scale, codes or conductances, residual; the generator."""

@@ -34,7 +34,8 @@ import torch
 
 CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
-                 "spikes_per_inference", "synops_per_inference"]  # the last two: spiking networks
+                 "spikes_per_inference", "synops_per_inference",  # spiking networks
+                 "energy_inference_J", "energy_learning_J"]  # spiking networks with a chip profile
 
 
 class CheckpointError(RuntimeError):

@@ -89,8 +89,9 @@ def lif_box_step(current: Tensor, state: NeuronState, p: NeuronParams) -> tuple[
     The membrane is then kept in [v_min, theta]: at most one spike per step and no charge piling up.
     """
     if p.leak > 0:
-        norse_p = LIFBoxParameters(tau_mem_inv=torch.as_tensor(p.leak), v_leak=torch.as_tensor(0.0),
-                                   v_th=torch.as_tensor(p.theta), v_reset=torch.as_tensor(0.0),
+        c = dict(dtype=current.dtype, device=current.device)  # Norse's defaults are float32 scalars
+        norse_p = LIFBoxParameters(tau_mem_inv=torch.as_tensor(p.leak, **c), v_leak=torch.zeros((), **c),
+                                   v_th=torch.as_tensor(p.theta, **c), v_reset=torch.zeros((), **c),
                                    reset_method=reset_subtract)
         z, s = lif_box_feed_forward_step(current / p.leak, LIFBoxFeedForwardState(state.v), norse_p, dt=1.0)
         v, z = s.v, z.to(current.dtype)

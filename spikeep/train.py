@@ -79,19 +79,29 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
     return None
 
 
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # per-sample loss at the free equilibrium
+    logits: torch.Tensor
+    state: State  # free equilibrium (spike rates for spiking networks)
+    spikes: float = 0.0  # spiking networks: spikes of all phases of the batch
+    synops: float = 0.0  # and their synaptic events (input spikes' included)
+
+
 def train_step(net: EqNetwork, x: torch.Tensor, y: torch.Tensor, cfg: Config,
-               generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor, State]:
-    """Write the configured gradient estimate into .grad; returns (per-sample loss, logits, state)."""
+               generator: Optional[torch.Generator] = None) -> StepOutput:
+    """Write the configured gradient estimate into .grad; returns loss, logits, state (and counts)."""
     d, e = cfg.dynamics, cfg.estimator
     if cfg.model.neurons == "spiking":  # local rule on spike rates, same .grad convention
         s = cfg.spiking
-        r = spiking_ep_gradients(SpikingSimulator(net, s.params()), x, y, e.name, e.beta, s.T1, s.T2, generator).ep
-        return r.loss, r.logits, r.s_free
+        r = spiking_ep_gradients(SpikingSimulator(net, s.params()), x, y, e.name, e.beta, s.T1, s.T2, generator)
+        c = r.counts
+        return StepOutput(r.ep.loss, r.ep.logits, r.ep.s_free, float(c.spikes.sum()),
+                          float(c.synops.sum()) + c.input_synops)
     if e.name == "bptt":
         r, _ = bptt_gradients(net, x, y, d.T1, e.truncate)
-        return r.loss, r.logits, r.s_last
+        return StepOutput(r.loss, r.logits, r.s_last)
     r = ep_gradients(net, x, y, e.name, e.beta, d.T1, d.T2, d.tol, generator)
-    return r.loss, r.logits, r.s_free
+    return StepOutput(r.loss, r.logits, r.s_free)
 
 
 class Evaluation(NamedTuple):
@@ -205,7 +215,8 @@ def _prepare_data(cfg: Config):
 
 
 def _fresh_stats() -> dict:
-    return {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0}
+    return {"seen": 0, "correct": 0, "loss_sum": 0.0, "seconds": 0.0, "spikes": 0.0, "synops": 0.0,
+            "updates": 0.0}
 
 
 @dataclass
@@ -364,6 +375,21 @@ def _snapshot(recorder, net, cfg, iteration, epoch):
     recorder.snapshot(iteration, epoch, weights, biases, states)
 
 
+def _energy(cfg: Config, ev: Evaluation, stats: dict) -> dict:
+    """Energy estimates of the chip profile (if any and if it has figures): per inference, and per
+    training sample (its three phases plus its share of the iteration's weight updates)."""
+    if not cfg.plasticity.profile:
+        return {}
+    from .chips import energy_estimate, get_profile
+
+    prof = get_profile(cfg.plasticity.profile)
+    seen = max(stats["seen"], 1)
+    inf = energy_estimate(prof, ev.spikes, ev.synops)
+    learn = energy_estimate(prof, stats.get("spikes", 0.0) / seen, stats.get("synops", 0.0) / seen,
+                            stats.get("updates", 0.0) / seen)
+    return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"]}
+
+
 def _spike_pictures(net: EqNetwork, cfg: Config, test_set: Split, run_dir: Path, probe: int = 4) -> None:
     """raster.png and rate_convergence.png of the three phases for the first test samples."""
     from .rasters import plot_rate_convergence, plot_raster
@@ -410,7 +436,9 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
             where = f"epoch {epoch}, iteration {b + 1}"
             opt.zero_grad(set_to_none=False)
             if y.shape[0] > 0:
-                loss, logits, state = train_step(net, x, y, cfg, st.step_gen)
+                loss, logits, state, spikes, synops = train_step(net, x, y, cfg, st.step_gen)
+                st.stats["spikes"] = st.stats.get("spikes", 0.0) + spikes
+                st.stats["synops"] = st.stats.get("synops", 0.0) + synops
                 named_state = list(zip(net.layer_names(), state))
             else:  # a short last batch left this process nothing: it contributes zero
                 loss = logits = None
@@ -425,8 +453,10 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
             check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
             before = recorder.sample(layer_weights) if recorder is not None else None
             opt.step()
-            if st.plasticity is not None:
-                st.plasticity.apply()  # each synapse realises its update on its own grid / device
+            if st.plasticity is not None:  # each synapse realises its update on its own grid / device
+                st.stats["updates"] = st.stats.get("updates", 0.0) + st.plasticity.apply()
+            else:
+                st.stats["updates"] = st.stats.get("updates", 0.0) + sum(w.numel() for w in layer_weights.values())
             check_finite(list(net.named_parameters()), "weights", where)
             st.batch += 1
             it_global = st.epoch * n_batches + st.batch
@@ -467,6 +497,7 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
                    "test_acc": test_acc, "lr": lr, "seconds": train_seconds}
             if cfg.model.neurons == "spiking":
                 row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
+                row.update(_energy(cfg, ev, stats))
                 _spike_pictures(net, cfg, test_set, run_dir)
             st.history.append(row)
             if test_acc > st.best["test_acc"]:
@@ -483,6 +514,9 @@ def _loop(cfg, run_dir, ddp, device, log, progress, train_set, test_set, st: Tra
             _write_epoch_files(run_dir, cfg, st.history)
             spk = (f" | {ev.spikes:.0f} spikes, {ev.synops:.3g} SynOps per inference"
                    if cfg.model.neurons == "spiking" else "")
+            if row.get("energy_inference_J") is not None:
+                spk += (f" | {cfg.plasticity.profile}: {row['energy_inference_J']:.3g} J per inference, "
+                        f"{row['energy_learning_J']:.3g} J per training sample")
             log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {test_acc:.2f}% "
                      f"(loss {test_loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s{spk}")
         if ddp.world > 1:

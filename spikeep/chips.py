@@ -1,0 +1,142 @@
+"""Neuromorphic chip profiles: named presets for weight storage, neurons and energy per event.
+
+A profile fills [plasticity] (weight bits, scale rule, rounding, device model) and, for spiking
+networks, [spiking] neuron constants; keys written in the config file win over the profile's. With
+energy figures a run reports an estimate of the energy of inference (one free phase: synaptic events
+x E_synop + spikes x E_spike) and of learning (the three phases of a training sample, plus the weight
+updates of an iteration x E_update, shared over its samples). Figures not published for a chip stay
+None and the estimate says so instead of inventing one.
+
+Profiles and the sources of their figures:
+
+ideal         float32 weights, integrate-and-fire neurons; no energy figures.
+loihi2        8-bit signed weights with one shared power-of-two exponent per layer (Intel Loihi /
+              Loihi 2: weight mantissa and per-synapse-group exponent; Davies et al. 2018, IEEE Micro
+              38(1):82-99; Orchard et al. 2021, "Efficient neuromorphic signal processing with Loihi
+              2", IEEE SiPS), stochastic rounding of updates (Loihi's learning engine rounds
+              stochastically). Energy: Loihi (14 nm) figures of Davies et al. 2018, Table 2:
+              23.6 pJ per synaptic spike operation, 1.7 pJ within-tile spike energy, 120 pJ per
+              synaptic update. Loihi 2 has no per-operation table of its own in print; these are
+              Loihi's.
+brainscales2  signed 6-bit weights (magnitude 0..63, the sign from an excitatory or inhibitory synapse
+              row: codes -63..63, spikeep's 7-bit grid); Pehle et al. 2022, "The BrainScaleS-2
+              accelerated neuromorphic system with hybrid plasticity", Front. Neurosci. 16:795876.
+              Analog LIF neurons always leak: modelled with leak = 0.01 per step (a modelling choice,
+              not a chip constant). Updates are computed by the embedded SIMD processors (stochastic
+              rounding in software). No per-event energy figure is used (none we could verify).
+spinnaker     16-bit fixed-point weights (power-of-two scale: a fixed binary point), round to nearest
+              (integer arithmetic on ARM cores). Energy: ~8 nJ per synaptic event from the SpiNNaker
+              power model of Stromatias et al. 2013, "Power analysis of large-scale, real-time neural
+              networks on SpiNNaker", IJCNN (48-chip board); no per-spike or per-update figure.
+memristor     analog conductances with 32 levels, nonlinear asymmetric potentiation / depression
+              (nu_p = 3, nu_d = 3) and 1 % cycle-to-cycle noise, in the range of the reported RRAM
+              devices (tens of levels, nonlinear updates: e.g. Yao et al. 2020, Nature 577:641-646).
+              Energy: 11,014 GOP/s/W reported for the memristor CNN of Yao et al. 2020, i.e. 0.091 pJ
+              per operation, 0.18 pJ per synaptic event (one multiply-accumulate = 2 operations);
+              programming energy per update not given there (None).
+
+These figures are literature values for orders of magnitude, not measurements of spikeep's
+networks on those chips: a chip's real cost also depends on mapping, routing and static power.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+PJ = 1e-12
+NJ = 1e-9
+
+
+@dataclass(frozen=True)
+class Energy:
+    synop: Optional[float] = None  # joules per synaptic event (a spike reaching one synapse)
+    spike: Optional[float] = None  # joules per spike emitted (generation and routing)
+    update: Optional[float] = None  # joules per synaptic weight update (one synapse changed)
+
+
+@dataclass(frozen=True)
+class ChipProfile:
+    name: str
+    synapse: dict[str, Any]  # [plasticity] keys: bits, scale, rounding, device, levels, ...
+    neuron: dict[str, Any] = field(default_factory=dict)  # [spiking] keys: theta, leak, refractory, v_min
+    energy: Energy = Energy()
+    summary: str = ""
+
+    def __post_init__(self):
+        bits = self.synapse.get("bits", 0)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("a chip profile needs a name")
+        if bits != 0 and (not isinstance(bits, int) or bits < 1):
+            raise ValueError(f"chip profile {self.name!r}: weight bits must be >= 1 (or 0 for float), got {bits!r}")
+        scale = self.synapse.get("scale", "init")
+        if isinstance(scale, (int, float)) and not scale > 0:
+            raise ValueError(f"chip profile {self.name!r}: a fixed weight scale must be > 0, got {scale!r}")
+        for k, v in vars(self.energy).items():
+            if v is not None and not v > 0:
+                raise ValueError(f"chip profile {self.name!r}: energy per {k} must be > 0 joules or None, got {v!r}")
+        known_syn = {"bits", "scale", "rounding", "threshold", "device", "levels", "nu_p", "nu_d", "noise", "headroom"}
+        known_neu = {"theta", "leak", "refractory", "v_min"}
+        for keys, known, what in ((self.synapse, known_syn, "synapse"), (self.neuron, known_neu, "neuron")):
+            bad = set(keys) - known
+            if bad:
+                raise ValueError(f"chip profile {self.name!r}: unknown {what} keys {sorted(bad)}")
+
+
+PROFILES: dict[str, ChipProfile] = {}
+
+
+def register_profile(p: ChipProfile) -> ChipProfile:
+    """Add a profile (validated when constructed); names are unique."""
+    if p.name in PROFILES:
+        raise ValueError(f"a chip profile called {p.name!r} exists already")
+    PROFILES[p.name] = p
+    return p
+
+
+def get_profile(name: str) -> ChipProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown chip profile {name!r}; known profiles: {', '.join(PROFILES)}") from None
+
+
+register_profile(ChipProfile("ideal", {"bits": 0}, {"leak": 0.0}, Energy(), "float32 weights, IF neurons"))
+register_profile(ChipProfile(
+    "loihi2", {"bits": 8, "scale": "pow2", "rounding": "stochastic", "device": "linear", "headroom": 8.0},
+    {"leak": 0.0}, Energy(synop=23.6 * PJ, spike=1.7 * PJ, update=120 * PJ),
+    "8-bit weights, shared power-of-two exponent, stochastic rounding; Loihi energy figures"))
+register_profile(ChipProfile(
+    "brainscales2", {"bits": 7, "scale": "init", "rounding": "stochastic", "device": "linear", "headroom": 4.0},
+    {"leak": 0.01}, Energy(), "signed 6-bit weights (+-63), leaky analog neurons"))
+register_profile(ChipProfile(
+    "spinnaker", {"bits": 16, "scale": "pow2", "rounding": "nearest", "device": "linear", "headroom": 16.0},
+    {"leak": 0.0}, Energy(synop=8 * NJ), "16-bit fixed-point weights; SpiNNaker power model"))
+register_profile(ChipProfile(
+    "memristor", {"bits": 8, "scale": "init", "rounding": "stochastic", "device": "memristor", "levels": 32,
+                  "nu_p": 3.0, "nu_d": 3.0, "noise": 0.01, "headroom": 4.0},
+    {}, Energy(synop=0.18 * PJ), "32-level nonlinear noisy conductances"))
+
+
+def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill a config dict's [plasticity] and [spiking] from plasticity.profile; explicit keys win."""
+    plast = data.get("plasticity")
+    if not isinstance(plast, dict) or not plast.get("profile"):
+        return data
+    p = get_profile(plast["profile"])
+    data["plasticity"] = {**p.synapse, **plast}
+    if p.neuron:
+        spk = data.get("spiking") if isinstance(data.get("spiking"), dict) else {}
+        data["spiking"] = {**p.neuron, **spk}
+    return data
+
+
+def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float = 0.0) -> dict[str, Optional[float]]:
+    """Joules for the given counts: synaptic events, spikes and weight updates; None where the chip's
+    figure is unknown (the total is None if any needed figure is)."""
+    e = p.energy
+    parts = {"synops": None if e.synop is None else synops * e.synop,
+             "spikes": None if e.spike is None else spikes * e.spike,
+             "updates": (0.0 if updates == 0 else None) if e.update is None else updates * e.update}
+    known = [v for v in parts.values() if v is not None]
+    return {**parts, "total": sum(known) if known else None,
+            "complete": all(v is not None for v in parts.values())}
