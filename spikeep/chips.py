@@ -138,5 +138,6 @@ def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float
              "spikes": None if e.spike is None else spikes * e.spike,
              "updates": (0.0 if updates == 0 else None) if e.update is None else updates * e.update}
     known = [v for v in parts.values() if v is not None]
-    return {**parts, "total": sum(known) if known else None,
+    no_figures = e.synop is None and e.spike is None and e.update is None
+    return {**parts, "total": None if no_figures else sum(known),
             "complete": all(v is not None for v in parts.values())}

@@ -7,7 +7,8 @@ Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
     /iteration   (T,)   int64  the iteration of each per-iteration row; a dimension scale
     /epoch       (T,)   int32  its epoch; a dimension scale
     /snapshot_iteration (S,) int64, /snapshot_epoch (S,) int32: the time axis of full snapshots
-    /layers/<name>/            attrs: kind, weight_shape, n_weights, dtype, quantized (False), units
+    /layers/<name>/            attrs: kind, weight_shape, n_weights, dtype, quantized, units
+                               (quantized layers also: scale, bits; weight = scale x code)
         sample_index  (K,)         int64    flat indices into the weight tensor (fixed, random)
         sample_weight (T, K)       float32  those weights after each iteration's update
         sample_delta  (T, K)       float32  the change the update made to them (delta-W)
@@ -15,6 +16,10 @@ Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
         summary       (T, 5)       float32  norm, mean, std, min, max of the whole weight tensor
         weight        (S, *shape)  float32  full weight tensors (every `full_every` iterations / epoch)
         bias          (S, n_out)   float32  full biases, same times
+      quantized layers (chip-like synapses on an integer grid, see spikeep/plasticity.py) also have
+        sample_code   (T, K)       int16    the sampled synapses' integer codes after each update
+      and store full snapshots as codes instead of floats:
+        weight_code   (S, *shape)  int16    (in place of `weight`; LayerTraces.weights() gives scale x code)
     /probe/x (P, ...), /probe/y (P,), /probe/<layer> (S, P, *shape): equilibrium states of a fixed
         probe batch at each snapshot (optional)
 
@@ -58,6 +63,8 @@ class LayerSpec:
     bias_shape: tuple[int, ...]
     sample_index: np.ndarray
     state_shape: Optional[tuple[int, ...]] = None  # for probe states (None: not a neuron layer)
+    scale: Optional[float] = None  # quantized layer: weight = scale x integer code (None: float weights)
+    bits: int = 0
 
 
 def _compression(name: str, level: int) -> dict[str, Any]:
@@ -134,15 +141,23 @@ class TraceRecorder:
 
         for spec in self.layers.values():
             g = f.create_group(f"layers/{spec.name}")
+            q = spec.scale is not None
             g.attrs.update(kind=spec.kind, weight_shape=spec.weight_shape, n_weights=int(np.prod(spec.weight_shape)),
-                           dtype="float32", quantized=False, units="weight (dimensionless, PyTorch layout)")
+                           dtype="float32", quantized=q, units="weight (dimensionless, PyTorch layout)")
+            if q:
+                g.attrs.update(scale=float(spec.scale), bits=int(spec.bits), code_dtype="int16")
             g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64))
             k = len(spec.sample_index)
             for name in ("sample_weight", "sample_delta", "sample_grad"):
                 timed(g, name, (k,), "f4")
             s = timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4")
             s.attrs["columns"] = ",".join(SUMMARY_COLUMNS)
-            timed(g, "weight", spec.weight_shape, "f4", per_snapshot=True)
+            if q:
+                timed(g, "sample_code", (k,), "i2")
+                c = timed(g, "weight_code", spec.weight_shape, "i2", per_snapshot=True)
+                c.attrs.update(scale=float(spec.scale), units="integer code: weight = scale x code")
+            else:
+                timed(g, "weight", spec.weight_shape, "f4", per_snapshot=True)
             timed(g, "bias", spec.bias_shape, "f4", per_snapshot=True)
         if self.probe is not None:
             pg = f.create_group("probe")
@@ -173,10 +188,12 @@ class TraceRecorder:
             for layer in self.layers:
                 if f"layers/{layer}" not in old:
                     raise TracesError(f"{self.path}: has no layer {layer!r}; it was written for another network")
-                for name in PER_ITERATION:
-                    self._append(self.f[f"layers/{layer}/{name}"], old[f"layers/{layer}/{name}"][:n_it])
-                for name in PER_SNAPSHOT:
-                    self._copy_rows(old[f"layers/{layer}/{name}"], self.f[f"layers/{layer}/{name}"], n_sn)
+                for name in PER_ITERATION + ("sample_code",):
+                    if f"layers/{layer}/{name}" in self.f:
+                        self._append(self.f[f"layers/{layer}/{name}"], old[f"layers/{layer}/{name}"][:n_it])
+                for name in PER_SNAPSHOT + ("weight_code",):
+                    if f"layers/{layer}/{name}" in self.f:
+                        self._copy_rows(old[f"layers/{layer}/{name}"], self.f[f"layers/{layer}/{name}"], n_sn)
                 if self.probe is not None and f"probe/{layer}" in old and f"probe/{layer}" in self.f:
                     self._copy_rows(old[f"probe/{layer}"], self.f[f"probe/{layer}"], n_sn)
         finally:
@@ -215,12 +232,15 @@ class TraceRecorder:
             var = ((norm * norm - total * total / n) / max(n - 1, 1)).clamp_min(0)
             parts += [w.detach()[idx], grads[name].detach()[idx], norm[None], (total / n)[None], var.sqrt()[None],
                       lo[None], hi[None]]
+            if self.layers[name].scale is not None:  # integer codes (exact in float32 up to 2^24)
+                parts.append(torch.round(w.detach()[idx] / self.layers[name].scale))
         flat = torch.cat([p.float() for p in parts]).cpu().numpy()  # one transfer per iteration
         row, off = {}, 0
         for name in weights:
             k = len(self.layers[name].sample_index)
-            row[name] = flat[off:off + 2 * k + len(SUMMARY_COLUMNS)]
-            off += 2 * k + len(SUMMARY_COLUMNS)
+            width = 2 * k + len(SUMMARY_COLUMNS) + (k if self.layers[name].scale is not None else 0)
+            row[name] = flat[off:off + width]
+            off += width
         self._rows.append((iteration, epoch, before, row))
         if len(self._rows) >= self.flush_every:
             self.flush()
@@ -250,7 +270,12 @@ class TraceRecorder:
         self._append(self.f["snapshot_iteration"], np.array([iteration], dtype=np.int64))
         self._append(self.f["snapshot_epoch"], np.array([epoch], dtype=np.int32))
         for name, w in weights.items():
-            self._append(self.f[f"layers/{name}/weight"], w.detach().float().cpu().numpy()[None])
+            scale = self.layers[name].scale
+            if scale is not None:
+                codes = torch.round(w.detach() / scale).to(torch.int16).cpu().numpy()
+                self._append(self.f[f"layers/{name}/weight_code"], codes[None])
+            else:
+                self._append(self.f[f"layers/{name}/weight"], w.detach().float().cpu().numpy()[None])
             self._append(self.f[f"layers/{name}/bias"], biases[name].detach().float().cpu().numpy()[None])
         for name, s in (states or {}).items():
             if f"probe/{name}" in self.f:
@@ -266,8 +291,11 @@ class TraceRecorder:
                 k = len(self.layers[name].sample_index)
                 before = np.stack([r[2][name] for r in self._rows])
                 rows = np.stack([r[3][name] for r in self._rows])
-                after, grad, summ = rows[:, :k], rows[:, k:2 * k], rows[:, 2 * k:]
+                after, grad = rows[:, :k], rows[:, k:2 * k]
+                summ = rows[:, 2 * k:2 * k + len(SUMMARY_COLUMNS)]
                 g = self.f[f"layers/{name}"]
+                if self.layers[name].scale is not None:
+                    self._append(g["sample_code"], rows[:, 2 * k + len(SUMMARY_COLUMNS):].astype(np.int16))
                 self._append(g["sample_weight"], after)
                 self._append(g["sample_delta"], after - before)
                 self._append(g["sample_grad"], grad)
@@ -294,17 +322,20 @@ def _flat_view(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(-1)
 
 
-def layer_specs(net, k: int, seed: int) -> list[LayerSpec]:
-    """One spec per layer of an EqNetwork, with K synapses drawn at random (fixed by seed)."""
+def layer_specs(net, k: int, seed: int, quantized: Optional[dict[str, tuple[float, int]]] = None) -> list[LayerSpec]:
+    """One spec per layer of an EqNetwork, with K synapses drawn at random (fixed by seed);
+    `quantized` maps layer names to (scale, bits) of layers whose weights sit on an integer grid."""
+    quantized = quantized or {}
     g = torch.Generator().manual_seed(seed)
     specs = []
     n_state = len(net.layer_shapes)
     for i, (name, layer) in enumerate(zip(net.layer_names(), net.layers)):
         n = layer.weight.numel()
         idx = torch.randperm(n, generator=g)[:min(k, n)].sort().values.numpy()
+        scale, bits = quantized.get(name, (None, 0))
         specs.append(LayerSpec(name, type(layer).__name__.lower(), tuple(layer.weight.shape),
                                tuple(layer.bias.shape), idx,
-                               tuple(net.layer_shapes[i]) if i < n_state else None))
+                               tuple(net.layer_shapes[i]) if i < n_state else None, scale, bits))
     return specs
 
 
@@ -318,9 +349,17 @@ class LayerTraces:
         self.kind = group.attrs["kind"]
         self.weight_shape = tuple(int(v) for v in group.attrs["weight_shape"])
         self.sample_index = group["sample_index"][:]
+        self.quantized = bool(group.attrs.get("quantized", False))
+        self.scale = float(group.attrs["scale"]) if self.quantized else None
+
+    def weights(self, index: Any = slice(None)) -> np.ndarray:
+        """Full weight snapshots as floats (scale x code for quantized layers)."""
+        if self.quantized:
+            return self.scale * self.weight_code[index].astype(np.float64)
+        return self.weight[index]
 
     def __getattr__(self, item: str) -> h5py.Dataset:
-        if item in PER_ITERATION + PER_SNAPSHOT:
+        if item in PER_ITERATION + PER_SNAPSHOT + ("sample_code", "weight_code") and item in self.group:
             d = self.group[item]
             d.refresh()  # see what a live writer has flushed since
             return d
@@ -411,7 +450,8 @@ def info(path: str | Path) -> str:
                  f"seed {t.attrs.get('seed')}, git commit {t.attrs.get('git_commit') or '-'}",
                  f"{'layer':<10} {'kind':<6} {'weight shape':<20} {'sampled':>8}"]
         for lt in t:
-            lines.append(f"{lt.name:<10} {lt.kind:<6} {str(lt.weight_shape):<20} {len(lt.sample_index):>8}")
+            q = f"  quantized: {lt.group.attrs['bits']}-bit codes, scale {lt.scale:.4g}" if lt.quantized else ""
+            lines.append(f"{lt.name:<10} {lt.kind:<6} {str(lt.weight_shape):<20} {len(lt.sample_index):>8}{q}")
     return "\n".join(lines)
 
 
@@ -428,8 +468,10 @@ def export(path: str | Path, layer: str, fmt: str, out: Optional[str | Path] = N
         if fmt == "npz":
             np.savez_compressed(out, iteration=it, epoch=ep, sample_index=lt.sample_index, sample_weight=sw,
                                 sample_delta=sd, sample_grad=sg, summary=summ,
-                                summary_columns=np.array(SUMMARY_COLUMNS), weight=lt.weight[:], bias=lt.bias[:],
-                                snapshot_iteration=t.snapshot_iteration)
+                                summary_columns=np.array(SUMMARY_COLUMNS), weight=lt.weights(), bias=lt.bias[:],
+                                snapshot_iteration=t.snapshot_iteration,
+                                **({"weight_code": lt.weight_code[:], "sample_code": lt.sample_code[:n],
+                                    "scale": lt.scale} if lt.quantized else {}))
         else:
             cols = (["iteration", "epoch"] + [f"summary_{c}" for c in SUMMARY_COLUMNS]
                     + [f"{p}_{i}" for p in ("w", "dw", "grad") for i in lt.sample_index])

@@ -333,7 +333,7 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
     elif ddp.main:
         runs.write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
     n_batches = math.ceil(train_set.y.shape[0] / cfg.train.batch_size)
-    recorder = _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches) if ddp.main else None
+    recorder = _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches, st.plasticity) if ddp.main else None
     log.info(f"{cfg.name}: {cfg.estimator.name} on {data_name} ({train_set.y.shape[0]} train, "
              f"{test_set.y.shape[0]} test), device {device}, {ddp.world} process(es), "
              f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
@@ -345,7 +345,7 @@ def _train(cfg, run_dir, ckpt, ddp, device, log, progress) -> TrainResult:
     return TrainResult(net, st.history, run_dir)
 
 
-def _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches):
+def _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches, plasticity=None):
     tc = cfg.traces
     if not tc.enabled:
         return None
@@ -358,7 +358,10 @@ def _make_recorder(cfg, run_dir, net, test_set, ckpt, n_batches):
     resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
     attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
              "git_commit": runs.git_commit() or ""}
-    return TraceRecorder(run_dir / "traces.h5", layer_specs(net, tc.sample, tc.seed), attrs=attrs,
+    quantized = {}
+    if plasticity is not None and plasticity.spec.device == "linear":  # memristor conductances stay float
+        quantized = {n: (q.scale, plasticity.spec.bits) for n, q in plasticity.layers.items()}
+    return TraceRecorder(run_dir / "traces.h5", layer_specs(net, tc.sample, tc.seed, quantized), attrs=attrs,
                          compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
                          flush_every=tc.flush_every, probe=probe, resume_iteration=resume_it)
 

@@ -189,3 +189,90 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
     for p, q in zip(a.net.parameters(), b.net.parameters()):
         assert torch.equal(p, q)
+
+
+# -- chip profiles ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,bits,device", [("ideal", 0, "linear"), ("loihi2", 8, "linear"),
+                                              ("brainscales2", 7, "linear"), ("spinnaker", 16, "linear"),
+                                              ("memristor", 8, "memristor")])
+def test_profiles_load_and_give_their_bits(name, bits, device):
+    from spikeep.chips import get_profile
+    from spikeep.config import config_from_dict
+
+    cfg = config_from_dict({"plasticity": {"profile": name}, "model": {"neurons": "spiking"},
+                            "train": {"lrs": [0.1, 0.1]}})
+    assert cfg.plasticity.bits == bits and cfg.plasticity.device == device
+    prof = get_profile(name)
+    for k, v in prof.neuron.items():
+        assert getattr(cfg.spiking, k) == v
+    # explicit keys win over the profile's
+    cfg = config_from_dict({"plasticity": {"profile": name, "rounding": "residual"}, "train": {"lrs": [0.1, 0.1]}})
+    assert cfg.plasticity.rounding == "residual" and cfg.plasticity.bits == bits
+    if name == "loihi2":  # one shared power-of-two exponent per layer
+        w0 = torch.empty(64, 32).uniform_(-0.3, 0.3)
+        s = layer_scale(w0, cfg.plasticity.spec())
+        assert math.log2(s) == round(math.log2(s))
+
+
+def test_bad_profiles_give_clear_errors():
+    from spikeep.chips import ChipProfile, Energy, register_profile
+    from spikeep.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="unknown chip profile 'truenorth'; known profiles: ideal, loihi2"):
+        config_from_dict({"plasticity": {"profile": "truenorth"}, "train": {"lrs": [0.1, 0.1]}})
+    with pytest.raises(ValueError, match="weight bits must be >= 1"):
+        ChipProfile("mine", {"bits": -2})
+    with pytest.raises(ValueError, match="fixed weight scale must be > 0"):
+        ChipProfile("mine", {"bits": 4, "scale": 0.0})
+    with pytest.raises(ValueError, match="energy per synop must be > 0"):
+        ChipProfile("mine", {"bits": 4}, energy=Energy(synop=-1.0))
+    with pytest.raises(ValueError, match="unknown synapse keys"):
+        ChipProfile("mine", {"bits": 4, "colour": 1})
+    with pytest.raises(ValueError, match="exists already"):
+        register_profile(ChipProfile("loihi2", {"bits": 8}))
+    with pytest.raises(ValueError, match="fixed weight scale must be a finite number > 0"):
+        SynapseSpec(bits=4, scale=-0.5)
+    assert layer_scale(torch.ones(3), SynapseSpec(bits=4, scale=0.25)) == 0.25
+
+
+def test_energy_estimate_counts_and_unknown_figures():
+    from spikeep.chips import get_profile, energy_estimate
+
+    e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10)
+    assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12) and e["complete"]
+    e = energy_estimate(get_profile("spinnaker"), spikes=100, synops=1e4)
+    assert e["total"] == pytest.approx(1e4 * 8e-9) and not e["complete"] and e["spikes"] is None
+    assert energy_estimate(get_profile("brainscales2"), 100, 1e4)["total"] is None
+
+
+def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp_path):
+    import numpy as np
+
+    import spikeep.traces as traces
+    from conftest import REPO
+    from spikeep.config import load_config
+    from spikeep.train import train
+
+    over = ["train.epochs=1", "data.subset=200", "model.hidden=[24]", "train.batch_size=20",
+            "model.neurons=\"spiking\"", "spiking.T1=40", "spiking.T2=20", "spiking.window=20",
+            "plasticity.profile=\"loihi2\"", "traces.enabled=true", "traces.sample=30", "traces.full_every=5"]
+    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    r = train(cfg, tmp_path, progress=False, echo=False)
+    row = r.history[-1]
+    assert row["spikes_per_inference"] > 0 and row["synops_per_inference"] >= row["spikes_per_inference"]
+    expected = row["synops_per_inference"] * 23.6e-12 + row["spikes_per_inference"] * 1.7e-12
+    assert row["energy_inference_J"] == pytest.approx(expected)
+    assert row["energy_learning_J"] > row["energy_inference_J"]
+    assert "energy_inference_J" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert (tmp_path / "raster.png").stat().st_size > 0 and (tmp_path / "rate_convergence.png").stat().st_size > 0
+    with traces.open(tmp_path / "traces.h5") as t:
+        for name, layer in zip(r.net.layer_names(), r.net.layers):
+            lt = t[name]
+            assert lt.quantized and lt.group.attrs["bits"] == 8
+            codes, w = lt.sample_code[:], lt.sample_weight[:]
+            assert codes.dtype == np.int16 and np.abs(codes).max() <= 127
+            assert np.allclose(codes * lt.scale, w, rtol=0, atol=1e-6)
+            assert "weight" not in lt.group and lt.weight_code.dtype == np.int16
+            assert np.allclose(lt.weights(-1), layer.weight.detach().numpy(), atol=1e-6)
+        assert "quantized: 8-bit codes" in traces.info(tmp_path / "traces.h5")
