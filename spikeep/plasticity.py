@@ -10,7 +10,7 @@ state, more than most chips hold); the residual and the device state are per syn
 Weight grid of a layer with n bits and scale s:
     n >= 2:  w = s * c,  c integer in [-(2^(n-1) - 1), 2^(n-1) - 1]   (signed, symmetric)
     n == 1:  w = s * c,  c in {-1, +1}                                  (binary, Laydevant et al. 2021)
-Scale: "init", s = headroom * max|w_0| / c_max (for 1 bit, mean|w_0|); "pow2", the smallest power
+Scale: "init", s = headroom * max|w_0| / c_max (for 1 bit, headroom * mean|w_0|); "pow2", the smallest power
 of two at least that large (one shared exponent per layer, as on Loihi); or a fixed number s > 0.
 
 Rounding of the proposed weight w + dw onto the grid (c' from c and delta = dw / s):
@@ -88,7 +88,7 @@ def layer_scale(w0: Tensor, spec: SynapseSpec) -> float:
     """The per-layer scale s from the initial weights (fixed for the whole run)."""
     if not isinstance(spec.scale, str):
         return float(spec.scale)
-    ref = float(w0.abs().mean()) if spec.bits == 1 else spec.headroom * float(w0.abs().max()) / spec.c_max
+    ref = spec.headroom * (float(w0.abs().mean()) if spec.bits == 1 else float(w0.abs().max()) / spec.c_max)
     if not ref > 0 or not math.isfinite(ref):
         raise ValueError(f"cannot derive a weight scale from initial weights with max |w| = {float(w0.abs().max())}")
     return 2.0 ** math.ceil(math.log2(ref)) if spec.scale == "pow2" else ref
