@@ -29,7 +29,8 @@ def _check(phases) -> None:
 
 
 def plot_raster(phases, names: list[str], path: str | Path, max_neurons: int = 100) -> Path:
-    """Spike raster of sample 0: one panel per layer (at most max_neurons neurons, the most active)."""
+    """Spike raster of sample 0: one panel per layer (at most max_neurons of the neurons that spiked,
+    spread evenly over their range of rates, sorted by rate)."""
     _check(phases)
     n = len(names)
     fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 + 1.6 * n), sharex=True, squeeze=False)
@@ -39,12 +40,16 @@ def plot_raster(phases, names: list[str], path: str | Path, max_neurons: int = 1
         bounds.append(t)
     for k, ax in enumerate(axes[:, 0]):
         z = _concat(phases, k)
-        top = z.sum(0).argsort(descending=True)[:max_neurons].sort().values
+        counts = z.sum(0)
+        active = counts.nonzero().flatten()
+        by_rate = active[counts[active].argsort()]
+        pick = torch.linspace(0, len(by_rate) - 1, min(max_neurons, len(by_rate))).round().long().unique()
+        top = by_rate[pick] if len(by_rate) else by_rate
         steps, neurons = z[:, top].nonzero(as_tuple=True)
         ax.scatter(steps.numpy(), neurons.numpy(), s=1.5, marker="|", color="k", linewidths=0.6)
         for b in bounds[:-1]:
             ax.axvline(b - 0.5, color="tab:red", lw=0.8)
-        ax.set_ylabel(f"{names[k]}\n({len(top)} of {z.shape[1]})")
+        ax.set_ylabel(f"{names[k]}\n({len(top)} of {int((counts > 0).sum())} active,\n{z.shape[1]} neurons)")
         ax.set_ylim(-1, max(len(top), 1))
     start = 0
     for (name, ph), b in zip(phases, bounds):

@@ -15,8 +15,9 @@ step; the membrane is kept in [v_min, theta] so no charge piles up), and the mea
 W z is W r. The rates r of a spiking equilibrium therefore solve r_k = clip(dPhi/ds_k(r) / theta, 0, 1):
 with theta = 2 this is the rate network's fixed point with `my_hard_sig` (Laborieux et al. 2021,
 Eq. 8). Spikes reach the currents through one of two interchangeable back ends: `dense` (matrix
-products over the spike tensor) or `event` (only the weight columns/rows of neurons that spiked,
-via embedding_bag), chosen per layer and step by activity with `auto`.
+products over the spike tensor) or `event` (each neuron owns one row holding every synapse it drives,
+[W_{k+1}^T | W_k], as a chip stores fan-out lists; the rows of the neurons that spiked are summed with
+embedding_bag), chosen per source layer and step by activity with `auto`.
 
 Phases (free, +beta, -beta) run in windows of `window` steps; a window's spike counts give the
 rates, and a phase stops early once two successive windows' rates differ by at most `rate_tol`.
@@ -46,9 +47,10 @@ from .synapses import Conv, Dense
 Tensor = torch.Tensor
 BACKENDS = ("auto", "dense", "event")
 ENCODINGS = ("current", "poisson")
-# Activity (fraction of presynaptic neurons spiking in a step) below which `auto` propagates events.
-# Measured by analysis/bench_spiking.py on 2 CPU cores (784-1024-1024-10, batch 32): see README.
-DEFAULT_CROSSOVER = 0.10
+# Activity (fraction of a layer's neurons spiking in a step) below which `auto` propagates events.
+# analysis/bench_spiking.py, 784-1024-1024-10 on 2 CPU cores: event and dense cost the same at 28 %
+# activity with batch 32; with batch 1 and 8 events stay faster up to 50 %. 0.25 sits just below.
+DEFAULT_CROSSOVER = 0.25
 
 
 # -- neurons ----------------------------------------------------------------------------------------
@@ -132,26 +134,33 @@ def _bags(z: Tensor) -> tuple[Tensor, Tensor]:
     return j, counts.cumsum(0).sub_(counts)
 
 
-def forward_current(syn, z: Tensor, event: bool, w_t: Optional[Tensor] = None) -> Tensor:
-    """W z_pre for one step's presynaptic spikes (pre-pool, no bias).
+def fan_out_tables(net: EqNetwork) -> list[Optional[Tensor]]:
+    """Per source layer (input first), one row per neuron holding every synapse it drives, as a chip
+    stores them: [W_{k+1}^T | W_k] (forward targets, then feedback targets). None where a conv synapse
+    is involved (those propagate densely). Made once per phase: weights only change between batches."""
+    syn, n = net.synapses, len(net.synapses)
+    tables: list[Optional[Tensor]] = []
+    for k in range(-1, n):  # k = -1: the input layer (Poisson or given spikes)
+        parts = []
+        if k + 1 < n:
+            parts.append(syn[k + 1].weight.t() if isinstance(syn[k + 1], Dense) else None)
+        if k >= 1:
+            parts.append(syn[k].weight if isinstance(syn[k], Dense) else None)
+        tables.append(torch.cat(parts, 1).contiguous() if parts and all(t is not None for t in parts) else None)
+    return tables
 
-    event: sum, per sample, the weight columns of the neurons that spiked (embedding_bag over a
-    transposed copy `w_t` of W, made once per batch). Dense synapses only; conv layers run dense.
-    """
+
+def event_currents(z: Tensor, table: Tensor) -> Tensor:
+    """Sum, per sample, the table rows of the neurons that spiked: (B, targets)."""
+    j, off = _bags(z)
+    return F.embedding_bag(j, table, off, mode="sum")
+
+
+def dense_forward(syn, z: Tensor) -> Tensor:
+    """W z_pre over the whole spike tensor (pre-pool, no bias)."""
     if isinstance(syn, Dense):
-        if event:
-            j, off = _bags(z)
-            return F.embedding_bag(j, w_t, off, mode="sum")
         return F.linear(z.flatten(1), syn.weight)
     return F.conv2d(z, syn.weight, None, syn.stride, syn.padding)
-
-
-def feedback_current(syn, z: Tensor, indices: Optional[Tensor], event: bool) -> Tensor:
-    """W^T unpool(z_post): the feedback current a layer's spikes send to the layer below."""
-    if isinstance(syn, Dense) and event:
-        i, off = _bags(z)
-        return F.embedding_bag(i, syn.weight, off, mode="sum").view(z.shape[0], *syn.pre_shape)
-    return syn.feedback_drive(z, indices)
 
 
 def pooled_drive(syn, u: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -286,23 +295,48 @@ class SpikingSimulator:
         f = tuple(z.clone() for z in zeros[:-1])
         return SimState(neurons, tuple(zeros), tuple(u), f, zeros[-1].clone())
 
-    def _use_events(self, syn, z: Tensor) -> bool:
-        if not isinstance(syn, Dense) or self.p.backend == "dense":
-            return False
-        if self.p.backend == "event":
-            return True
+    def _use_events(self, z: Tensor) -> bool:
+        if self.p.backend != "auto":
+            return self.p.backend == "event"
         return float(z.count_nonzero()) < self.p.crossover * z.numel()
 
+    def _propagate(self, z: Tensor, k: int, tables) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """The currents layer k's spikes (k = -1: input spikes) send this step: (W_{k+1} z to the
+        layer above, W_k^T z to the layer below) by events or densely; None where the target is
+        absent or a conv synapse must wait for its pooling indices (see step)."""
+        syn, n = self.net.synapses, len(self.net.synapses)
+        table = tables[k + 1] if tables is not None else None
+        if table is not None and self._use_events(z):
+            out = event_currents(z, table)
+            n_up = syn[k + 1].post_shape[0] if k + 1 < n else 0
+            up = out[:, :n_up] if k + 1 < n else None
+            down = out[:, n_up:].view(z.shape[0], *syn[k].pre_shape) if k >= 1 else None
+            return up, down
+        up = dense_forward(syn[k + 1], z) if k + 1 < n else None
+        down = syn[k].feedback_drive(z, None) if k >= 1 and isinstance(syn[k], Dense) else None
+        return up, down
+
     def step(self, inp: Inputs, st: SimState, beta: float = 0.0, x_spikes: Optional[Tensor] = None,
-             w_t: Optional[list] = None) -> SimState:
-        """One synchronous step: currents from last step's spikes, then every layer's neurons."""
+             tables: Optional[list] = None) -> SimState:
+        """One synchronous step: currents from the last step's spikes, then every layer's neurons.
+
+        `tables` (from fan_out_tables) enables the event back end; without them it runs dense.
+        """
         net, p = self.net, self.p
         syn, n, a = net.synapses, len(net.synapses), p.syn_alpha
-        w_t = w_t or [None] * n
 
         def filt(old: Tensor, new: Tensor) -> Tensor:
             return new if a == 1.0 else old + a * (new - old)
 
+        sent_up: list[Optional[Tensor]] = [None] * n  # new forward current of synapse k
+        sent_down: list[Optional[Tensor]] = [None] * n  # new feedback current into layer k-1 via synapse k
+        if x_spikes is not None:
+            sent_up[0], _ = self._propagate(x_spikes, -1, tables)
+        for k in range(n):
+            up, down = self._propagate(st.z[k], k, tables)
+            if k + 1 < n:
+                sent_up[k + 1] = up
+            sent_down[k] = down
         u, drive, idx = [], [], []
         for k in range(n):
             if k == 0 and x_spikes is None:  # constant current: the rate network's own first drive
@@ -310,14 +344,15 @@ class SpikingSimulator:
                 drive.append(inp.drive)
                 idx.append(None)
                 continue
-            pre = x_spikes if k == 0 else st.z[k - 1]
-            u.append(filt(st.u[k], forward_current(syn[k], pre, self._use_events(syn[k], pre), w_t[k])))
+            u.append(filt(st.u[k], sent_up[k]))
             d, i = pooled_drive(syn[k], u[k])
             drive.append(d)
             idx.append(i)
         f = []
         for k in range(n - 1):
-            fb = feedback_current(syn[k + 1], st.z[k + 1], idx[k + 1], self._use_events(syn[k + 1], st.z[k + 1]))
+            fb = sent_down[k + 1]
+            if fb is None:  # conv synapse: unpool with this step's max-pool indices, then transposed conv
+                fb = syn[k + 1].feedback_drive(st.z[k + 1], idx[k + 1])
             f.append(filt(st.f[k], fb))
         current = [drive[k] + f[k] if k < n - 1 else drive[k].clone() for k in range(n)]
         if beta != 0.0:
@@ -361,8 +396,7 @@ class SpikingSimulator:
                              "drop data.mean/data.std normalisation or use encoding = 'current'")
         st = self.init_state(inp) if state is None else state
         n = len(net.synapses)
-        w_t = [s.weight.t().contiguous() if isinstance(s, Dense) and p.backend != "dense" else None
-               for s in net.synapses]
+        tables = fan_out_tables(net) if p.backend != "dense" else None
         fo_in, fo = self.fan_out
         spikes = torch.zeros(n, dtype=torch.float64)
         synops = torch.zeros(n, dtype=torch.float64)
@@ -381,7 +415,7 @@ class SpikingSimulator:
                     xs = input_spikes[steps + t]
                 if xs is not None:
                     x_count += xs
-                st = self.step(inp, st, beta, xs, w_t)
+                st = self.step(inp, st, beta, xs, tables)
                 for k, (c, z) in enumerate(zip(counts, st.z)):
                     c += z
                     if record:
