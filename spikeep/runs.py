@@ -144,7 +144,8 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    fields = [f for f in METRIC_FIELDS if any(f in h for h in history)] or METRIC_FIELDS[:7]
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
     write_text_atomic(path, buf.getvalue())
