@@ -410,7 +410,7 @@ class SpikingSimulator:
             for t in range(p.window):
                 xs = None
                 if poisson:
-                    xs = poisson_encode_step(inp.x, f_max=1.0, dt=1.0, generator=generator).to(inp.x.dtype)
+                    xs = _poisson(inp.x, generator)
                 elif input_spikes is not None:
                     xs = input_spikes[steps + t]
                 if xs is not None:
@@ -436,6 +436,14 @@ class SpikingSimulator:
         input_rate = x_count / p.window if spiking_input else inp.x
         rec = tuple(torch.stack(r) for r in raster) if record else None
         return Phase(st, rates, input_rate, steps, delta, Counts(spikes, synops, in_spikes, in_synops), rec)
+
+
+def _poisson(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """One step of Bernoulli input spikes with p = x (Norse's poisson_encode_step, f_max dt = 1),
+    drawn on the generator's device (a run's CPU generator also drives CUDA runs, reproducibly)."""
+    if generator is None or generator.device == x.device:
+        return poisson_encode_step(x, f_max=1.0, dt=1.0, generator=generator).to(x.dtype)
+    return poisson_encode_step(x.to(generator.device), f_max=1.0, dt=1.0, generator=generator).to(x.device, x.dtype)
 
 
 def _as_state(rho: Tensor, n: int) -> tuple:
