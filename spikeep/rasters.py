@@ -75,7 +75,11 @@ def plot_rate_convergence(phases, names: list[str], path: str | Path, tau: float
             trace += (z[t] - trace) / tau
             hist.append(trace.clone())
         h = torch.stack(hist)
-        pick = z.sum(0).argsort(descending=True)[:neurons]
+        counts = z.sum(0)
+        active = counts.nonzero().flatten()
+        by_rate = active[counts[active].argsort()]  # a few neurons spread over the range of rates
+        pick = by_rate[torch.linspace(0, len(by_rate) - 1, min(neurons, len(by_rate))).round().long().unique()] \
+            if len(by_rate) else by_rate
         for j, i in enumerate(pick):
             a1.plot(h[:, i].numpy(), color=colors[k % len(colors)], lw=0.8, label=name if j == 0 else None)
         # distance of the running window rate to the phase's final rates, all recorded samples
@@ -95,7 +99,7 @@ def plot_rate_convergence(phases, names: list[str], path: str | Path, tau: float
         a1.axvline(t, color="tab:red", lw=0.8)
         a2.axvline(t, color="tab:red", lw=0.8)
     a1.set(xlabel="simulation step", ylabel=f"rate (spike trace, tau = {tau:g} steps)",
-           title="running rates, most active neurons of sample 0")
+           title="running rates of sample 0 (neurons spread over the rates)")
     a2.set(xlabel="simulation step", ylabel="mean |running rate - final window rate|", yscale="log",
            title="rate convergence within each phase")
     a1.legend(fontsize=8)
