@@ -134,14 +134,18 @@ def _bags(z: Tensor) -> tuple[Tensor, Tensor]:
     return j, counts.cumsum(0).sub_(counts)
 
 
-def fan_out_tables(net: EqNetwork) -> list[Optional[Tensor]]:
+def fan_out_tables(net: EqNetwork, include_input: bool = True) -> list[Optional[Tensor]]:
     """Per source layer (input first), one row per neuron holding every synapse it drives, as a chip
     stores them: [W_{k+1}^T | W_k] (forward targets, then feedback targets). None where a conv synapse
-    is involved (those propagate densely). Made once per phase: weights only change between batches."""
+    is involved (those propagate densely), and for the input without `include_input` (constant-current
+    input sends no spikes). Made once per batch: weights only change between batches."""
     syn, n = net.synapses, len(net.synapses)
     tables: list[Optional[Tensor]] = []
     for k in range(-1, n):  # k = -1: the input layer (Poisson or given spikes)
         parts = []
+        if k == -1 and not include_input:
+            tables.append(None)
+            continue
         if k + 1 < n:
             parts.append(syn[k + 1].weight.t() if isinstance(syn[k + 1], Dense) else None)
         if k >= 1:
@@ -300,13 +304,29 @@ class SpikingSimulator:
             return self.p.backend == "event"
         return float(z.count_nonzero()) < self.p.crossover * z.numel()
 
-    def _propagate(self, z: Tensor, k: int, tables) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def tables(self) -> Optional[list[Optional[Tensor]]]:
+        """The fan-out tables of the current weights (None for the dense back end), rebuilt only when
+        a weight has changed since (an optimizer step bumps the tensors' version counters)."""
+        if self.p.backend == "dense":
+            return None
+        key = tuple((w.data_ptr(), w._version) for w in (s.weight for s in self.net.synapses))
+        if getattr(self, "_tables_key", None) != key:  # input table only for spiking input encodings
+            self._tables, self._tables_key = fan_out_tables(self.net, self.p.encoding != "current"), key
+        return self._tables
+
+    def _window_events(self, activity: list[float]) -> list[bool]:
+        """Back end per source layer (input first) for the next window, from measured activities."""
+        if self.p.backend != "auto":
+            return [self.p.backend == "event"] * len(activity)
+        return [a < self.p.crossover for a in activity]
+
+    def _propagate(self, z: Tensor, k: int, tables, event: Optional[bool] = None) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """The currents layer k's spikes (k = -1: input spikes) send this step: (W_{k+1} z to the
         layer above, W_k^T z to the layer below) by events or densely; None where the target is
         absent or a conv synapse must wait for its pooling indices (see step)."""
         syn, n = self.net.synapses, len(self.net.synapses)
         table = tables[k + 1] if tables is not None else None
-        if table is not None and self._use_events(z):
+        if table is not None and (self._use_events(z) if event is None else event):
             out = event_currents(z, table)
             n_up = syn[k + 1].post_shape[0] if k + 1 < n else 0
             up = out[:, :n_up] if k + 1 < n else None
@@ -317,11 +337,14 @@ class SpikingSimulator:
         return up, down
 
     def step(self, inp: Inputs, st: SimState, beta: float = 0.0, x_spikes: Optional[Tensor] = None,
-             tables: Optional[list] = None) -> SimState:
+             tables: Optional[list] = None, events: Optional[list[bool]] = None) -> SimState:
         """One synchronous step: currents from the last step's spikes, then every layer's neurons.
 
         `tables` (from fan_out_tables) enables the event back end; without them it runs dense.
+        `events` fixes the back end per source layer (input first); None decides from this step's
+        spikes (one device sync per layer for backend = "auto"; run_phase decides once per window).
         """
+        ev = events if events is not None else [None] * (len(self.net.synapses) + 1)
         net, p = self.net, self.p
         syn, n, a = net.synapses, len(net.synapses), p.syn_alpha
 
@@ -331,9 +354,9 @@ class SpikingSimulator:
         sent_up: list[Optional[Tensor]] = [None] * n  # new forward current of synapse k
         sent_down: list[Optional[Tensor]] = [None] * n  # new feedback current into layer k-1 via synapse k
         if x_spikes is not None:
-            sent_up[0], _ = self._propagate(x_spikes, -1, tables)
+            sent_up[0], _ = self._propagate(x_spikes, -1, tables, ev[0])
         for k in range(n):
-            up, down = self._propagate(st.z[k], k, tables)
+            up, down = self._propagate(st.z[k], k, tables, ev[k + 1])
             if k + 1 < n:
                 sent_up[k + 1] = up
             sent_down[k] = down
@@ -396,7 +419,11 @@ class SpikingSimulator:
                              "drop data.mean/data.std normalisation or use encoding = 'current'")
         st = self.init_state(inp) if state is None else state
         n = len(net.synapses)
-        tables = fan_out_tables(net) if p.backend != "dense" else None
+        tables = self.tables()
+        # activity per source layer (input first) decides the back end of each window: the last
+        # window's spike counts after the first (no per-step device sync)
+        activity = [float(input_spikes[0].mean()) if input_spikes is not None else float(inp.x.mean())]
+        activity += [float(z.count_nonzero()) / max(z.numel(), 1) for z in st.z]
         fo_in, fo = self.fan_out
         spikes = torch.zeros(n, dtype=torch.float64)
         synops = torch.zeros(n, dtype=torch.float64)
@@ -405,6 +432,7 @@ class SpikingSimulator:
         prev, delta, steps = None, float("nan"), 0
         raster: list[list[Tensor]] = [[] for _ in range(n)]
         for _ in range(blocks):
+            events = self._window_events(activity)
             counts = [torch.zeros_like(z) for z in st.z]
             x_count = torch.zeros_like(inp.x) if spiking_input else None
             for t in range(p.window):
@@ -415,7 +443,7 @@ class SpikingSimulator:
                     xs = input_spikes[steps + t]
                 if xs is not None:
                     x_count += xs
-                st = self.step(inp, st, beta, xs, tables)
+                st = self.step(inp, st, beta, xs, tables, events)
                 for k, (c, z) in enumerate(zip(counts, st.z)):
                     c += z
                     if record:
@@ -423,11 +451,14 @@ class SpikingSimulator:
             steps += p.window
             rates = tuple(c / p.window for c in counts)
             for k in range(n):
-                spikes[k] += float(counts[k].sum())
+                window_spikes = float(counts[k].sum())
+                spikes[k] += window_spikes
                 synops[k] += float((counts[k] * fo[k]).sum())
+                activity[k + 1] = window_spikes / (p.window * counts[k].numel())
             if spiking_input:
                 in_spikes += float(x_count.sum())
                 in_synops += float((x_count * fo_in).sum())
+                activity[0] = float(x_count.sum()) / (p.window * x_count.numel())
             if prev is not None:
                 delta = max(float((r - q).abs().max()) for r, q in zip(rates, prev))
                 if p.rate_tol > 0 and delta <= p.rate_tol:
