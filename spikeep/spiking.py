@@ -456,9 +456,10 @@ class SpikingSimulator:
                 synops[k] += float((counts[k] * fo[k]).sum())
                 activity[k + 1] = window_spikes / (p.window * counts[k].numel())
             if spiking_input:
-                in_spikes += float(x_count.sum())
+                window_in = float(x_count.sum())
+                in_spikes += window_in
                 in_synops += float((x_count * fo_in).sum())
-                activity[0] = float(x_count.sum()) / (p.window * x_count.numel())
+                activity[0] = window_in / (p.window * x_count.numel())
             if prev is not None:
                 delta = max(float((r - q).abs().max()) for r, q in zip(rates, prev))
                 if p.rate_tol > 0 and delta <= p.rate_tol:

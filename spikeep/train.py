@@ -79,6 +79,20 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
     return None
 
 
+_SIMULATOR: dict = {}  # the last (network, spiking params) -> simulator, kept across batches
+
+
+def spiking_simulator(net: EqNetwork, cfg: Config) -> SpikingSimulator:
+    """One SpikingSimulator per network and settings, reused across batches and evaluations, so its
+    fan-out counts are computed once and its fan-out tables only when the weights changed."""
+    key = (id(net), cfg.spiking.params())
+    sim = _SIMULATOR.get(key)
+    if sim is None or sim.net is not net:
+        _SIMULATOR.clear()  # one entry: no network is kept alive beyond the latest
+        sim = _SIMULATOR[key] = SpikingSimulator(net, cfg.spiking.params())
+    return sim
+
+
 class StepOutput(NamedTuple):
     loss: torch.Tensor  # per-sample loss at the free equilibrium
     logits: torch.Tensor
@@ -93,7 +107,7 @@ def train_step(net: EqNetwork, x: torch.Tensor, y: torch.Tensor, cfg: Config,
     d, e = cfg.dynamics, cfg.estimator
     if cfg.model.neurons == "spiking":  # local rule on spike rates, same .grad convention
         s = cfg.spiking
-        r = spiking_ep_gradients(SpikingSimulator(net, s.params()), x, y, e.name, e.beta, s.T1, s.T2, generator)
+        r = spiking_ep_gradients(spiking_simulator(net, cfg), x, y, e.name, e.beta, s.T1, s.T2, generator)
         c = r.counts
         return StepOutput(r.ep.loss, r.ep.logits, r.ep.s_free, float(c.spikes.sum()),
                           float(c.synops.sum()) + c.input_synops)
@@ -117,7 +131,7 @@ def free_equilibrium(net: EqNetwork, x: torch.Tensor, cfg: Config, y: Optional[t
     """The free phase of cfg's neuron model: (state or spike rates, (spikes, synops) summed or None)."""
     inp = net.prepare(x, y)
     if cfg.model.neurons == "spiking":
-        ph = SpikingSimulator(net, cfg.spiking.params()).run_phase(inp, None, cfg.spiking.T1, 0.0, generator)
+        ph = spiking_simulator(net, cfg).run_phase(inp, None, cfg.spiking.T1, 0.0, generator)
         c = ph.counts
         return ph.rates, (float(c.spikes.sum()), float(c.synops.sum()) + c.input_synops)
     return free_phase(net, inp, cfg.dynamics.T1, tol=cfg.dynamics.tol).state, None
@@ -133,9 +147,8 @@ def evaluate(net: EqNetwork, split: Split, cfg: Config) -> Evaluation:
     for x, y in batches(split, cfg.train.eval_batch_size):
         x, y = x.to(dev), y.to(dev)
         s, counts = free_equilibrium(net, x, cfg, None, gen)
-        y_ = y.to(dev)
-        loss_sum += float(net.loss(s, y_).sum())
-        correct += int((net.logits(s).argmax(1) == y_).sum())
+        loss_sum += float(net.loss(s, y).sum())
+        correct += int((net.logits(s).argmax(1) == y).sum())
         total += y.shape[0]
         if counts is not None:
             spikes, synops = spikes + counts[0], synops + counts[1]
@@ -402,7 +415,7 @@ def _spike_pictures(net: EqNetwork, cfg: Config, test_set: Split, run_dir: Path,
     x, y = test_set.x[:probe].to(dev), test_set.y[:probe].to(dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.train.seed)
     s = cfg.spiking
-    phases = probe_phases(SpikingSimulator(net, s.params()), x, y, s.T1, s.T2, cfg.estimator.beta, probe, gen)
+    phases = probe_phases(spiking_simulator(net, cfg), x, y, s.T1, s.T2, cfg.estimator.beta, probe, gen)
     names = net.layer_names()[:len(net.synapses)]
     plot_raster(phases, names, run_dir / "raster.png")
     plot_rate_convergence(phases, names, run_dir / "rate_convergence.png")
