@@ -22,8 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikeep.config import ModelConfig
-from spikeep.dynamics import free_phase
-from spikeep.network import EqNetwork
+from spikeep.core.dynamics import free_phase
+from spikeep.core.network import EqNetwork
 
 NETS = {
     # Laborieux et al. 2021: CIFAR-10 ConvNet, 128-256-512-512, kernels 3, paddings 1-1-1-0, max-pools,

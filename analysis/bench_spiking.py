@@ -5,7 +5,7 @@ Every layer (input included, as Poisson spikes) is given spikes at the chosen ac
 end (matrix products over the spike tensor) and the event back end (embedding_bag over the fan-out
 table rows, [W_{k+1}^T | W_k], of the neurons that spiked), in the same process, on the same state. Both results are
 compared (they must agree). Prints a table of ms per step and the event speed-up, and the crossover
-activity where the two cost the same (what `backend = "auto"` uses: spikeep.spiking.DEFAULT_CROSSOVER).
+activity where the two cost the same (what `backend = "auto"` uses: spikeep.spiking.simulator.DEFAULT_CROSSOVER).
 
     python analysis/bench_spiking.py [--batch 1 8 32] [--activity 0.01 0.05 0.2 0.5] [--json FILE]
 """
@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from spikeep.config import ModelConfig
-from spikeep.network import EqNetwork
-from spikeep.spiking import NeuronParams, SimState, SpikingParams, SpikingSimulator, fan_out_tables
+from spikeep.core.network import EqNetwork
+from spikeep.spiking.neurons import NeuronParams
+from spikeep.spiking.propagation import fan_out_tables
+from spikeep.spiking.simulator import SimState, SpikingParams, SpikingSimulator
 
 
 def make_state(sim: SpikingSimulator, inp, activity: float, gen: torch.Generator) -> tuple[SimState, torch.Tensor]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from spikeep.config import ModelConfig
-from spikeep.estimators import ep_gradients
-from spikeep.network import EqNetwork
+from spikeep.learning.ep import ep_gradients
+from spikeep.core.network import EqNetwork
 from spikeep.traces import TraceRecorder, layer_specs
 
 PAPER = ModelConfig(input_shape=[3, 32, 32], channels=[128, 256, 512, 512], kernels=[3, 3, 3, 3],

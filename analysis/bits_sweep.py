@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from spikeep.config import load_config
-from spikeep.train import train
+from spikeep.build import load_config
+from spikeep.trainer import train
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from spikeep.bptt import bptt_gradients
+from spikeep.learning.bptt import bptt_gradients
 from spikeep.config import ModelConfig
-from spikeep.dynamics import free_phase, nudged_phase
-from spikeep.estimators import one_sided_estimate, symmetric_estimate
-from spikeep.network import EqNetwork
+from spikeep.core.dynamics import free_phase, nudged_phase
+from spikeep.learning.estimators import one_sided_estimate, symmetric_estimate
+from spikeep.core.network import EqNetwork
 
 BETAS = [0.4, 0.2, 0.1, 0.05, 0.02, 0.01]
 
@@ -40,14 +40,15 @@ def run(loss: str, activation: str, pools: str, T: int = 400, seed: int = 1) -> 
     inp = net.prepare(x, y)
     free = free_phase(net, inp, T, tol=1e-14)
     _, ref = bptt_gradients(net, x, y, T, write=False)
-    flat = lambda gs: torch.cat([v.flatten() for v in gs])
+    flat = lambda gs: torch.cat([v.flatten() for v in gs.values()])
+    dphi = lambda s, b: net.dphi_dtheta(inp, s, b)
     R = flat(ref)
     rows = []
     for beta in BETAS:
         sp = nudged_phase(net, inp, free.state, T, beta).state
         sm = nudged_phase(net, inp, free.state, T, -beta).state
-        o = flat(one_sided_estimate(net, inp, free.state, sp, beta))
-        s = flat(symmetric_estimate(net, inp, sp, sm, beta))
+        o = flat(one_sided_estimate(dphi(sp, beta), dphi(free.state, 0.0), beta))
+        s = flat(symmetric_estimate(dphi(sp, beta), dphi(sm, -beta), beta))
         rows.append({"beta": beta, "one_sided": float((o - R).norm() / R.norm()),
                      "symmetric": float((s - R).norm() / R.norm())})
     four = rows[:4]

@@ -11,9 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from spikeep import runs
-from spikeep.config import apply_overrides, config_from_dict
-from spikeep.train import _prepare_data, _spike_pictures, build_network
+from spikeep.build import build_network, config_from_dict, spiking_params
+from spikeep.config import apply_overrides
+from spikeep.data import prepare_data
+from spikeep.monitor import spike_pictures
+from spikeep.spiking.simulator import SpikingSimulator
 
 
 def main() -> None:
@@ -33,10 +38,14 @@ def main() -> None:
     net = build_network(cfg)
     runs.check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])
-    _, test_set, _ = _prepare_data(cfg)
+    test = prepare_data(cfg.data).test
     out = Path(a.out) if a.out else run
     out.mkdir(parents=True, exist_ok=True)
-    _spike_pictures(net, cfg, test_set, out, a.probe)
+    dev = net.synapses[0].weight.device
+    s = cfg.spiking
+    spike_pictures(SpikingSimulator(net, spiking_params(s)), test.x[:a.probe].to(dev), test.y[:a.probe].to(dev),
+                   s.T1, s.T2, cfg.estimator.beta, net.layer_names()[:len(net.synapses)], out,
+                   torch.Generator(device=dev).manual_seed(cfg.train.seed))
     print(f"wrote {out / 'raster.png'} and {out / 'rate_convergence.png'}")
 
 

@@ -1,11 +1,11 @@
-"""Command line: spikeep train | gdu. A thin layer over the library functions."""
+"""Command line: spikeep train | evaluate | gdu | traces. A thin layer over the library functions."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config
+from .config import ConfigError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -19,12 +19,14 @@ def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> Non
 
 
 def _config(args) -> "Config":
+    from .build import load_config
+
     overrides = list(args.overrides) + ([f'dynamics.device="{args.device}"'] if args.device else [])
     return load_config(args.config, overrides)
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .trainer import train
 
     if args.resume:
         if args.config or args.overrides:
@@ -44,7 +46,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import evaluate_run
+    from .evaluation import evaluate_run
 
     r = evaluate_run(args.run_dir, args.weights, args.device, args.neurons, args.set)
     spk = (f"; {r['spikes_per_inference']:.0f} spikes and {r['synops_per_inference']:.3g} SynOps per inference"
@@ -57,9 +59,9 @@ def cmd_evaluate(args) -> int:
 def cmd_gdu(args) -> int:
     import torch
 
+    from .build import build_network
     from .data import batches, load_dataset
-    from .gdu import gdu_check, save_gdu
-    from .train import build_network
+    from .learning.gdu import gdu_check, save_gdu
 
     cfg = _config(args)
     net = build_network(cfg)
@@ -135,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output file (default: next to FILE)")
     p.set_defaults(fn=cmd_traces)
     args = ap.parse_args(argv)
+    from .monitor import DivergenceError
     from .runs import CheckpointError
     from .traces import TracesError
-    from .train import DivergenceError
 
     try:
         return args.fn(args)

@@ -1,7 +1,11 @@
 """Typed configuration: plain dataclasses read from TOML (stdlib tomllib), with --set overrides.
 
-Unknown keys and wrong types are errors that name the key and the file. Every section has
-defaults, so a config file only states what differs.
+Plain data only: this module imports nothing of spikeep. Each section checks what it can know by
+itself (types, ranges, lengths); the checks that need the package (activation and pooling names,
+spiking and synapse parameters, chip profiles) run where the objects are built, in spikeep.build,
+whose `load_config` is the one entry point that reads and validates a config file. Unknown keys and
+wrong types are errors that name the key and the file. Every section has defaults, so a config file
+only states what differs.
 """
 from __future__ import annotations
 
@@ -42,10 +46,6 @@ class ModelConfig:
     neurons: str = "rate"  # "rate" (Eq. 8 dynamics) or "spiking" (IF / LIF-box twin, see [spiking])
 
     def validate(self) -> None:
-        from .neurons import get_activation
-        from .synapses import POOLS
-
-        get_activation(self.activation)
         n = len(self.channels)
         for name in ("kernels", "strides", "paddings"):
             if len(getattr(self, name)) != n:
@@ -53,10 +53,6 @@ class ModelConfig:
                                   f"model.channels has {n}: give one per conv layer")
         if len(self.pools) != n:
             raise ConfigError(f"model.pools {self.pools!r} has {len(self.pools)} letters for {n} conv layers")
-        for c in self.pools:
-            if c not in POOLS:
-                known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
-                raise ConfigError(f"model.pools: unknown pooling letter {c!r}; use one of {known}")
         if self.neurons not in ("rate", "spiking"):
             raise ConfigError(f"model.neurons must be 'rate' or 'spiking', got {self.neurons!r}")
         if self.loss not in ("mse", "cross_entropy"):
@@ -196,9 +192,9 @@ class TraceConfig:
 
 @dataclass
 class PlasticityConfig:
-    """Chip-like synapses (see spikeep/plasticity.py): bits = 0 keeps float weights. `profile` names a
-    chip preset (spikeep/chips.py: ideal, loihi2, brainscales2, spinnaker, memristor) that fills the
-    keys of this table and the neuron constants of [spiking]; keys given explicitly win."""
+    """Chip-like synapses (see spikeep/learning/plasticity.py): bits = 0 keeps float weights. `profile`
+    names a chip preset (spikeep/hardware/chips.py: ideal, loihi2, brainscales2, spinnaker, memristor)
+    that fills the keys of this table and the neuron constants of [spiking]; keys given explicitly win."""
     profile: str = ""
     bits: int = 0
     scale: Union[str, float] = "init"  # "init", "pow2" or a fixed grid spacing > 0
@@ -212,22 +208,10 @@ class PlasticityConfig:
     headroom: float = 1.0  # weight range = headroom x the initial max |w| of the layer
     seed: int = 0
 
-    def spec(self):
-        from .plasticity import SynapseSpec
-
-        return SynapseSpec(self.bits, self.scale, self.rounding, self.threshold, self.device, self.levels,
-                           self.nu_p, self.nu_d, self.noise, self.headroom)
-
-    def validate(self) -> None:
-        try:
-            self.spec()
-        except ValueError as e:
-            raise ConfigError(f"plasticity: {e}") from None
-
 
 @dataclass
 class SpikingConfig:
-    """Spiking neurons (model.neurons = "spiking", see spikeep/spiking.py). An IF neuron with
+    """Spiking neurons (model.neurons = "spiking", see spikeep/spiking/). An IF neuron with
     threshold theta fires at clip(I / theta, 0, 1): theta = 2 is the twin of my_hard_sig,
     theta = 1 of hard_sigmoid. Step budgets T1 / T2 replace dynamics.T1 / T2; phases run whole windows."""
     T1: int = 200  # free-phase step budget
@@ -244,23 +228,12 @@ class SpikingConfig:
     backend: str = "auto"  # "auto", "dense" or "event"
     crossover: float = -1.0  # activity below which "auto" uses events (< 0: spikeep's measured default)
 
-    def params(self):
-        from .spiking import DEFAULT_CROSSOVER, NeuronParams, SpikingParams
-
-        return SpikingParams(NeuronParams(self.theta, self.leak, self.refractory, self.v_min), self.syn_alpha,
-                             self.trace_tau, self.window, self.rate_tol, self.encoding, self.backend,
-                             DEFAULT_CROSSOVER if self.crossover < 0 else self.crossover)
-
     def validate(self) -> None:
         if self.T1 <= 0 or self.T2 <= 0:
             raise ConfigError(f"spiking.T1 and spiking.T2 must be > 0 steps, got T1={self.T1}, T2={self.T2}")
         if self.window > min(self.T1, self.T2):
             raise ConfigError(f"spiking.window ({self.window}) must not exceed spiking.T1 and spiking.T2 "
                               f"({self.T1}, {self.T2})")
-        try:
-            self.params()
-        except ValueError as e:
-            raise ConfigError(f"[spiking] {e}") from None
 
 
 @dataclass
@@ -277,19 +250,14 @@ class Config:
     spiking: SpikingConfig = field(default_factory=SpikingConfig)
 
     def validate(self) -> "Config":
-        try:
-            self.model.validate()
-            self.dynamics.validate()
-            self.estimator.validate()
-            self.train.validate()
-            self.data.validate()
-            self.traces.validate()
-            self.plasticity.validate()
-            self.spiking.validate()
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        """The checks plain data allows (spikeep.build.check_config adds those that need the package)."""
+        self.model.validate()
+        self.dynamics.validate()
+        self.estimator.validate()
+        self.train.validate()
+        self.data.validate()
+        self.traces.validate()
+        self.spiking.validate()
         if self.model.neurons == "spiking" and self.estimator.name == "bptt":
             raise ConfigError("estimator.name = 'bptt' needs model.neurons = 'rate' (spikes have no gradient "
                               "here); spiking networks learn with one_sided, random_sign or symmetric EP")
@@ -355,15 +323,11 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
-    from .chips import apply_profile
-
+def parse_config(data: dict[str, Any], source: str = "<dict>", validate: bool = True) -> Config:
+    """A typed Config from a dict, with the checks plain data allows; errors name `source`."""
     try:
-        data = apply_profile(dict(data))
-    except ValueError as e:
-        raise ConfigError(f"{source}: plasticity.profile: {e}") from None
-    try:
-        return _from_dict(Config, data, "").validate()
+        cfg = _from_dict(Config, data, "")
+        return cfg.validate() if validate else cfg
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -391,8 +355,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
-    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings."""
+def read_toml(path: Union[str, Path], overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """A TOML config file as a dict, `name` defaulting to the file's stem, 'section.key=value'
+    overrides applied (spikeep.build.load_config turns it into a validated Config)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -401,5 +366,4 @@ def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     data.setdefault("name", path.stem)
-    apply_overrides(data, overrides or [])
-    return config_from_dict(data, str(path))
+    return apply_overrides(data, overrides or [])

@@ -25,6 +25,8 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 
+from .config import DataConfig
+
 Tensor = torch.Tensor
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -161,6 +163,12 @@ def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = Fa
         keep = keep.sort().values
         ds = ds._replace(train=Split(ds.train.x[keep], ds.train.y[keep]))
     return ds
+
+
+def prepare_data(d: DataConfig) -> Dataset:
+    """The data set of a [data] section, train and test normalised as configured."""
+    ds = load_dataset(d.name, d.root, d.subset, d.download, d.npz, d.subset_seed)
+    return Dataset(normalize(ds.train, d.mean, d.std), normalize(ds.test, d.mean, d.std), ds.name)
 
 
 def normalize(split: Split, mean: list[float], std: list[float]) -> Split:

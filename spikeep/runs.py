@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from .files import save_figure_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
 
 CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
@@ -54,36 +55,9 @@ def new_run_dir(name: str, base: str | Path = "runs") -> Path:
     return path
 
 
-def _replace_atomically(path: Path, write) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    _replace_atomically(path, lambda f: f.write(text.encode()))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def save_torch_atomic(path: Path, obj: Any) -> None:
-    _replace_atomically(path, lambda f: torch.save(obj, f))
+def save_checkpoint(path: Path, obj: dict) -> None:
+    """Write a checkpoint (or best.pt) atomically: a crash leaves the old file or the new one."""
+    save_torch_atomic(path, obj)
 
 
 def load_checkpoint(path: Path, kind: str = "checkpoint") -> dict:
@@ -161,6 +135,13 @@ def summary(history: list[dict], total_seconds: float, epochs: int) -> dict[str,
             "train_seconds": total_seconds}
 
 
+def write_epoch_files(run_dir: Path, history: list[dict], epochs: int, title: str) -> None:
+    """metrics.csv, summary.json and curves.png of the epochs so far."""
+    write_metrics(run_dir / "metrics.csv", history)
+    write_json_atomic(run_dir / "summary.json", summary(history, sum(h["seconds"] for h in history), epochs))
+    plot_curves(run_dir / "curves.png", history, title)
+
+
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -181,18 +162,6 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     save_figure_atomic(fig, path)
-
-
-def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Write a matplotlib figure as PNG atomically (a crash never leaves half a picture) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    _replace_atomically(path, lambda f: f.write(buf.getvalue()))
-    return path
 
 
 def get_logger(run_dir: Optional[Path], enabled: bool = True, echo: bool = True) -> logging.Logger:

@@ -333,7 +333,7 @@ def layer_specs(net, k: int, seed: int, quantized: Optional[dict[str, tuple[floa
         n = layer.weight.numel()
         idx = torch.randperm(n, generator=g)[:min(k, n)].sort().values.numpy()
         scale, bits = quantized.get(name, (None, 0))
-        specs.append(LayerSpec(name, type(layer).__name__.lower(), tuple(layer.weight.shape),
+        specs.append(LayerSpec(name, layer.kind, tuple(layer.weight.shape),
                                tuple(layer.bias.shape), idx,
                                tuple(net.layer_shapes[i]) if i < n_state else None, scale, bits))
     return specs

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spikeep.config import ModelConfig
-from spikeep.network import EqNetwork
+from spikeep.core.network import EqNetwork
 
 REPO = Path(__file__).resolve().parents[1]
 # Real data sets live in ../shared/data beside the checkout; $SPIKEEP_DATA overrides.

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import batch_for, small_conv
-from spikeep.dynamics import free_phase
-from spikeep.estimators import ep_gradients
+from spikeep.core.dynamics import free_phase
+from spikeep.learning.ep import ep_gradients
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -43,7 +43,8 @@ def test_cuda_spiking_back_ends_and_local_update_match_cpu():
     """Spiking twin on CUDA (float64): dense and event back ends give the same spikes as on CPU,
     Poisson input from a CPU generator, and the local EP update equals the CPU one."""
     from conftest import small_mlp
-    from spikeep.spiking import SpikingParams, SpikingSimulator, spiking_ep_gradients
+    from spikeep.spiking.rule import spiking_ep_gradients
+    from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 
     net = small_mlp(hidden=(20, 12), in_shape=(1, 6, 6), scale=2.0)
     cuda = small_mlp(hidden=(20, 12), in_shape=(1, 6, 6), scale=2.0).cuda()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import REPO, needs_mnist
-from spikeep.config import load_config
+from spikeep.build import load_config
 from spikeep.data import DataMissing, load_dataset, load_mnist, load_quickstart
-from spikeep.train import train
+from spikeep.trainer import train
 
 
 def test_quickstart_subset_shipped():
@@ -77,7 +77,7 @@ def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
             "train.log"} <= files
     assert bptt.history[-1]["test_acc"] >= 97.0
     # issue 5 (c): the rate-trained weights run in the spiking twin (IF neurons, theta = 2) lose <= 0.5 pp
-    from spikeep.train import evaluate_run
+    from spikeep.evaluation import evaluate_run
 
     rate = evaluate_run(tmp_path / "ep", "best")
     spiking = evaluate_run(tmp_path / "ep", "best", neurons="spiking")

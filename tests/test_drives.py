@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from conftest import batch_for, random_state, small_conv, small_mlp
-from spikeep.dynamics import free_phase
+from spikeep.core.dynamics import free_phase
 
 CASES = [(p, pad, loss) for p in ("m", "a", "i") for pad in (0, 1) for loss in ("mse", "cross_entropy")]
 
@@ -24,9 +24,12 @@ def _check_drives(net, x, y, state):
             assert e.shape == a.shape
             assert _max_rel(e, a) <= 1e-6, f"layer {k}, beta {beta}: relative error {_max_rel(e, a):.2e}"
         # local updates: batch-mean dPhi/dtheta
-        params = list(net.parameters())
+        names, params = zip(*net.named_parameters())
         auto_p = torch.autograd.grad(net.phi(x, state, beta, y).mean(), params, allow_unused=True)
-        for p, e, a in zip(params, net.dphi_dtheta(inp, state, beta), auto_p):
+        explicit_p = net.dphi_dtheta(inp, state, beta)
+        assert list(explicit_p) == list(names)  # gradients travel by parameter name
+        for n, p, a in zip(names, params, auto_p):
+            e = explicit_p[n]
             a = torch.zeros_like(p) if a is None else a
             assert e.shape == p.shape
             assert float((e - a).abs().max()) <= 1e-6 * max(float(a.abs().max()), 1e-12)
@@ -89,7 +92,7 @@ def test_weights_use_pytorch_layouts_and_init():
 
 @pytest.mark.parametrize("name", ["my_hard_sig", "hard_sigmoid", "sigmoid", "tanh", "identity"])
 def test_activations_in_place_equal_out_of_place(name):
-    from spikeep.neurons import get_activation
+    from spikeep.core.neurons import get_activation
 
     a = get_activation(name)
     x = torch.linspace(-3, 3, 101, dtype=torch.float64)
@@ -111,8 +114,10 @@ def test_channels_last_is_the_same_math():
     assert b[0].is_contiguous(memory_format=torch.channels_last)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
-    for g, h in zip(net.dphi_dtheta(net.prepare(x, y), a, 0.5), nhwc.dphi_dtheta(inp, b, 0.5)):
-        torch.testing.assert_close(g, h, rtol=1e-12, atol=1e-12)
+    g, h = net.dphi_dtheta(net.prepare(x, y), a, 0.5), nhwc.dphi_dtheta(inp, b, 0.5)
+    assert g.keys() == h.keys()
+    for n in g:
+        torch.testing.assert_close(g[n], h[n], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.slow

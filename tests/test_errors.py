@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_conv, small_mlp
-from spikeep.config import ConfigError, ModelConfig, load_config
-from spikeep.dynamics import free_phase, nudged_phase, relax
-from spikeep.estimators import ep_gradients, one_sided_estimate, symmetric_estimate
-from spikeep.network import EqNetwork
+from spikeep.build import load_config
+from spikeep.config import ConfigError, ModelConfig
+from spikeep.core.dynamics import free_phase, nudged_phase, relax
+from spikeep.learning.ep import ep_gradients
+from spikeep.learning.estimators import one_sided_estimate, symmetric_estimate
+from spikeep.core.network import EqNetwork
 
 
 def test_wrong_input_shape():
@@ -40,8 +42,8 @@ def test_beta_zero_and_bad_steps():
     inp = net.prepare(x, y)
     s = free_phase(net, inp, 5).state
     for call in (lambda: nudged_phase(net, inp, s, 5, 0.0),
-                 lambda: one_sided_estimate(net, inp, s, s, 0.0),
-                 lambda: symmetric_estimate(net, inp, s, s, 0.0),
+                 lambda: one_sided_estimate(net.dphi_dtheta(inp, s), net.dphi_dtheta(inp, s), 0.0),
+                 lambda: symmetric_estimate(net.dphi_dtheta(inp, s), net.dphi_dtheta(inp, s), 0.0),
                  lambda: ep_gradients(net, x, y, "symmetric", beta=0.0)):
         with pytest.raises(ValueError, match="beta"):
             call()

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import REPO, batch_for, small_conv
 from spikeep.cli import main
-from spikeep.dynamics import free_phase
-from spikeep.gdu import gdu_check
+from spikeep.core.dynamics import free_phase
+from spikeep.learning.gdu import gdu_check
 
 K = 15
 
@@ -53,14 +53,14 @@ def test_gdu_paper_dynamics_cumulative_agree(loss):
 
 def test_gdu_detects_a_wrong_gradient():
     """The check can fail: scaling one layer's BPTT gradient must show up as a large error."""
-    import spikeep.gdu as gdu_mod
+    import spikeep.learning.gdu as gdu_mod
 
     net = small_conv(pools="aa", paddings=(1, 1), activation="identity", scale=0.5)
     orig = gdu_mod.bptt_per_step
 
     def skewed(*a, **k):
         out = orig(*a, **k)
-        return [[g * 1.5 if i == 0 else g for i, g in enumerate(step)] for step in out]
+        return [{n: g * 1.5 if n == "synapses.0.weight" else g for n, g in step.items()} for step in out]
 
     gdu_mod.bptt_per_step = skewed
     try:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from spikeep.plasticity import (QuantizedSynapses, SynapseSpec, depression_curve, layer_scale,
+from spikeep.learning.plasticity import (QuantizedSynapses, SynapseSpec, depression_curve, layer_scale,
                                 potentiation_curve)
 
 
@@ -158,9 +158,9 @@ def test_bad_specs(kw, message):
 def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch, rounding):
     """Training keeps every weight on its layer's grid; a run interrupted mid-epoch resumes to the
     same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
-    import spikeep.train as tr
+    import spikeep.trainer as tr
     from conftest import REPO
-    from spikeep.config import load_config
+    from spikeep.build import load_config
     from spikeep.runs import load_checkpoint
 
     over = ["train.epochs=2", "data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15",
@@ -197,8 +197,8 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
                                               ("brainscales2", 7, "linear"), ("spinnaker", 16, "linear"),
                                               ("memristor", 8, "memristor")])
 def test_profiles_load_and_give_their_bits(name, bits, device):
-    from spikeep.chips import get_profile
-    from spikeep.config import config_from_dict
+    from spikeep.hardware.chips import get_profile
+    from spikeep.build import config_from_dict, synapse_spec
 
     cfg = config_from_dict({"plasticity": {"profile": name}, "model": {"neurons": "spiking"},
                             "train": {"lrs": [0.1, 0.1]}})
@@ -211,13 +211,14 @@ def test_profiles_load_and_give_their_bits(name, bits, device):
     assert cfg.plasticity.rounding == "residual" and cfg.plasticity.bits == bits
     if name == "loihi2":  # one shared power-of-two exponent per layer
         w0 = torch.empty(64, 32).uniform_(-0.3, 0.3)
-        s = layer_scale(w0, cfg.plasticity.spec())
+        s = layer_scale(w0, synapse_spec(cfg.plasticity))
         assert math.log2(s) == round(math.log2(s))
 
 
 def test_bad_profiles_give_clear_errors():
-    from spikeep.chips import ChipProfile, Energy, register_profile
-    from spikeep.config import ConfigError, config_from_dict
+    from spikeep.hardware.chips import ChipProfile, Energy, register_profile
+    from spikeep.build import config_from_dict
+    from spikeep.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown chip profile 'truenorth'; known profiles: ideal, loihi2"):
         config_from_dict({"plasticity": {"profile": "truenorth"}, "train": {"lrs": [0.1, 0.1]}})
@@ -237,7 +238,7 @@ def test_bad_profiles_give_clear_errors():
 
 
 def test_energy_estimate_counts_and_unknown_figures():
-    from spikeep.chips import get_profile, energy_estimate
+    from spikeep.hardware.chips import get_profile, energy_estimate
 
     e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10)
     assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12) and e["complete"]
@@ -251,8 +252,8 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
 
     import spikeep.traces as traces
     from conftest import REPO
-    from spikeep.config import load_config
-    from spikeep.train import train
+    from spikeep.build import load_config
+    from spikeep.trainer import train
 
     over = ["train.epochs=1", "data.subset=200", "model.hidden=[24]", "train.batch_size=20",
             "model.neurons=\"spiking\"", "spiking.T1=40", "spiking.T2=20", "spiking.window=20",

@@ -11,8 +11,11 @@ import torch
 from conftest import REPO, kill_when
 from spikeep import runs
 from spikeep.cli import main
-from spikeep.config import load_config
-from spikeep.train import DivergenceError, evaluate_run, make_optimizer, make_scheduler, build_network, train
+from spikeep.build import load_config
+from spikeep.build import build_network, make_optimizer, make_scheduler
+from spikeep.evaluation import evaluate_run
+from spikeep.monitor import DivergenceError
+from spikeep.trainer import train
 
 RUN_FILES = {"config.json", "env.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "curves.png",
              "train.log"}

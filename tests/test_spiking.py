@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from conftest import batch_for, small_conv, small_mlp
 from norse.torch.functional.encode import poisson_encode
 
-from spikeep.config import ConfigError, config_from_dict
-from spikeep.dynamics import free_phase
-from spikeep.estimators import ep_gradients
-from spikeep.spiking import (NeuronParams, NeuronState, SpikingParams, SpikingSimulator, check_spikes,
-                             lif_box_step, probe_phases, spiking_ep_gradients)
+from spikeep.build import config_from_dict
+from spikeep.config import ConfigError
+from spikeep.core.dynamics import free_phase
+from spikeep.learning.ep import ep_gradients
+from spikeep.spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from spikeep.spiking.propagation import check_spikes
+from spikeep.spiking.rule import spiking_ep_gradients
+from spikeep.spiking.simulator import SpikingParams, SpikingSimulator, probe_phases
 
 
 def run_neuron(current: torch.Tensor, steps: int, p: NeuronParams) -> torch.Tensor:
@@ -32,7 +35,7 @@ def test_if_rate_is_clipped_current_over_theta(theta):
     expected = (current / theta).clamp(0, 1)
     assert (rate - expected).abs().max() <= 1.5 / 2000 + 1e-12
     if theta == 2.0:  # the paper's my_hard_sig
-        from spikeep.neurons import get_activation
+        from spikeep.core.neurons import get_activation
         assert torch.allclose(expected, get_activation("my_hard_sig").fn(current))
 
 
@@ -211,7 +214,7 @@ def test_rate_tol_stops_a_converged_phase_early():
 
 
 def test_probe_pictures(tmp_path):
-    from spikeep.rasters import plot_rate_convergence, plot_raster
+    from spikeep.spiking.rasters import plot_rate_convergence, plot_raster
 
     net = small_mlp(hidden=(16,), scale=2.0)
     x, y = batch_for(net, 3)

@@ -179,8 +179,8 @@ LAYOUT_CHECK = textwrap.dedent('''
 
 
 def test_layout_is_readable_by_h5py_alone(tmp_path):
-    from spikeep.config import load_config
-    from spikeep.train import train
+    from spikeep.build import load_config
+    from spikeep.trainer import train
 
     cfg = load_config(QUICK, [a for a in TRACED[1::2]] + ["train.epochs=1"])
     train(cfg, tmp_path / "run", progress=False, echo=False)

@@ -11,9 +11,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch.func import functional_call
 
-from .dynamics import free_phase
-from .estimators import write_grads
-from .network import EqNetwork, State
+from ..core.dynamics import free_phase
+from ..core.network import EqNetwork, State
+from .estimators import Grads, write_grads
 
 Tensor = torch.Tensor
 
@@ -25,7 +25,7 @@ class BPTTResult(NamedTuple):
 
 
 def bptt_gradients(net: EqNetwork, x: Tensor, y: Tensor, T: int, truncate: int = 0,
-                   state: Optional[State] = None, write: bool = True) -> tuple[BPTTResult, list[Tensor]]:
+                   state: Optional[State] = None, write: bool = True) -> tuple[BPTTResult, Grads]:
     """dL(s_T)/dtheta for L the batch-mean loss after T free steps; written into .grad if `write`."""
     if T <= 0:
         raise ValueError(f"T must be a positive number of steps, got {T!r}")
@@ -39,17 +39,17 @@ def bptt_gradients(net: EqNetwork, x: Tensor, y: Tensor, T: int, truncate: int =
         for _ in range(K):
             s = net.step(inp, s, 0.0)
         per_sample = net.loss(s, inp.y)
-        params = list(net.parameters())
+        names, params = zip(*net.named_parameters())
         grads = torch.autograd.grad(per_sample.mean(), params, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    grads = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, params, grads)}
     if write:
         write_grads(net, grads)
     s = tuple(v.detach() for v in s)
     return BPTTResult(s, per_sample.detach(), net.logits(s).detach()), grads
 
 
-def bptt_per_step(net: EqNetwork, x: Tensor, y: Tensor, s_start: State, K: int) -> list[list[Tensor]]:
-    """Per-step BPTT gradients over K steps from s_start, loss at the last one.
+def bptt_per_step(net: EqNetwork, x: Tensor, y: Tensor, s_start: State, K: int) -> list[Grads]:
+    """Per-step BPTT gradients over K steps from s_start, loss at the last one, by parameter name.
 
     Returns grads[t-1] = dL/dtheta_{T-t} for t = 1..K: the gradient through the parameters used by
     the t-th step counted back from the end (Ernoult et al. 2019, Eq. 6). Each step gets its own copy
@@ -70,12 +70,11 @@ def bptt_per_step(net: EqNetwork, x: Tensor, y: Tensor, s_start: State, K: int) 
         readout = list(net.readout.parameters()) if net.readout is not None else []
         g = torch.autograd.grad(loss, flat + readout, allow_unused=True)
     g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(flat + readout, g)]
-    per_step = [g[j * len(names):(j + 1) * len(names)] for j in range(K)]  # per_step[j]: step j
+    per_step = [dict(zip(names, g[j * len(names):(j + 1) * len(names)])) for j in range(K)]  # step j
     out = per_step[::-1]  # out[t-1]: the t-th step from the end
     if readout:
-        ro = {id(p) for p in net.readout.parameters()}
-        pos = [i for i, (_, p) in enumerate(net.named_parameters()) if id(p) in ro]
+        ro_names = [f"readout.{n}" for n, _ in net.readout.named_parameters()]
         for t in range(K):
-            for i, gi in zip(pos, g[len(flat):]):
-                out[t][i] = gi if t == 0 else torch.zeros_like(gi)
+            for n, gi in zip(ro_names, g[len(flat):]):
+                out[t][n] = gi if t == 0 else torch.zeros_like(gi)
     return out

@@ -18,18 +18,12 @@ from typing import Any
 
 import torch
 
+from ..core.dynamics import free_phase
+from ..core.network import EqNetwork
 from .bptt import bptt_per_step
-from .dynamics import free_phase
-from .network import EqNetwork
+from .estimators import one_sided_estimate, symmetric_estimate
 
 Tensor = torch.Tensor
-
-
-def _layer_slices(net: EqNetwork) -> list[tuple[str, list[int]]]:
-    """Parameter indices of each layer (weight and bias together), readout last."""
-    ids = {id(p): i for i, p in enumerate(net.parameters())}
-    return [(name, [ids[id(p)] for p in layer.parameters()])
-            for name, layer in zip(net.layer_names(), net.layers)]
 
 
 @torch.no_grad()
@@ -51,9 +45,9 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
 
     # BPTT: gradient of L(s_{T1+K}) through the last t steps only, t = 1..K (cumulative sum)
     per_step = bptt_per_step(net, inp.x, inp.y, s_star, K)
-    bptt_cum, acc = [], [torch.zeros_like(g) for g in per_step[0]]
+    bptt_cum, acc = [], {n: torch.zeros_like(g) for n, g in per_step[0].items()}
     for g in per_step:
-        acc = [a + gi for a, gi in zip(acc, g)]
+        acc = {n: a + g[n] for n, a in acc.items()}
         bptt_cum.append(acc)
 
     # EP: nudged trajectories with +beta and -beta from s*
@@ -64,14 +58,14 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
         s_p = net.step(inp, s_p, beta)
         s_m = net.step(inp, s_m, -beta)
         d_p, d_m = net.dphi_dtheta(inp, s_p, beta), net.dphi_dtheta(inp, s_m, -beta)
-        ep["one_sided"].append([(b - a) / beta for a, b in zip(d_p, d_star)])
-        ep["symmetric"].append([(b - a) / (2 * beta) for a, b in zip(d_p, d_m)])
+        ep["one_sided"].append(one_sided_estimate(d_p, d_star, beta))
+        ep["symmetric"].append(symmetric_estimate(d_p, d_m, beta))
 
-    layers = _layer_slices(net)
+    layers = list(net.layer_parameters().items())
     # errors are relative to ||BPTT(t)|| of the layer; where that is ~0 (a layer BPTT has not reached
     # yet, t below its distance to the output, or a silent layer), relative to the layer's largest
     # ||BPTT||, and failing that to the largest of any layer
-    top = max(float(g.norm()) for gs in bptt_cum for g in gs)
+    top = max(float(g.norm()) for gs in bptt_cum for g in gs.values())
     out: dict[str, Any] = {"t": list(range(1, K + 1)), "layers": [n for n, _ in layers],
                            "beta": beta, "T1": T1, "K": K, "delta_free": delta, "estimators": {},
                            "warnings": []}
@@ -101,7 +95,7 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
     g = torch.Generator().manual_seed(0)
     samples = {}
     for name, idx in layers:
-        w = idx[0]
+        w = idx[0]  # the layer's weight
         n = bptt_cum[0][w].numel()
         pick = torch.randperm(n, generator=g)[:3]
         samples[name] = {

@@ -3,7 +3,7 @@
     plot_raster(phases, names, path)            spikes of sample 0, one panel per layer, phases side by side
     plot_rate_convergence(phases, names, path)  running rate estimates and window-to-window changes
 
-`phases` is what spikeep.spiking.probe_phases returns: [(phase name, Phase with a raster)].
+`phases` is what spikeep.spiking.simulator.probe_phases returns: [(phase name, Phase with a raster)].
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .runs import save_figure_atomic  # noqa: E402
+from ..files import save_figure_atomic  # noqa: E402
 
 
 def _concat(phases, k: int, sample: int = 0) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout
 from .neurons import get_activation
-from .synapses import Conv, Dense
 
 Tensor = torch.Tensor
 State = tuple[Tensor, ...]
@@ -65,12 +65,14 @@ class EqNetwork(nn.Module):
         for j, n in enumerate(cfg.hidden):
             synapses.append(Dense(shape, n, scales[len(cfg.channels) + j]))
             shape = (n,)
-        out = Dense(shape, cfg.n_classes, scales[-1])
-        if cfg.loss == "mse":
-            synapses.append(out)  # the output layer is a layer of the dynamics (Eq. 16)
+        if cfg.loss == "mse":  # the output layer is a layer of the dynamics (Eq. 16)
+            synapses.append(Dense(shape, cfg.n_classes, scales[-1]))
+            readout = None
+        else:  # w_out: softmax readout outside the dynamics (Eq. 17)
+            readout = SoftmaxReadout(shape, cfg.n_classes, scales[-1])
         # registration order fixes parameters(): synapses first, readout last
         self.synapses = nn.ModuleList(synapses)
-        self.readout = out if cfg.loss != "mse" else None  # w_out: softmax readout (Eq. 17)
+        self.readout = readout
         self.layer_shapes = [s.post_shape for s in synapses]
         self.memory_format = torch.contiguous_format
 
@@ -88,13 +90,22 @@ class EqNetwork(nn.Module):
 
     # -- bookkeeping ------------------------------------------------------------------------------
     @property
-    def layers(self) -> list[nn.Module]:
-        """Every synapse with parameters, readout last: one learning rate each."""
+    def layers(self) -> list[Interaction]:
+        """Every interaction with parameters, readout last: one learning rate each."""
         return list(self.synapses) + ([self.readout] if self.readout is not None else [])
 
     def layer_names(self) -> list[str]:
-        names = [f"{type(s).__name__.lower()}{k}" for k, s in enumerate(self.synapses)]
+        names = [f"{s.kind}{k}" for k, s in enumerate(self.synapses)]
         return names + (["readout"] if self.readout is not None else [])
+
+    def layer_prefixes(self) -> list[str]:
+        """The state-dict prefix of each layer's parameters ('synapses.0.', ..., 'readout.')."""
+        return [f"synapses.{k}." for k in range(len(self.synapses))] + (["readout."] if self.readout is not None else [])
+
+    def layer_parameters(self) -> dict[str, list[str]]:
+        """Layer name -> the full names of its parameters (weight and bias, as in named_parameters)."""
+        return {name: [pre + p for p in layer.param_names]
+                for name, pre, layer in zip(self.layer_names(), self.layer_prefixes(), self.layers)}
 
     def init_state(self, batch: int) -> State:
         p = self.synapses[0].weight
@@ -149,12 +160,29 @@ class EqNetwork(nn.Module):
         return phi
 
     # -- explicit dynamics --------------------------------------------------------------------------
-    def nudge(self, state: State, target: Tensor) -> Tensor:
+    def nudge(self, s_last: Tensor, target: Tensor) -> Tensor:
         """-dL/ds_N, the direction the nudge pushes the last layer (times beta in the drive)."""
         if self.readout is None:
-            return target - state[-1]  # Eq. 16
-        p = torch.softmax(self.logits(state), dim=1)
-        return self.readout.feedback_drive(target - p, None)  # Eq. 19: w_out^T (y - softmax)
+            return target - s_last  # Eq. 16
+        p = torch.softmax(self.readout.forward_drive(s_last)[0], dim=1)
+        return self.readout.feedback_drive(target - p)  # Eq. 19: w_out^T (y - softmax)
+
+    def total_drives(self, fwd: list[Tensor], fb: list[Tensor], s_last: Optional[Tensor],
+                     target: Optional[Tensor], beta: float = 0.0) -> list[Tensor]:
+        """dPhi^beta/ds_k = forward drive fwd[k] + feedback drive fb[k] (k < N) + beta * nudge (k = N).
+
+        Shared by the rate and the spiking networks (which pass drives built from synaptic currents
+        and the spike trace of the last layer as s_last). fwd[0] may be the batch's constant input
+        drive and is never written into; the other forward drives are fresh and are summed in place.
+        """
+        n = len(fwd)
+        out = [fwd[0] + fb[0] if n > 1 else fwd[0].clone()]
+        out += [fwd[k].add_(fb[k]) for k in range(1, n - 1)]
+        if n > 1:
+            out.append(fwd[-1])
+        if beta != 0.0:
+            out[-1] = out[-1].add_(self.nudge(s_last, target), alpha=beta)
+        return out
 
     def drives(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
         """dPhi^beta/ds for every layer, explicitly: forward drive + feedback drive (+ nudge).
@@ -168,17 +196,8 @@ class EqNetwork(nn.Module):
             d, i = syn[k].forward_drive(state[k - 1])
             fwd.append(d)
             idx.append(i)
-        out = []
-        for k in range(n):
-            if k + 1 < n:
-                fb = syn[k + 1].feedback_drive(state[k + 1], idx[k + 1])
-                d = fwd[0] + fb if k == 0 else fwd[k].add_(fb)  # never write into inp.drive
-            else:
-                d = fwd[k].clone() if k == 0 else fwd[k]
-            out.append(d)
-        if beta != 0.0:
-            out[-1] = out[-1].add_(self.nudge(state, inp.target), alpha=beta)
-        return out
+        fb = [syn[k + 1].feedback_drive(state[k + 1], idx[k + 1]) for k in range(n - 1)]
+        return self.total_drives(fwd, fb, state[-1], inp.target, beta)
 
     def step(self, inp: Inputs, state: State, beta: float = 0.0) -> State:
         """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)) (Eq. 8).
@@ -192,24 +211,19 @@ class EqNetwork(nn.Module):
 
     # -- local updates ----------------------------------------------------------------------------
     @torch.no_grad()
-    def dphi_dtheta(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
-        """Batch-mean dPhi^beta/dtheta for every parameter (order of self.parameters()).
+    def dphi_dtheta(self, inp: Inputs, state: State, beta: float = 0.0) -> Grads:
+        """Batch-mean dPhi^beta/dtheta for every parameter, by its name in named_parameters().
 
-        Each synapse's share depends only on the states of its own two layers; the readout's is
+        Each interaction's share depends only on the states of its own two layers; the readout's is
         -beta dL/dw_out (Eq. 18), which depends on s_N and the label.
         """
         layers = (inp.x,) + tuple(state)
-        grads: list[Tensor] = []
+        grads: Grads = {}
         for k, syn in enumerate(self.synapses):
-            grads.extend(syn.local_update(layers[k], layers[k + 1]))
+            grads.update({f"synapses.{k}.{n}": g for n, g in syn.local_update(layers[k], layers[k + 1]).items()})
         if self.readout is not None:
-            n = state[-1].shape[0]
-            if beta == 0.0:
-                grads.extend(torch.zeros_like(p) for p in self.readout.parameters())
-            else:
-                err = torch.softmax(self.logits(state), dim=1) - inp.target  # dCE/dz
-                s_n = state[-1].flatten(1)
-                grads.extend((-beta * (err.t() @ s_n) / n, -beta * err.sum(0) / n))
+            upd = self.readout.cost_update(state[-1], inp.target, beta)
+            grads.update({f"readout.{n}": g for n, g in upd.items()})
         return grads
 
     def forward(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None) -> State:

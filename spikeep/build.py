@@ -1,0 +1,134 @@
+"""From a config to objects: the one place that turns plain data (spikeep.config) into a network,
+a learner, an optimizer, a scheduler and chip-like synapses, and that validates a config against the
+package (activation and pooling names, spiking and synapse parameters, chip profiles).
+
+    load_config(path, overrides)   TOML file + --set items -> a validated Config
+    config_from_dict(data, source) a dict (e.g. a run folder's config.json) -> a validated Config
+    build_network(cfg)             the network, initialised from train.seed, on its device and dtype
+    make_learner(cfg, net)         RateEP, SpikingEP or BPTT
+    make_optimizer / make_scheduler / make_plasticity
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml
+from .core.interactions import POOLS
+from .core.network import EqNetwork
+from .core.neurons import get_activation
+from .hardware.chips import apply_profile
+from .learners import BPTT, Learner, RateEP, SpikingEP
+from .learning.plasticity import Plasticity, SynapseSpec
+from .spiking.neurons import NeuronParams
+from .spiking.simulator import DEFAULT_CROSSOVER, SpikingParams
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# -- configs ------------------------------------------------------------------------------------------
+
+def spiking_params(s: SpikingConfig) -> SpikingParams:
+    return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, s.v_min), s.syn_alpha, s.trace_tau,
+                         s.window, s.rate_tol, s.encoding, s.backend,
+                         DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover)
+
+
+def synapse_spec(p: PlasticityConfig) -> SynapseSpec:
+    return SynapseSpec(p.bits, p.scale, p.rounding, p.threshold, p.device, p.levels, p.nu_p, p.nu_d,
+                       p.noise, p.headroom)
+
+
+def check_config(cfg: Config) -> Config:
+    """Every check of a config: the package's names and parameters, then the plain-data checks."""
+    try:
+        get_activation(cfg.model.activation)
+    except ValueError as e:
+        raise ConfigError(f"model.activation: {e}") from None
+    for c in cfg.model.pools:
+        if c not in POOLS:
+            known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
+            raise ConfigError(f"model.pools: unknown pooling letter {c!r}; use one of {known}")
+    cfg.validate()
+    for what, make, section in (("plasticity: ", synapse_spec, cfg.plasticity),
+                                ("[spiking] ", spiking_params, cfg.spiking)):
+        try:
+            make(section)
+        except ValueError as e:
+            raise ConfigError(f"{what}{e}") from None
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """A validated Config from a dict: chip profile filled in, types and values checked; errors
+    name `source`."""
+    try:
+        data = apply_profile(dict(data))
+    except ValueError as e:
+        raise ConfigError(f"{source}: plasticity.profile: {e}") from None
+    cfg = parse_config(data, source, validate=False)
+    try:
+        return check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
+    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings."""
+    return config_from_dict(read_toml(path, overrides), str(path))
+
+
+# -- objects --------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here; use device = 'cpu'")
+    return dev
+
+
+def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:
+    """The network of cfg.model, initialised from cfg.train.seed, on the device and dtype asked for."""
+    torch.manual_seed(cfg.train.seed)
+    net = EqNetwork(cfg.model)
+    net = net.to(device=device or resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
+    return net.use_channels_last(cfg.dynamics.channels_last)
+
+
+def make_learner(cfg: Config, net: EqNetwork) -> Learner:
+    """The learner of cfg: spiking EP for spiking neurons, else BPTT or rate EP by estimator.name."""
+    d, e = cfg.dynamics, cfg.estimator
+    if cfg.model.neurons == "spiking":
+        s = cfg.spiking
+        return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2)
+    if e.name == "bptt":
+        return BPTT(net, d.T1, e.truncate, d.tol)
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol)
+
+
+def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with one learning rate per layer (readout last), as in Laborieux et al. 2021; weight
+    decay applies to weights and biases alike, as in the paper's code."""
+    t = cfg.train
+    groups = [{"params": list(layer.parameters()), "lr": lr} for layer, lr in zip(net.layers, t.lrs)]
+    return torch.optim.SGD(groups, lr=t.lrs[0], momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):
+    """torch's CosineAnnealingLR(T_max, eta_min), stepped once per epoch. Past T_max it does not
+    stay at eta_min: the cosine goes on, so the learning rate climbs again (see README)."""
+    t = cfg.train
+    if t.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.T_max or t.epochs, eta_min=t.eta_min)
+    return None
+
+
+def make_plasticity(cfg: Config, net: EqNetwork) -> Optional[Plasticity]:
+    """Chip-like synapses of cfg.plasticity (None for float weights); puts the weights on the grid."""
+    if not cfg.plasticity.bits:
+        return None
+    return Plasticity(net, synapse_spec(cfg.plasticity), cfg.plasticity.seed)

@@ -1,0 +1,65 @@
+"""The training state a checkpoint holds, and how it is saved and restored (bitwise resume)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import runs
+from .config import Config
+from .core.network import EqNetwork
+from .learning.plasticity import Plasticity
+from .monitor import EpochStats
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: weights, optimizer and scheduler, both generators, where in
+    the data the run is (`epoch` epochs done, `batch` batches of the next one), metrics so far."""
+    net: EqNetwork
+    opt: torch.optim.Optimizer
+    sched: Optional[torch.optim.lr_scheduler.LRScheduler]
+    order_gen: torch.Generator  # data order; its state at the epoch start is what is saved mid-epoch
+    step_gen: torch.Generator  # augmentation and random signs
+    plasticity: Optional[Plasticity] = None  # chip-like synapses (None: float weights)
+    epoch: int = 0
+    batch: int = 0
+    order_state: Optional[torch.Tensor] = None
+    stats: EpochStats = field(default_factory=EpochStats)  # running train metrics of the current epoch
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
+
+    def checkpoint(self, cfg: Config) -> dict:
+        return {"format": runs.CHECKPOINT_FORMAT, "model": self.net.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else {},
+                "epoch": self.epoch, "batch": self.batch,
+                "order_rng": self.order_state if self.batch else self.order_gen.get_state(),
+                "step_rng": self.step_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch_stats": self.stats.state_dict(), "history": self.history, "best": dict(self.best),
+                "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
+                "config": cfg.to_dict()}
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        runs.check_state_dict(path, ckpt["model"], self.net)
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(ckpt["scheduler"])
+            self.step_gen.set_state(ckpt["step_rng"])
+            self.order_gen.set_state(ckpt["order_rng"])
+            self.order_state = ckpt["order_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            self.epoch, self.batch = int(ckpt["epoch"]), int(ckpt["batch"])
+            self.stats = EpochStats.from_state_dict(ckpt["epoch_stats"])
+            self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
+            if self.plasticity is not None:
+                self.plasticity.load_state_dict(ckpt["plasticity"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise runs.CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
+
+    def save(self, path: Path, cfg: Config) -> None:
+        runs.save_checkpoint(path, self.checkpoint(cfg))

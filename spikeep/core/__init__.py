@@ -1,0 +1,1 @@
+"""The rate-coded core: activations, interactions (the terms of Phi), the network and its relaxation."""

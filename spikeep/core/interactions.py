@@ -1,0 +1,221 @@
+"""Interactions: the terms of the primitive function Phi, each joining two layers of neurons.
+
+An interaction declares (Laborieux et al. 2021, Eq. 7):
+
+* its parameters by name (`param_names`), registered as nn.Parameters of the same names;
+* its term of Phi, phi = s_post . P(w * s_pre + b), and so the drive it sends to each side: the forward
+  drive dphi/ds_post = P(w * s_pre + b) and the feedback drive dphi/ds_pre = w_b^T * unpool(s_post),
+  where the feedback weights w_b are a property of the interaction (`feedback_weight`: the forward
+  weights themselves for the symmetric synapses here; a unidirectional kind can hold its own);
+* its local update {name: dphi/dtheta} from the states of the two layers it joins (pre, post) only,
+  which is what EP's estimators difference between phases.
+
+Spiking networks build the same forward drive from a synaptic current instead of a state:
+`forward_current(z) = w * z` (no bias, before pooling) and `drive_from_current(u) = P(u + b)`.
+
+Weights use PyTorch's standard layouts and initialisation (nn.Linear / nn.Conv2d: uniform Kaiming
+with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)), times an optional scale, so they can be
+loaded into and exported from ordinary PyTorch layers. All drives act on whole batches; local updates
+are averaged over the batch (the EP estimate of the gradient of the batch-mean loss).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_weight
+
+Tensor = torch.Tensor
+Grads = dict[str, Tensor]
+
+POOLS = {"m": "2x2 max-pool", "a": "2x2 avg-pool", "i": "no pooling"}
+
+
+def _standard_init(weight: Tensor, bias: Optional[Tensor], fan_in: int, scale: float) -> None:
+    """PyTorch's default nn.Linear / nn.Conv2d initialisation, multiplied by `scale`."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    with torch.no_grad():
+        weight.mul_(scale)
+        if bias is not None:
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(bias, -bound, bound)
+            bias.mul_(scale)
+
+
+class Interaction(nn.Module):
+    """What every interaction between two layers provides (see the module docstring)."""
+    kind = "interaction"
+    param_names: tuple[str, ...] = ("weight", "bias")
+    pre_shape: tuple[int, ...]
+    post_shape: tuple[int, ...]
+    current_shape: tuple[int, ...]  # shape of w * s_pre before pooling (a spiking layer's synaptic current)
+
+    @property
+    def feedback_weight(self) -> Tensor:
+        """The weights that carry the feedback drive: the forward weights (symmetric synapses)."""
+        return self.weight
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        raise NotImplementedError
+
+    def feedback_drive(self, post: Tensor, indices: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward_current(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def drive_from_current(self, u: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        raise NotImplementedError
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def local_update(self, pre: Tensor, post: Tensor) -> Grads:
+        raise NotImplementedError
+
+
+class Dense(Interaction):
+    """All-to-all synapses, phi = s_post . (W s_pre + b); W has nn.Linear's layout (out, in)."""
+    kind = "dense"
+
+    def __init__(self, pre_shape: tuple[int, ...], n_out: int, scale: float = 1.0):
+        super().__init__()
+        self.pre_shape = tuple(pre_shape)
+        n_in = math.prod(self.pre_shape)
+        self.post_shape = self.current_shape = (n_out,)
+        self.weight = nn.Parameter(torch.empty(n_out, n_in))
+        self.bias = nn.Parameter(torch.empty(n_out))
+        _standard_init(self.weight, self.bias, n_in, scale)
+
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, None]:
+        """dphi/ds_post = W s_pre + b. Returns (drive, pooling indices = None)."""
+        return F.linear(pre.flatten(1), self.weight, self.bias), None
+
+    def feedback_drive(self, post: Tensor, indices: None = None) -> Tensor:
+        """dphi/ds_pre = W_b^T s_post, in the shape of the presynaptic layer."""
+        return (post @ self.feedback_weight).view(post.shape[0], *self.pre_shape)
+
+    def forward_current(self, z: Tensor) -> Tensor:
+        return F.linear(z.flatten(1), self.weight)
+
+    def drive_from_current(self, u: Tensor) -> tuple[Tensor, None]:
+        return u + self.bias, None
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        """Per-sample phi = s_post . (W s_pre + b)."""
+        return (post * F.linear(pre.flatten(1), self.weight, self.bias)).sum(1)
+
+    def local_update(self, pre: Tensor, post: Tensor) -> Grads:
+        """Batch-mean dphi/dW = <s_post s_pre^T>, dphi/db = <s_post>: pre and post only."""
+        n = pre.shape[0]
+        return {"weight": post.t() @ pre.flatten(1) / n, "bias": post.sum(0) / n}
+
+    def extra_repr(self) -> str:
+        return f"{math.prod(self.pre_shape)} -> {self.post_shape[0]}"
+
+
+class SoftmaxReadout(Dense):
+    """w_out of the softmax readout y_hat = softmax(w_out s_N + b_out) (Eq. 17). It sits outside the
+    dynamics: it takes no part in Phi, only in the cost of the nudged phases, Phi^beta = Phi - beta CE."""
+
+    def cost_update(self, s_last: Tensor, target: Tensor, beta: float) -> Grads:
+        """Batch-mean dPhi^beta/dw_out = -beta dCE/dw_out (Eq. 18) from s_N and the label."""
+        if beta == 0.0:
+            return {name: torch.zeros_like(p) for name, p in self.named_parameters()}
+        n = s_last.shape[0]
+        err = torch.softmax(self.forward_drive(s_last)[0], dim=1) - target  # dCE/dz
+        s_n = s_last.flatten(1)
+        return {"weight": -beta * (err.t() @ s_n) / n, "bias": -beta * err.sum(0) / n}
+
+
+class Conv(Interaction):
+    """Convolutional synapses followed by pooling P: phi = s_post . P(w * s_pre + b).
+
+    `pool` is one letter: 'm' 2x2 max-pool, 'a' 2x2 avg-pool, 'i' none. Shapes are per sample,
+    fixed at construction, so no step computes a shape.
+    """
+    kind = "conv"
+
+    def __init__(self, pre_shape: tuple[int, int, int], out_channels: int, kernel: int,
+                 stride: int = 1, padding: int = 0, pool: str = "m", scale: float = 1.0):
+        super().__init__()
+        if pool not in POOLS:
+            known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
+            raise ValueError(f"unknown pooling letter {pool!r}; use one of {known}")
+        c, h, w = pre_shape
+        for name, v, lo in (("kernel", kernel, 1), ("stride", stride, 1), ("padding", padding, 0)):
+            if int(v) != v or v < lo:
+                raise ValueError(f"conv {name} must be an integer >= {lo}, got {v!r}")
+        hc = (h + 2 * padding - kernel) // stride + 1
+        wc = (w + 2 * padding - kernel) // stride + 1
+        if hc < 1 or wc < 1 or (pool != "i" and (hc < 2 or wc < 2)):
+            raise ValueError(f"conv (kernel {kernel}, stride {stride}, padding {padding}, pool {pool!r}) "
+                             f"does not fit an input of shape {tuple(pre_shape)}")
+        self.pre_shape = (c, h, w)
+        self.conv_hw = (hc, wc)
+        self.current_shape = (out_channels, hc, wc)
+        self.post_shape = (out_channels, hc // 2, wc // 2) if pool != "i" else (out_channels, hc, wc)
+        self.kernel, self.stride, self.padding, self.pool_kind = kernel, stride, padding, pool
+        # transposed convolution must give back the input size exactly (stride > 1 leaves a remainder)
+        self.output_padding = (h - ((hc - 1) * stride - 2 * padding + kernel),
+                               w - ((wc - 1) * stride - 2 * padding + kernel))
+        self.weight = nn.Parameter(torch.empty(out_channels, c, kernel, kernel))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        _standard_init(self.weight, self.bias, c * kernel * kernel, scale)
+
+    # -- pooling and its adjoint ------------------------------------------------------------------
+    def pool(self, z: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """P(z), with the max-pool indices (None for other poolings)."""
+        if self.pool_kind == "m":
+            return F.max_pool2d(z, 2, 2, return_indices=True)
+        if self.pool_kind == "a":
+            return F.avg_pool2d(z, 2, 2), None
+        return z, None
+
+    def unpool(self, g: Tensor, indices: Optional[Tensor]) -> Tensor:
+        """Adjoint of the pooling: dP(z)/dz^T g, in the conv output's shape."""
+        if self.pool_kind == "m":  # route each value back to the position that won the max
+            return F.max_unpool2d(g, indices, 2, 2, output_size=self.conv_hw)
+        if self.pool_kind == "a":  # spread each value over its 2x2 window, 1/4 each
+            up = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
+            hc, wc = self.conv_hw
+            return F.pad(up, (0, wc - up.shape[3], 0, hc - up.shape[2]))
+        return g
+
+    # -- drives -------------------------------------------------------------------------------------
+    def forward_drive(self, pre: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """dphi/ds_post = P(w * s_pre + b); also returns the max-pool indices (None otherwise)."""
+        return self.pool(F.conv2d(pre, self.weight, self.bias, self.stride, self.padding))
+
+    def feedback_drive(self, post: Tensor, indices: Optional[Tensor]) -> Tensor:
+        """dphi/ds_pre = w_b^T * unpool(s_post): max-unpool with `indices`, then transposed conv."""
+        return F.conv_transpose2d(self.unpool(post, indices), self.feedback_weight, None, self.stride,
+                                  self.padding, self.output_padding)
+
+    def forward_current(self, z: Tensor) -> Tensor:
+        return F.conv2d(z, self.weight, None, self.stride, self.padding)
+
+    def drive_from_current(self, u: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        return self.pool(u + self.bias.view(1, -1, 1, 1))
+
+    def phi(self, pre: Tensor, post: Tensor) -> Tensor:
+        return (post * self.forward_drive(pre)[0]).sum((1, 2, 3))
+
+    def local_update(self, pre: Tensor, post: Tensor) -> Grads:
+        """Batch-mean dphi/dw, dphi/db from the states of the two layers only.
+
+        dphi/dw correlates s_pre with the unpooled s_post; the pooling indices are those of
+        this very state (a max-pool synapse knows which of its inputs won).
+        """
+        n = pre.shape[0]
+        indices = self.forward_drive(pre)[1] if self.pool_kind == "m" else None
+        g = self.unpool(post, indices)
+        dw = conv2d_weight(pre, self.weight.shape, g, self.stride, self.padding)
+        return {"weight": dw / n, "bias": post.sum((0, 2, 3)) / n}
+
+    def extra_repr(self) -> str:
+        return (f"{self.pre_shape} -> {self.post_shape}, kernel={self.kernel}, stride={self.stride}, "
+                f"padding={self.padding}, pool={self.pool_kind!r}")

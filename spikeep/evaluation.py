@@ -1,0 +1,68 @@
+"""Evaluation: loss and accuracy at the free equilibrium, of a network in training or of a run folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+
+from . import runs
+from .build import build_network, config_from_dict, make_learner
+from .config import Config, apply_overrides
+from .data import Split, batches, prepare_data
+from .learners import Learner
+
+
+class Evaluation(NamedTuple):
+    loss: float  # mean per-sample loss at the free equilibrium
+    acc: float  # accuracy in %
+    spikes: float  # spiking networks: spikes per inference (free phase, one sample); nan for rates
+    synops: float  # synaptic events per inference (input spikes' included); nan for rates
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
+    """Mean loss and accuracy (in %) at the free equilibrium; spikes and SynOps per inference for
+    spiking networks (Poisson input drawn from a fixed seed, so evaluations repeat)."""
+    net = learner.net
+    dev = net.synapses[0].weight.device
+    gen = torch.Generator(device=dev).manual_seed(cfg.train.seed) if cfg.spiking.encoding == "poisson" else None
+    total, loss_sum, correct, spikes, synops = 0, 0.0, 0, 0.0, 0.0
+    for x, y in batches(split, cfg.train.eval_batch_size):
+        x, y = x.to(dev), y.to(dev)
+        eq = learner.free_equilibrium(x, gen)
+        loss_sum += float(net.loss(eq.state, y).sum())
+        correct += int((net.logits(eq.state).argmax(1) == y).sum())
+        total += y.shape[0]
+        spikes, synops = spikes + eq.spikes, synops + eq.synops
+    return Evaluation(loss_sum / total, 100.0 * correct / total, spikes / total, synops / total)
+
+
+def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None,
+                 neurons: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
+    """Evaluate a run folder's best (or last) weights on its test set; `neurons` runs them in the
+    other neuron model (e.g. rate-trained weights in the spiking twin), `overrides` are --set items."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
+    data = json.loads(cfg_path.read_text())
+    if neurons:
+        data.setdefault("model", {})["neurons"] = neurons
+    apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data, str(cfg_path))
+    if device:
+        cfg.dynamics.device = device
+    path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
+    ckpt = runs.load_checkpoint(path, "weights")
+    net = build_network(cfg)
+    runs.check_state_dict(path, ckpt["model"], net)
+    net.load_state_dict(ckpt["model"])
+    ds = prepare_data(cfg.data)
+    ev = evaluate(make_learner(cfg, net), ds.test, cfg)
+    out = {"run_dir": str(run_dir), "weights": path.name, "data": ds.name, "neurons": cfg.model.neurons,
+           "test_loss": ev.loss, "test_acc": ev.acc}
+    if cfg.model.neurons == "spiking":
+        out.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
+    return out

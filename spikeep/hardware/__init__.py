@@ -1,0 +1,1 @@
+"""Hardware: neuromorphic chip profiles and energy estimates."""

@@ -1,0 +1,114 @@
+"""Learners: one per method, each behind the same call, `estimate(x, y) -> StepResult`, which writes
+the gradient estimate of the batch into .grad (an optimizer step follows in the trainer).
+
+    RateEP      free and nudged phases of the rate dynamics, an EP estimator (Laborieux et al. 2021)
+    SpikingEP   the same three phases as spiking neurons (it owns its simulator), local rule on rates
+    BPTT        backpropagation through the free phase (the baseline)
+
+Each also gives the free equilibrium of a batch (`free_equilibrium`, for evaluation and probes),
+keeps the random generators in step when a process has no sample of a batch (`skip`), and is told
+when the weights have changed (`weights_changed`, after every optimizer step).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from .core.dynamics import free_phase
+from .core.network import EqNetwork, State
+from .learning.bptt import bptt_gradients
+from .learning.ep import ep_gradients
+from .learning.estimators import nudge_beta
+from .spiking.rule import spiking_ep_gradients
+from .spiking.simulator import SpikingParams, SpikingSimulator
+
+Tensor = torch.Tensor
+
+
+class StepResult(NamedTuple):
+    loss: Tensor  # per-sample loss at the free equilibrium
+    logits: Tensor
+    state: State  # free equilibrium (spike rates for spiking networks)
+    spikes: float = 0.0  # spiking networks: spikes of all phases of the batch
+    synops: float = 0.0  # and their synaptic events (input spikes' included)
+
+
+class Equilibrium(NamedTuple):
+    state: State  # free equilibrium (spike rates for spiking networks)
+    spikes: float = float("nan")  # spiking networks: spikes and synaptic events of the free phase
+    synops: float = float("nan")
+
+
+class Learner:
+    """The interface the trainer talks to."""
+    net: EqNetwork
+
+    def estimate(self, x: Tensor, y: Tensor, generator: Optional[torch.Generator] = None) -> StepResult:
+        raise NotImplementedError
+
+    def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Equilibrium:
+        raise NotImplementedError
+
+    def skip(self, generator: Optional[torch.Generator] = None) -> None:
+        """This process has no sample of the batch: draw what estimate would have drawn."""
+
+    def weights_changed(self) -> None:
+        """The weights were changed (optimizer step, plasticity): drop what was derived from them."""
+
+
+class _RateNetwork(Learner):
+    """Learners of the rate dynamics: predictions come from T1 free steps (early stop at `tol`)."""
+    T1: int
+    tol: float
+
+    @torch.no_grad()
+    def free_equilibrium(self, x, generator=None) -> Equilibrium:
+        return Equilibrium(free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol).state)
+
+
+class RateEP(_RateNetwork):
+    def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0):
+        self.net, self.estimator, self.beta, self.T1, self.T2, self.tol = net, estimator, beta, T1, T2, tol
+
+    def estimate(self, x, y, generator=None) -> StepResult:
+        r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator)
+        return StepResult(r.loss, r.logits, r.s_free)
+
+    def skip(self, generator=None) -> None:
+        nudge_beta(self.estimator, self.beta, generator)
+
+
+class BPTT(_RateNetwork):
+    """Backpropagation through the last `truncate` of the T1 free steps (0: all of them)."""
+
+    def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0):
+        self.net, self.T1, self.truncate, self.tol = net, T1, truncate, tol
+
+    def estimate(self, x, y, generator=None) -> StepResult:
+        r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate)
+        return StepResult(r.loss, r.logits, r.s_last)
+
+
+class SpikingEP(Learner):
+    """Spiking EP; owns one SpikingSimulator for the network, reused across batches and evaluations."""
+
+    def __init__(self, net: EqNetwork, params: SpikingParams, estimator: str, beta: float, T1: int, T2: int):
+        self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
+        self.sim = SpikingSimulator(net, params)
+
+    def estimate(self, x, y, generator=None) -> StepResult:
+        r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator)
+        spikes, synops = r.counts.totals()
+        return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops)
+
+    @torch.no_grad()
+    def free_equilibrium(self, x, generator=None) -> Equilibrium:
+        ph = self.sim.run_phase(self.net.prepare(x), None, self.T1, 0.0, generator)
+        return Equilibrium(ph.rates, *ph.counts.totals())
+
+    def skip(self, generator=None) -> None:
+        nudge_beta(self.estimator, self.beta, generator)
+
+    def weights_changed(self) -> None:
+        self.sim.invalidate()

@@ -1,0 +1,37 @@
+"""EP on the rate dynamics: free phase, nudged phase(s) and the estimate, written into .grad."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..core.dynamics import free_phase, nudged_phase
+from ..core.network import EqNetwork, State
+from .estimators import Equilibria, check_estimator, estimate, nudge_beta, write_grads
+
+Tensor = torch.Tensor
+
+
+class EPResult(NamedTuple):
+    s_free: State  # the free equilibrium (spike rates for spiking networks)
+    loss: Tensor  # per-sample loss at the free equilibrium
+    logits: Tensor  # output at the free equilibrium
+    steps: int  # total relaxation steps run for this batch
+    beta: float  # the beta of the first nudged phase (its sign, for random-sign)
+
+
+def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
+                 beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
+                 generator: Optional[torch.Generator] = None, state: Optional[State] = None) -> EPResult:
+    """Free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen estimate in .grad."""
+    check_estimator(estimator, beta)
+    with torch.no_grad():
+        inp = net.prepare(x, y)
+        free = free_phase(net, inp, T1, state, tol)
+        beta = nudge_beta(estimator, beta, generator)
+        plus = nudged_phase(net, inp, free.state, T2, beta, tol)
+        minus = nudged_phase(net, inp, free.state, T2, -beta, tol) if estimator == "symmetric" else None
+        steps = free.steps + plus.steps + (minus.steps if minus is not None else 0)
+        eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
+        write_grads(net, estimate(estimator, lambda s, b: net.dphi_dtheta(inp, s, b), eq))
+        return EPResult(free.state, net.loss(free.state, inp.y), net.logits(free.state), steps, beta)

@@ -1,0 +1,85 @@
+"""EP gradient estimators (Laborieux et al. 2021, Sec. 3), the one place their formulas live.
+
+Given the equilibria of a free phase and of nudged phases (whatever produced them: the rate dynamics,
+a spiking simulation, one step of a nudged trajectory in the GDU check) and a function dphi(state,
+beta) -> {name: dPhi^beta/dtheta} made of each interaction's local update, they return the estimate
+of dL/dtheta by parameter name (sign included: the gradient of the loss), so any torch.optim
+optimizer applies it once it is written into .grad:
+
+    one-sided   (Eq. 4):  g = -1/beta       (dPhi^beta/dtheta(s^beta) - dPhi/dtheta(s*))
+    random-sign:          the one-sided estimate with beta -> +-beta drawn at random per batch
+    symmetric   (Eq. 12): g = -1/(2 beta)   (dPhi^beta/dtheta(s^beta) - dPhi^-beta/dtheta(s^-beta))
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+Tensor = torch.Tensor
+Grads = dict[str, Tensor]
+EP_ESTIMATORS = ("one_sided", "random_sign", "symmetric")
+
+
+def check_estimator(name: str, beta: float) -> None:
+    if name not in EP_ESTIMATORS:
+        raise ValueError(f"unknown EP estimator {name!r}; use one of {', '.join(EP_ESTIMATORS)}")
+    if beta == 0.0:
+        raise ValueError("EP needs a nonzero beta for its nudged phase")
+
+
+def draw_sign(beta: float, generator: Optional[torch.Generator] = None) -> float:
+    """Random-sign EP: +|beta| or -|beta| with probability 1/2 (one draw from `generator` per batch)."""
+    sign = 1.0 if int(torch.randint(0, 2, (1,), generator=generator)) == 1 else -1.0
+    return sign * abs(beta)
+
+
+def nudge_beta(name: str, beta: float, generator: Optional[torch.Generator] = None) -> float:
+    """The beta of the first nudged phase: drawn for random-sign EP, `beta` itself otherwise."""
+    return draw_sign(beta, generator) if name == "random_sign" else beta
+
+
+def one_sided_estimate(g_beta: Grads, g_free: Grads, beta: float) -> Grads:
+    """Eq. 4: -(dPhi^beta/dtheta(s^beta) - dPhi/dtheta(s*)) / beta, by parameter name."""
+    if beta == 0.0:
+        raise ValueError("the one-sided estimate needs beta != 0")
+    return {k: (g_free[k] - g_beta[k]) / beta for k in g_beta}
+
+
+def symmetric_estimate(g_plus: Grads, g_minus: Grads, beta: float) -> Grads:
+    """Eq. 12: -(dPhi^beta/dtheta(s^beta) - dPhi^-beta/dtheta(s^-beta)) / (2 beta), by parameter name."""
+    if beta == 0.0:
+        raise ValueError("the symmetric estimate needs beta != 0")
+    return {k: (g_minus[k] - g_plus[k]) / (2 * beta) for k in g_plus}
+
+
+class Equilibria(NamedTuple):
+    """The states an estimate needs: free, nudged with `beta`, and (symmetric) nudged with -beta."""
+    free: Any
+    plus: Any
+    minus: Any = None
+    beta: float = 0.0
+
+
+def estimate(name: str, dphi: Callable[[Any, float], Grads], eq: Equilibria) -> Grads:
+    """The named estimate from equilibria; dphi(state, beta) gives dPhi^beta/dtheta at a state."""
+    if name == "symmetric":
+        return symmetric_estimate(dphi(eq.plus, eq.beta), dphi(eq.minus, -eq.beta), eq.beta)
+    if name in ("one_sided", "random_sign"):
+        return one_sided_estimate(dphi(eq.plus, eq.beta), dphi(eq.free, 0.0), eq.beta)
+    raise ValueError(f"unknown EP estimator {name!r}; use one of {', '.join(EP_ESTIMATORS)}")
+
+
+def write_grads(module: nn.Module, grads: Grads) -> None:
+    """Put a gradient estimate into .grad by parameter name (replacing what was there); the names
+    must be exactly those of module.named_parameters()."""
+    params = dict(module.named_parameters())
+    if set(grads) != set(params):
+        missing, extra = sorted(set(params) - set(grads)), sorted(set(grads) - set(params))
+        raise ValueError(f"gradients do not match the parameters (missing {missing}, unexpected {extra})")
+    for name, p in params.items():
+        g = grads[name]
+        if g.shape != p.shape:
+            raise ValueError(f"gradient of {name} has shape {tuple(g.shape)}, the parameter {tuple(p.shape)}")
+        p.grad = g.detach().clone() if p.grad is None else p.grad.copy_(g)

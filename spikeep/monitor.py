@@ -1,0 +1,88 @@
+"""Monitoring a run: divergence checks, the running metrics of an epoch, energy estimates of chip
+profiles, and the pictures of a spiking network at work."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import Config
+from .distributed import Dist, any_process
+from .hardware.chips import energy_estimate, get_profile
+
+
+class DivergenceError(FloatingPointError):
+    """NaN or inf in states, gradients or weights; the message names the layer and iteration."""
+
+
+def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> Optional[str]:
+    """Name of the first tensor holding NaN or inf, or None (one device sync in the normal case)."""
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    return None if bool(ok.all()) else named[int((~ok).nonzero()[0])][0]
+
+
+def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str, ddp: Optional[Dist] = None) -> None:
+    """Raise DivergenceError naming the layer and iteration. In a distributed run every process
+    learns of it (one tiny all-reduce), so none is left waiting in a collective."""
+    bad = first_nonfinite(named)
+    if ddp is not None and any_process(ddp, bad is not None) and bad is None:
+        raise DivergenceError(f"NaN or inf in the {what} of another process at {where}")
+    if bad is not None:
+        raise DivergenceError(f"NaN or inf in the {what} of layer {bad} at {where}")
+
+
+@dataclass
+class EpochStats:
+    """Running train metrics of the epoch in progress (checkpointed, so a resumed epoch goes on)."""
+    seen: int = 0
+    correct: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    spikes: float = 0.0  # spiking networks: spikes of every phase
+    synops: float = 0.0  # and their synaptic events
+    updates: float = 0.0  # synapses changed by the weight updates
+
+    def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.seen += y.shape[0]
+        self.loss_sum += float(loss.sum())
+        self.correct += int((logits.argmax(1) == y).sum())
+
+    @property
+    def acc(self) -> float:
+        return 100 * self.correct / max(self.seen, 1)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "EpochStats":
+        return cls(**d)
+
+
+def energy(cfg: Config, spikes_per_inference: float, synops_per_inference: float, stats: EpochStats) -> dict:
+    """Energy estimates of the chip profile (if any and if it has figures): per inference, and per
+    training sample (its three phases plus its share of the iteration's weight updates)."""
+    if not cfg.plasticity.profile:
+        return {}
+    prof = get_profile(cfg.plasticity.profile)
+    seen = max(stats.seen, 1)
+    inf = energy_estimate(prof, spikes_per_inference, synops_per_inference)
+    learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, stats.updates / seen)
+    return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"]}
+
+
+def spike_pictures(sim, x: torch.Tensor, y: torch.Tensor, T1: int, T2: int, beta: float, names: list[str],
+                   run_dir: Path, generator: Optional[torch.Generator] = None) -> None:
+    """raster.png and rate_convergence.png of the three phases of a probe batch."""
+    from .spiking.rasters import plot_rate_convergence, plot_raster
+    from .spiking.simulator import probe_phases
+
+    phases = probe_phases(sim, x, y, T1, T2, beta, x.shape[0], generator)
+    plot_raster(phases, names, run_dir / "raster.png")
+    plot_rate_convergence(phases, names, run_dir / "rate_convergence.png")

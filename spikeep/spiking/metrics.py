@@ -1,0 +1,63 @@
+"""What a spiking network costs: spikes and synaptic events (SynOps = spikes x fan-out) per layer."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..core.interactions import Dense, Interaction
+from ..core.network import EqNetwork
+
+Tensor = torch.Tensor
+
+
+class Counts(NamedTuple):
+    spikes: Tensor  # per layer: spikes summed over batch and steps
+    synops: Tensor  # per layer: synaptic events its spikes caused (spikes x fan-out)
+    input_spikes: float  # Poisson input spikes (0 for constant-current input)
+    input_synops: float  # synaptic events the input spikes caused
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.spikes + other.spikes, self.synops + other.synops,
+                      self.input_spikes + other.input_spikes, self.input_synops + other.input_synops)
+
+    def totals(self) -> tuple[float, float]:
+        """(spikes, synaptic events) of all layers, the input's events included."""
+        return float(self.spikes.sum()), float(self.synops.sum()) + self.input_synops
+
+
+def _forward_fan_out(s: Interaction, dtype, device) -> Tensor:
+    """Synapses each presynaptic neuron of s drives, in its pre shape."""
+    if isinstance(s, Dense):
+        return torch.full(s.pre_shape, float(s.post_shape[0]), dtype=dtype, device=device)
+    ones = torch.ones(1, *s.current_shape, dtype=dtype, device=device)
+    return F.conv_transpose2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding, s.output_padding)[0]
+
+
+def _feedback_fan_out(s: Interaction, dtype, device) -> Tensor:
+    """Synapses each postsynaptic neuron of s drives back, in its post shape."""
+    if isinstance(s, Dense):
+        return torch.full(s.post_shape, float(math.prod(s.pre_shape)), dtype=dtype, device=device)
+    ones = torch.ones(1, *s.pre_shape, dtype=dtype, device=device)
+    cnt = F.conv2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding)
+    return (F.max_pool2d(cnt, 2, 2) if s.pool_kind != "i" else cnt)[0]
+
+
+def fan_out(net: EqNetwork) -> tuple[Tensor, list[Tensor]]:
+    """(input fan-out, fan-out of every layer): the synapses a neuron's spike reaches (forward,
+    feedback and, for the last layer, the softmax readout). SynOps = spikes x fan-out."""
+    p = net.synapses[0].weight
+    syn, n = net.synapses, len(net.synapses)
+    out = []
+    for k in range(n):
+        f = torch.zeros(net.layer_shapes[k], dtype=p.dtype, device=p.device)
+        if k + 1 < n:
+            f += _forward_fan_out(syn[k + 1], p.dtype, p.device)
+        if k > 0:  # the input layer takes no feedback
+            f += _feedback_fan_out(syn[k], p.dtype, p.device)
+        if k == n - 1 and net.readout is not None:
+            f += net.n_classes
+        out.append(f)
+    return _forward_fan_out(syn[0], p.dtype, p.device), out

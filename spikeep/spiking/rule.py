@@ -1,0 +1,46 @@
+"""The local learning rule of spiking EP: each synapse differences the products of its two neurons'
+spike rates between phases, with the very estimators of the rate network (spikeep.learning.estimators:
+symmetric Eq. 12, one-sided Eq. 4, random-sign), and the estimate goes into .grad."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..learning.ep import EPResult
+from ..learning.estimators import Equilibria, Grads, check_estimator, estimate, nudge_beta, write_grads
+from .metrics import Counts
+from .simulator import Phase, SpikingSimulator
+
+Tensor = torch.Tensor
+
+
+class SpikingEPResult(NamedTuple):
+    ep: EPResult  # s_free holds the free-phase rates
+    counts: Counts  # all phases of the batch
+    free_counts: Counts  # the free phase alone (= one inference)
+
+
+def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator: str = "symmetric",
+                         beta: float = 0.5, T1: int = 200, T2: int = 100,
+                         generator: Optional[torch.Generator] = None) -> SpikingEPResult:
+    """Free phase, nudged phase(s) from the free network state, and the local spike-rate estimate
+    written into .grad (same sign convention as the rate network's)."""
+    check_estimator(estimator, beta)
+    net = sim.net
+    with torch.no_grad():
+        inp = net.prepare(x, y)
+        free = sim.run_phase(inp, None, T1, 0.0, generator)
+        beta = nudge_beta(estimator, beta, generator)
+        plus = sim.run_phase(inp, free.state, T2, beta, generator)
+        minus = sim.run_phase(inp, free.state, T2, -beta, generator) if estimator == "symmetric" else None
+
+        def dphi(ph: Phase, b: float) -> Grads:  # rates of each synapse's two layers (the input's for the first)
+            return net.dphi_dtheta(inp._replace(x=ph.input_rate), ph.rates, b)
+
+        write_grads(net, estimate(estimator, dphi, Equilibria(free, plus, minus, beta)))
+        counts, steps = free.counts + plus.counts, free.steps + plus.steps
+        if minus is not None:
+            counts, steps = counts + minus.counts, steps + minus.steps
+        ep = EPResult(free.rates, net.loss(free.rates, inp.y), net.logits(free.rates), steps, beta)
+        return SpikingEPResult(ep, counts, free.counts)

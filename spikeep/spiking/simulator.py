@@ -1,0 +1,307 @@
+"""The spiking twin of a rate network: its weights run as Norse IF / LIF-box neurons driven by spikes.
+
+The spiking network uses the very same EqNetwork (weights, wiring, Phi); only the neurons change.
+Every neuron of layer k integrates a current built from spike events only:
+
+    I_k(t) = P(u_k(t) + b_k) + f_k(t) (+ beta * nudge)       currents into layer k (EqNetwork.total_drives)
+    u_k   <- (1 - alpha) u_k   + alpha * W_k z_{k-1}(t-1)     forward synaptic current (pre-pool)
+    f_k   <- (1 - alpha) f_k   + alpha * W_{b,k+1}^T unpool(z_{k+1}(t-1))   feedback current
+    v_k   <- v_k + I_k;  z_k = [v_k > theta];  v_k <- v_k - theta z_k     (IF, reset by subtraction)
+
+An IF neuron fed a current of mean I fires at clip(I / theta, 0, 1) and the mean of W z is W r, so the
+rates r of a spiking equilibrium solve r_k = clip(dPhi/ds_k(r) / theta, 0, 1): with theta = 2 the rate
+network's fixed point with `my_hard_sig` (Laborieux et al. 2021, Eq. 8). Spikes reach the currents
+through the dense or the event back end (spikeep.spiking.propagation); `auto` picks per source layer
+once per window, from the activity measured in the window before (no per-step device sync).
+
+Phases (free, +beta, -beta) run in windows of `window` steps; a window's spike counts give the
+rates, and a phase stops early once two successive windows' rates differ by at most `rate_tol`.
+The nudge is a current into the last layer computed from an exponential trace of its spikes:
+beta (y - rho_N) for squared error (Eq. 16), beta w_out^T (y - softmax(w_out rho_N)) through the
+softmax readout (Eq. 19).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+from norse.torch.functional.encode import poisson_encode_step
+
+from ..core.network import EqNetwork, Inputs
+from .metrics import Counts, fan_out
+from .neurons import NeuronParams, NeuronState, check_neuron_params, lif_box_step
+from .propagation import Tables, check_spikes, fan_out_tables, propagate
+
+Tensor = torch.Tensor
+BACKENDS = ("auto", "dense", "event")
+ENCODINGS = ("current", "poisson")
+# Activity (fraction of a layer's neurons spiking in a step) below which `auto` propagates events.
+# analysis/bench_spiking.py, 784-1024-1024-10 on 2 CPU cores: event and dense cost the same at 28 %
+# activity with batch 32; with batch 1 and 8 events stay faster up to 50 %. 0.25 sits just below.
+DEFAULT_CROSSOVER = 0.25
+
+
+@dataclass(frozen=True)
+class SpikingParams:
+    """Everything the spiking simulation needs besides the network (see SpikingConfig)."""
+    neuron: NeuronParams = NeuronParams()
+    syn_alpha: float = 1.0  # synaptic current filter: u <- u + alpha (W z - u); 1 = no filter
+    trace_tau: float = 10.0  # steps: exponential trace of output spikes that feeds the nudge
+    window: int = 50  # steps per rate window
+    rate_tol: float = 0.0  # stop a phase once two successive windows differ by <= this (0: use budget)
+    encoding: str = "current"  # "current" (x as a constant current) or "poisson" (Bernoulli spikes, p = x)
+    backend: str = "auto"
+    crossover: float = DEFAULT_CROSSOVER
+
+    def __post_init__(self):
+        check_neuron_params(self.neuron)
+        if not 0 < self.syn_alpha <= 1:
+            raise ValueError(f"spiking syn_alpha must lie in (0, 1], got {self.syn_alpha!r}")
+        if not self.trace_tau >= 1:
+            raise ValueError(f"spiking trace_tau must be >= 1 step, got {self.trace_tau!r}")
+        if int(self.window) != self.window or self.window < 1:
+            raise ValueError(f"spiking window must be a positive number of steps, got {self.window!r}")
+        if not self.rate_tol >= 0:
+            raise ValueError(f"spiking rate_tol must be >= 0, got {self.rate_tol!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"spiking encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"spiking backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not 0 <= self.crossover <= 1:
+            raise ValueError(f"spiking crossover must be an activity in [0, 1], got {self.crossover!r}")
+
+
+class SimState(NamedTuple):
+    """Everything that evolves while a spiking network runs (passed explicitly, like Norse's states)."""
+    neurons: tuple[NeuronState, ...]
+    z: tuple[Tensor, ...]  # spikes of the last step, per layer
+    u: tuple[Tensor, ...]  # filtered forward currents W_k z_{k-1}, per synapse (pre-pool)
+    f: tuple[Tensor, ...]  # filtered feedback currents into layers 0..N-2
+    rho: Tensor  # exponential trace of the last layer's spikes (the rate the nudge sees)
+
+
+class Phase(NamedTuple):
+    """What a phase leaves: final network state, window rates, counts and (if asked) spike records."""
+    state: SimState
+    rates: tuple[Tensor, ...]  # per layer, from the spike counts of the last window
+    input_rate: Tensor  # x itself for constant current, the Poisson spike rate otherwise
+    steps: int
+    delta: float  # max |rate change| between the last two windows (nan after one window)
+    counts: Counts
+    raster: Optional[tuple[Tensor, ...]] = None  # per layer: (steps, record, neurons) spikes, time first
+
+
+def poisson_input(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """One step of Bernoulli input spikes with p = x (Norse's poisson_encode_step, f_max dt = 1),
+    drawn on the generator's device (a run's CPU generator also drives CUDA runs, reproducibly)."""
+    if generator is None or generator.device == x.device:
+        return poisson_encode_step(x, f_max=1.0, dt=1.0, generator=generator).to(x.dtype)
+    return poisson_encode_step(x.to(generator.device), f_max=1.0, dt=1.0, generator=generator).to(x.device, x.dtype)
+
+
+class SpikingSimulator:
+    """Runs an EqNetwork's weights as a network of spiking neurons (see the module docstring).
+
+    It caches what depends on the weights (the event back end's fan-out tables, built on first use)
+    and what depends on the shapes only (fan-out counts). Call `invalidate()` after changing the
+    weights: the trainer does so after every optimizer step.
+    """
+
+    def __init__(self, net: EqNetwork, params: SpikingParams = SpikingParams()):
+        if not isinstance(params, SpikingParams):
+            raise TypeError(f"params must be SpikingParams, got {type(params).__name__}")
+        self.net, self.p = net, params
+        self._fan_out: Optional[tuple[Tensor, list[Tensor]]] = None
+        self._tables: Optional[Tables] = None
+
+    @property
+    def fan_out(self) -> tuple[Tensor, list[Tensor]]:
+        if self._fan_out is None:
+            self._fan_out = fan_out(self.net)
+        return self._fan_out
+
+    def invalidate(self) -> None:
+        """Forget the fan-out tables: the weights have changed."""
+        self._tables = None
+
+    def tables(self) -> Optional[Tables]:
+        """The fan-out tables of the current weights (None for the dense back end)."""
+        if self.p.backend == "dense":
+            return None
+        if self._tables is None:  # an input table only for spiking input encodings
+            self._tables = fan_out_tables(self.net, self.p.encoding != "current")
+        return self._tables
+
+    def init_state(self, inp: Inputs) -> SimState:
+        net = self.net
+        b = inp.x.shape[0]
+        c = dict(dtype=inp.x.dtype, device=inp.x.device)
+        zeros = [torch.zeros(b, *s, **c) for s in net.layer_shapes]
+        neurons = tuple(NeuronState(z.clone(), torch.zeros_like(z, dtype=torch.int32)) for z in zeros)
+        u = tuple(torch.zeros(b, *syn.current_shape, **c) for syn in net.synapses)
+        f = tuple(z.clone() for z in zeros[:-1])
+        return SimState(neurons, tuple(zeros), u, f, zeros[-1].clone())
+
+    def _use_events(self, z: Tensor) -> bool:
+        if self.p.backend != "auto":
+            return self.p.backend == "event"
+        return float(z.count_nonzero()) < self.p.crossover * z.numel()
+
+    def _window_events(self, activity: list[float]) -> list[bool]:
+        """Back end per source layer (input first) for the next window, from measured activities."""
+        if self.p.backend != "auto":
+            return [self.p.backend == "event"] * len(activity)
+        return [a < self.p.crossover for a in activity]
+
+    def _send(self, z: Tensor, k: int, tables: Optional[Tables], event: Optional[bool]):
+        table = tables[k + 1] if tables is not None else None
+        use = table is not None and (self._use_events(z) if event is None else event)
+        return propagate(self.net, z, k, table, use)
+
+    def step(self, inp: Inputs, st: SimState, beta: float = 0.0, x_spikes: Optional[Tensor] = None,
+             tables: Optional[Tables] = None, events: Optional[list[bool]] = None) -> SimState:
+        """One synchronous step: currents from the last step's spikes, then every layer's neurons.
+
+        `tables` (from fan_out_tables) enables the event back end; without them it runs dense.
+        `events` fixes the back end per source layer (input first); None decides from this step's
+        spikes (one device sync per layer for backend = "auto"; run_phase decides once per window).
+        """
+        ev = events if events is not None else [None] * (len(self.net.synapses) + 1)
+        net, p = self.net, self.p
+        syn, n, a = net.synapses, len(net.synapses), p.syn_alpha
+
+        def filt(old: Tensor, new: Tensor) -> Tensor:
+            return new if a == 1.0 else old + a * (new - old)
+
+        sent_up: list[Optional[Tensor]] = [None] * n  # new forward current of synapse k
+        sent_down: list[Optional[Tensor]] = [None] * n  # new feedback current into layer k-1 via synapse k
+        if x_spikes is not None:
+            sent_up[0], _ = self._send(x_spikes, -1, tables, ev[0])
+        for k in range(n):
+            up, down = self._send(st.z[k], k, tables, ev[k + 1])
+            if k + 1 < n:
+                sent_up[k + 1] = up
+            sent_down[k] = down
+        u, drive, idx = [], [], []
+        for k in range(n):
+            if k == 0 and x_spikes is None:  # constant current: the rate network's own first drive
+                u.append(st.u[0])
+                drive.append(inp.drive)
+                idx.append(None)
+                continue
+            u.append(filt(st.u[k], sent_up[k]))
+            d, i = syn[k].drive_from_current(u[k])
+            drive.append(d)
+            idx.append(i)
+        f = []
+        for k in range(n - 1):
+            fb = sent_down[k + 1]
+            if fb is None:  # conv synapse: unpool with this step's max-pool indices, then transposed conv
+                fb = syn[k + 1].feedback_drive(st.z[k + 1], idx[k + 1])
+            f.append(filt(st.f[k], fb))
+        current = net.total_drives(drive, f, st.rho, inp.target, beta)
+        zs, neurons = [], []
+        for k in range(n):
+            z, ns = lif_box_step(current[k], st.neurons[k], p.neuron)
+            zs.append(z)
+            neurons.append(ns)
+        rho = st.rho + (zs[-1] - st.rho) / p.trace_tau
+        return SimState(tuple(neurons), tuple(zs), tuple(u), tuple(f), rho)
+
+    def _check_input_spikes(self, inp: Inputs, input_spikes: Tensor, T: int) -> Tensor:
+        check_spikes(input_spikes, "input spike train")
+        want = (math.ceil(T / self.p.window) * self.p.window, *inp.x.shape)
+        if (input_spikes.dim() != len(want) or tuple(input_spikes.shape[1:]) != want[1:]
+                or input_spikes.shape[0] < want[0]):
+            raise ValueError(f"input spike train must be time-first with shape (>= {want[0]}, "
+                             f"{', '.join(map(str, want[1:]))}), got {tuple(input_spikes.shape)}")
+        return input_spikes.to(device=inp.x.device, dtype=inp.x.dtype)
+
+    @torch.no_grad()
+    def run_phase(self, inp: Inputs, state: Optional[SimState], T: int, beta: float = 0.0,
+                  generator: Optional[torch.Generator] = None, input_spikes: Optional[Tensor] = None,
+                  record: int = 0) -> Phase:
+        """Run at most T steps (whole windows) from `state` (rest by default) with nudge beta.
+
+        input_spikes: a time-first input spike train (steps, B, *input shape) of 0/1, e.g. from a
+        Norse encoder, used instead of the configured encoding (it must cover the phase).
+        record: keep the spikes of the first `record` samples of every step (for rasters).
+        """
+        p, net = self.p, self.net
+        if not isinstance(T, int) or T <= 0:
+            raise ValueError(f"a spiking phase needs a positive step budget, got {T!r}")
+        if beta != 0.0 and inp.target is None:
+            raise ValueError("a nudged phase (beta != 0) needs labels y")
+        poisson = p.encoding == "poisson" and input_spikes is None
+        if input_spikes is not None:
+            input_spikes = self._check_input_spikes(inp, input_spikes, T)
+        spiking_input = poisson or input_spikes is not None
+        if record < 0 or int(record) != record:
+            raise ValueError(f"record must be a number of samples >= 0, got {record!r}")
+        if poisson and (float(inp.x.min()) < 0 or float(inp.x.max()) > 1):
+            raise ValueError("Poisson encoding needs inputs in [0, 1] (spike probabilities per step); "
+                             "drop data.mean/data.std normalisation or use encoding = 'current'")
+        st = self.init_state(inp) if state is None else state
+        n = len(net.synapses)
+        tables = self.tables()
+        # activity per source layer (input first) decides the back end of each window: the last
+        # window's spike counts after the first (no per-step device sync)
+        activity = [float(input_spikes[0].mean()) if input_spikes is not None else float(inp.x.mean())]
+        activity += [float(z.count_nonzero()) / max(z.numel(), 1) for z in st.z]
+        fo_in, fo = self.fan_out
+        spikes = torch.zeros(n, dtype=torch.float64)
+        synops = torch.zeros(n, dtype=torch.float64)
+        in_spikes = in_synops = 0.0
+        blocks = max(1, math.ceil(T / p.window))
+        prev, delta, steps = None, float("nan"), 0
+        raster: list[list[Tensor]] = [[] for _ in range(n)]
+        for _ in range(blocks):
+            events = self._window_events(activity)
+            counts = [torch.zeros_like(z) for z in st.z]
+            x_count = torch.zeros_like(inp.x) if spiking_input else None
+            for t in range(p.window):
+                xs = None
+                if poisson:
+                    xs = poisson_input(inp.x, generator)
+                elif input_spikes is not None:
+                    xs = input_spikes[steps + t]
+                if xs is not None:
+                    x_count += xs
+                st = self.step(inp, st, beta, xs, tables, events)
+                for k, (c, z) in enumerate(zip(counts, st.z)):
+                    c += z
+                    if record:
+                        raster[k].append(z[:record].flatten(1).to(torch.bool))
+            steps += p.window
+            rates = tuple(c / p.window for c in counts)
+            for k in range(n):
+                window_spikes = float(counts[k].sum())
+                spikes[k] += window_spikes
+                synops[k] += float((counts[k] * fo[k]).sum())
+                activity[k + 1] = window_spikes / (p.window * counts[k].numel())
+            if spiking_input:
+                window_in = float(x_count.sum())
+                in_spikes += window_in
+                in_synops += float((x_count * fo_in).sum())
+                activity[0] = window_in / (p.window * x_count.numel())
+            if prev is not None:
+                delta = max(float((r - q).abs().max()) for r, q in zip(rates, prev))
+                if p.rate_tol > 0 and delta <= p.rate_tol:
+                    break
+            prev = rates
+        input_rate = x_count / p.window if spiking_input else inp.x
+        rec = tuple(torch.stack(r) for r in raster) if record else None
+        return Phase(st, rates, input_rate, steps, delta, Counts(spikes, synops, in_spikes, in_synops), rec)
+
+
+@torch.no_grad()
+def probe_phases(sim: SpikingSimulator, x: Tensor, y: Tensor, T1: int, T2: int, beta: float,
+                 record: int = 1, generator: Optional[torch.Generator] = None) -> list[tuple[str, Phase]]:
+    """Free, +beta and -beta phases of a probe batch with spike records (for rasters and plots)."""
+    inp = sim.net.prepare(x, y)
+    free = sim.run_phase(inp, None, T1, 0.0, generator, record=record)
+    plus = sim.run_phase(inp, free.state, T2, beta, generator, record=record)
+    minus = sim.run_phase(inp, free.state, T2, -beta, generator, record=record)
+    return [("free", free), ("+beta", plus), ("-beta", minus)]

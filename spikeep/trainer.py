@@ -1,0 +1,258 @@
+"""Training: the loop. One gradient estimate per mini-batch from the learner (EP or BPTT), any
+torch.optim optimizer on top, in a run folder that survives crashes and resumes bit for bit.
+
+    train(cfg, run_dir)           the whole run: folder, checkpoints, resume, divergence checks,
+                                  data-parallel over torch.distributed when started by torchrun
+
+Randomness: the data order comes from one generator (its state at the start of each epoch is
+checkpointed, so a run resumed mid-epoch replays the same permutation), augmentation and random
+signs from a second one, checkpointed as it is. Every process of a distributed run draws the same
+numbers and takes its own slice of each global batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, runs
+from .build import build_network, check_config, config_from_dict, make_learner, make_optimizer, \
+    make_plasticity, make_scheduler, resolve_device
+from .checkpoint import TrainState
+from .config import Config
+from .data import Split, augment, prepare_data
+from .distributed import Dist, average_gradients, barrier, init_distributed, share_run_dir, shard, \
+    sum_over_processes
+from .evaluation import evaluate
+from .files import write_json_atomic
+from .learners import Learner, SpikingEP
+from .monitor import DivergenceError, EpochStats, check_finite, energy, spike_pictures
+from .traces import TraceRecorder, layer_specs
+
+
+class TrainResult(NamedTuple):
+    net: torch.nn.Module
+    history: list[dict]  # one dict of metrics per epoch
+    run_dir: Optional[Path]
+
+
+def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
+          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs") -> TrainResult:
+    """Train cfg.model on cfg.data in a run folder.
+
+    resume=True continues the run in `run_dir` from its checkpoint (cfg is then read from the folder);
+    otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given).
+    """
+    ckpt = None
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run folder")
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
+        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+        if (run_dir / "checkpoint.pt").exists():
+            ckpt = runs.load_checkpoint(run_dir / "checkpoint.pt")
+    if cfg is None:
+        raise ValueError("train needs a config (or resume=True with a run folder)")
+    check_config(cfg)
+    ddp, device = init_distributed(resolve_device(cfg.dynamics.device))
+    if not resume and ddp.main:
+        run_dir = Path(run_dir) if run_dir is not None else runs.new_run_dir(cfg.name, base_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    run_dir = share_run_dir(ddp, run_dir)
+    log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
+    try:
+        return _train(cfg, run_dir, ckpt, ddp, device, log, progress and ddp.main)
+    except DivergenceError as e:
+        ck = run_dir / "checkpoint.pt"
+        msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
+                                         else "No checkpoint had been written yet.")
+        log.error(msg)
+        raise DivergenceError(msg) from None
+    finally:
+        runs.close_logger(log)
+
+
+def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
+    ds = prepare_data(cfg.data)
+    net = build_network(cfg, device)
+    opt = make_optimizer(net, cfg)
+    st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
+                    torch.Generator().manual_seed(cfg.train.seed + 1), make_plasticity(cfg, net))
+    if ckpt is not None:
+        st.restore(ckpt, run_dir / "checkpoint.pt")
+        log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
+        if st.history and ddp.main:  # a crash may have come between the checkpoint and these files
+            _write_epoch_files(run_dir, cfg, st.history)
+    elif ddp.main:
+        write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
+    learner = make_learner(cfg, net)
+    n_batches = math.ceil(ds.train.y.shape[0] / cfg.train.batch_size)
+    recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if ddp.main else None
+    log.info(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
+             f"{ds.test.y.shape[0]} test), device {device}, {ddp.world} process(es), "
+             f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
+    try:
+        while st.epoch < cfg.train.epochs:
+            seconds = _train_epoch(cfg, run_dir, ddp, device, progress, ds.train, st, learner, recorder)
+            _end_epoch(cfg, run_dir, ddp, log, ds.test, st, learner, recorder, seconds, n_batches)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    return TrainResult(net, st.history, run_dir)
+
+
+def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
+    runs.write_epoch_files(run_dir, history, cfg.train.epochs, f"{cfg.name} ({cfg.estimator.name})")
+
+
+def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, ckpt,
+                   n_batches: int) -> Optional[TraceRecorder]:
+    tc = cfg.traces
+    if not tc.enabled:
+        return None
+    probe = (test_set.x[:tc.probe].numpy(), test_set.y[:tc.probe].numpy()) if tc.probe else None
+    resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
+    attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
+             "git_commit": runs.git_commit() or ""}
+    quantized, pl = {}, st.plasticity
+    if pl is not None and pl.spec.device == "linear":  # memristor conductances stay float
+        quantized = {n: (q.scale, pl.spec.bits) for n, q in pl.layers.items()}
+    return TraceRecorder(run_dir / "traces.h5", layer_specs(st.net, tc.sample, tc.seed, quantized), attrs=attrs,
+                         compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
+                         flush_every=tc.flush_every, probe=probe, resume_iteration=resume_it)
+
+
+def _snapshot(recorder: TraceRecorder, learner: Learner, iteration: int, epoch: int) -> None:
+    net = learner.net
+    weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
+    biases = {n: l.bias for n, l in zip(net.layer_names(), net.layers)}
+    states = None
+    if recorder.probe is not None:
+        x, y = (torch.from_numpy(a).to(net.synapses[0].weight.device) for a in recorder.probe)
+        states = dict(zip(net.layer_names(), learner.free_equilibrium(x).state))
+    recorder.snapshot(iteration, epoch, weights, biases, states)
+
+
+def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, train_set: Split,
+                 st: TrainState, learner: Learner, recorder: Optional[TraceRecorder]) -> float:
+    """The batches of one epoch from where the state stands; returns the epoch's training seconds."""
+    net, opt, d = st.net, st.opt, cfg.data
+    epoch = st.epoch + 1
+    layer_weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
+    train_x, train_y = train_set.x.to(device), train_set.y.to(device)
+    n_train, B = train_y.shape[0], cfg.train.batch_size
+    n_batches = math.ceil(n_train / B)
+    if st.batch == 0:
+        st.order_state = st.order_gen.get_state()  # what a resume mid-epoch needs to replay the order
+    else:
+        st.order_gen.set_state(st.order_state)
+    perm = torch.randperm(n_train, generator=st.order_gen).to(device)
+    t0 = time.perf_counter() - st.stats.seconds
+    bar = tqdm(total=n_batches, initial=st.batch, desc=f"epoch {epoch}/{cfg.train.epochs}",
+               disable=not progress, leave=False)
+    while st.batch < n_batches:
+        idx = perm[st.batch * B:(st.batch + 1) * B]
+        x = train_x[idx]
+        if d.crop_padding or d.hflip:
+            x = augment(x, st.step_gen, d.crop_padding, d.hflip, d.padding_mode)
+        y = train_y[idx]
+        n_global = y.shape[0]
+        part = shard(ddp, n_global)
+        if part is not None:
+            x, y = x[part], y[part]
+        where = f"epoch {epoch}, iteration {st.batch + 1}"
+        opt.zero_grad(set_to_none=False)
+        if y.shape[0] > 0:
+            r = learner.estimate(x, y, st.step_gen)
+            st.stats.spikes += r.spikes
+            st.stats.synops += r.synops
+            named_state = list(zip(net.layer_names(), r.state))
+        else:  # a short last batch left this process nothing: it contributes zero
+            r = None
+            for p in net.parameters():
+                p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+            learner.skip(st.step_gen)  # keep the generators in step
+            named_state = [("input", x)]
+        check_finite(named_state, "state", where, ddp)
+        if ddp.world > 1:
+            average_gradients(net, y.shape[0], n_global)
+        check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
+        before = recorder.sample(layer_weights) if recorder is not None else None
+        opt.step()
+        if st.plasticity is not None:  # each synapse realises its update on its own grid / device
+            st.stats.updates += st.plasticity.apply()
+        else:
+            st.stats.updates += sum(w.numel() for w in layer_weights.values())
+        learner.weights_changed()
+        check_finite(list(net.named_parameters()), "weights", where)
+        st.batch += 1
+        it_global = st.epoch * n_batches + st.batch
+        if recorder is not None:
+            recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()})
+            if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
+                _snapshot(recorder, learner, it_global, epoch)
+        if r is not None:
+            st.stats.add_batch(r.loss, r.logits, y)
+            bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
+        bar.update()
+        every = cfg.train.checkpoint_every
+        if every and st.batch % every == 0 and st.batch < n_batches and ddp.main:
+            st.stats.seconds = time.perf_counter() - t0
+            if recorder is not None:
+                recorder.flush()  # traces up to the checkpoint are on disk before it is
+            st.save(run_dir / "checkpoint.pt", cfg)
+    bar.close()
+    return time.perf_counter() - t0
+
+
+def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: TrainState, learner: Learner,
+               recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
+    """Evaluate, write the epoch's row, best.pt, traces, the checkpoint and the epoch files."""
+    epoch, stats, opt = st.epoch + 1, st.stats, st.opt
+    seen, correct, loss_sum = sum_over_processes(ddp, [stats.seen, stats.correct, stats.loss_sum])
+    stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
+    lr = opt.param_groups[0]["lr"]
+    if st.sched is not None:
+        st.sched.step()
+    st.epoch, st.batch, st.stats = epoch, 0, EpochStats()
+    if ddp.main:
+        net = st.net
+        ev = evaluate(learner, test_set, cfg)
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": ev.loss,
+               "test_acc": ev.acc, "lr": lr, "seconds": train_seconds}
+        if isinstance(learner, SpikingEP):
+            row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
+            row.update(energy(cfg, ev.spikes, ev.synops, stats))
+            dev = net.synapses[0].weight.device
+            s = cfg.spiking
+            spike_pictures(learner.sim, test_set.x[:4].to(dev), test_set.y[:4].to(dev), s.T1, s.T2,
+                           cfg.estimator.beta, net.layer_names()[:len(net.synapses)], run_dir,
+                           torch.Generator(device=dev).manual_seed(cfg.train.seed))
+        st.history.append(row)
+        if ev.acc > st.best["test_acc"]:
+            st.best = {"test_acc": ev.acc, "epoch": epoch}
+            runs.save_checkpoint(run_dir / "best.pt", {"format": runs.CHECKPOINT_FORMAT, "model": net.state_dict(),
+                                                       "epoch": epoch, "test_acc": ev.acc, "config": cfg.to_dict()})
+        if recorder is not None:
+            it_end = epoch * n_batches
+            if cfg.traces.full_each_epoch and not (cfg.traces.full_every and it_end % cfg.traces.full_every == 0):
+                _snapshot(recorder, learner, it_end, epoch)
+            recorder.flush()
+        st.save(run_dir / "checkpoint.pt", cfg)
+        _write_epoch_files(run_dir, cfg, st.history)
+        spk = (f" | {ev.spikes:.0f} spikes, {ev.synops:.3g} SynOps per inference"
+               if isinstance(learner, SpikingEP) else "")
+        if row.get("energy_inference_J") is not None:
+            spk += (f" | {cfg.plasticity.profile}: {row['energy_inference_J']:.3g} J per inference, "
+                    f"{row['energy_learning_J']:.3g} J per training sample")
+        log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
+                 f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s{spk}")
+    barrier(ddp)
