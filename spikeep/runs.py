@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import platform
 import subprocess
 import sys

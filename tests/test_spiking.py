@@ -69,6 +69,7 @@ def equilibrium_gap(net, x, params, T=1600):
     return [float((a - b).abs().mean()) for a, b in zip(ph.rates, rates_ref)], ph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_spiking_rates_match_the_rate_fixed_point_mlp(loss):
     net = small_mlp(loss=loss, hidden=(32, 24), in_shape=(1, 8, 8), n_classes=5, scale=2.0)
@@ -78,6 +79,7 @@ def test_spiking_rates_match_the_rate_fixed_point_mlp(loss):
     assert all(float(r.mean()) > 0.05 for r in ph.rates)  # not a silent network
 
 
+@pytest.mark.slow
 def test_spiking_rates_match_the_rate_fixed_point_conv():
     net = small_conv(pools="ma", hidden=(16,), scale=2.0)
     x = 2 * batch_for(net, 8)[0]
@@ -148,6 +150,7 @@ def test_random_sign_draws_both_signs_and_trains():
     assert signs == {0.5, -0.5}
 
 
+@pytest.mark.slow
 def test_poisson_input_rates_and_time_first_spike_trains():
     net = small_mlp(hidden=(32, 24), in_shape=(1, 8, 8), n_classes=5, scale=2.0)
     x = batch_for(net, 16)[0]

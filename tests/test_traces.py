@@ -101,6 +101,7 @@ def _rows(path):
         return 0
 
 
+@pytest.mark.slow
 def test_kill_resume_reader_and_cli(tmp_path):
     """One traced run, killed with kill -9 twice and resumed; a reader follows it while it writes.
     The killed file opens and holds what was flushed; the resumed file has every iteration exactly

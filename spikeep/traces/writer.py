@@ -1,70 +1,17 @@
-"""Weight traces in HDF5: what synapses do while a network learns, recorded so that a crash loses
-nothing flushed and any HDF5 tool can read it.
-
-Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
-
-    /                          attrs: format, spikeep_version, config (JSON), seed, git_commit, created
-    /iteration   (T,)   int64  the iteration of each per-iteration row; a dimension scale
-    /epoch       (T,)   int32  its epoch; a dimension scale
-    /snapshot_iteration (S,) int64, /snapshot_epoch (S,) int32: the time axis of full snapshots
-    /layers/<name>/            attrs: kind, weight_shape, n_weights, dtype, quantized, units
-                               (quantized layers also: scale, bits; weight = scale x code)
-        sample_index  (K,)         int64    flat indices into the weight tensor (fixed, random)
-        sample_weight (T, K)       float32  those weights after each iteration's update
-        sample_delta  (T, K)       float32  the change the update made to them (delta-W)
-        sample_grad   (T, K)       float32  the EP (or BPTT) estimate of dL/dw written into .grad
-        summary       (T, 5)       float32  norm, mean, std, min, max of the whole weight tensor
-        weight        (S, *shape)  float32  full weight tensors (every `full_every` iterations / epoch)
-        bias          (S, n_out)   float32  full biases, same times
-      quantized layers (chip-like synapses on an integer grid, see spikeep/plasticity.py) also have
-        sample_code   (T, K)       int16    the sampled synapses' integer codes after each update
-      and store full snapshots as codes instead of floats:
-        weight_code   (S, *shape)  int16    (in place of `weight`; LayerTraces.weights() gives scale x code)
-    /probe/x (P, ...), /probe/y (P,), /probe/<layer> (S, P, *shape): equilibrium states of a fixed
-        probe batch at each snapshot (optional)
-
-Every per-iteration dataset has /iteration and /epoch attached to axis 0 as dimension scales; every
-snapshot dataset has /snapshot_iteration and /snapshot_epoch. Datasets are chunked along time,
-resizable (maxshape None along time) and optionally compressed (lzf, or gzip levels 1-4).
-
-Crash safety: the writer works in HDF5's SWMR mode and flushes every `flush_every` iterations and at
-every snapshot. After a `kill -9` the file opens (with swmr=True, which `open` below does by itself)
-and holds everything flushed. Resuming truncates the rows after the checkpoint being resumed and goes
-on appending, so no iteration is lost or duplicated. Readers may open the file while it is written.
-"""
+"""Writing trace files during training (process 0 only), crash-safe in HDF5's SWMR mode; resuming
+truncates the rows after the checkpoint and appends (see the package docstring for the layout)."""
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import h5py
 import numpy as np
 import torch
 
-FORMAT = "spikeep-traces/1"
-SUMMARY_COLUMNS = ("norm", "mean", "std", "min", "max")
-PER_ITERATION = ("sample_weight", "sample_delta", "sample_grad", "summary")
-PER_SNAPSHOT = ("weight", "bias")
-
-
-class TracesError(RuntimeError):
-    """A trace file cannot be used as asked; the message names the file (and layer)."""
-
-
-@dataclass
-class LayerSpec:
-    name: str
-    kind: str
-    weight_shape: tuple[int, ...]
-    bias_shape: tuple[int, ...]
-    sample_index: np.ndarray
-    state_shape: Optional[tuple[int, ...]] = None  # for probe states (None: not a neuron layer)
-    scale: Optional[float] = None  # quantized layer: weight = scale x integer code (None: float weights)
-    bits: int = 0
+from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, LayerSpec, TracesError, open_for_reading
 
 
 def _compression(name: str, level: int) -> dict[str, Any]:
@@ -77,20 +24,6 @@ def _compression(name: str, level: int) -> dict[str, Any]:
             raise ValueError(f"gzip level must be 1..4 (higher levels cost too much time), got {level}")
         return {"compression": "gzip", "compression_opts": level}
     raise ValueError(f"unknown compression {name!r}; use 'none', 'lzf' or 'gzip'")
-
-
-def _open_for_reading(path: Path) -> h5py.File:
-    """Open a trace file read-only; one whose writer was killed (or is running) opens in SWMR mode."""
-    if not path.is_file():
-        raise TracesError(f"no trace file at {path}")
-    try:
-        return h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        pass
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise TracesError(f"{path}: not a readable HDF5 trace file ({e})") from None
 
 
 class TraceRecorder:
@@ -173,7 +106,7 @@ class TraceRecorder:
         A file whose writer was killed carries HDF5's 'open for writing' flags and cannot be opened
         for appending, so its kept rows are copied into a fresh file, which then replaces it.
         """
-        old = _open_for_reading(self.path)
+        old = open_for_reading(self.path)
         try:
             if old.attrs.get("format") != FORMAT:
                 raise TracesError(f"{self.path}: not a spikeep trace file")
@@ -339,143 +272,3 @@ def layer_specs(net, k: int, seed: int, quantized: Optional[dict[str, tuple[floa
     return specs
 
 
-# -- reading --------------------------------------------------------------------------------------------
-
-class LayerTraces:
-    """One layer's traces: h5py datasets (slicing gives numpy arrays) and torch views."""
-
-    def __init__(self, group: h5py.Group, name: str):
-        self.group, self.name = group, name
-        self.kind = group.attrs["kind"]
-        self.weight_shape = tuple(int(v) for v in group.attrs["weight_shape"])
-        self.sample_index = group["sample_index"][:]
-        self.quantized = bool(group.attrs.get("quantized", False))
-        self.scale = float(group.attrs["scale"]) if self.quantized else None
-
-    def weights(self, index: Any = slice(None)) -> np.ndarray:
-        """Full weight snapshots as floats (scale x code for quantized layers)."""
-        if self.quantized:
-            return self.scale * self.weight_code[index].astype(np.float64)
-        return self.weight[index]
-
-    def __getattr__(self, item: str) -> h5py.Dataset:
-        if item in PER_ITERATION + PER_SNAPSHOT + ("sample_code", "weight_code") and item in self.group:
-            d = self.group[item]
-            d.refresh()  # see what a live writer has flushed since
-            return d
-        raise AttributeError(item)
-
-    def torch(self, item: str, index: Any = slice(None)) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(getattr(self, item)[index]))
-
-    def summary_columns(self) -> dict[str, np.ndarray]:
-        s = self.summary[:]
-        return {c: s[:, i] for i, c in enumerate(SUMMARY_COLUMNS)}
-
-
-class Traces:
-    """A trace file opened for reading (also while training writes it, or after a crash)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.file = _open_for_reading(self.path)
-        if self.file.attrs.get("format") != FORMAT:
-            self.file.close()
-            raise TracesError(f"{self.path}: not a spikeep trace file (format {FORMAT!r} expected)")
-        self.layers = list(self.file["layers"].keys())
-
-    def _axis(self, name: str) -> np.ndarray:
-        d = self.file[name]
-        d.refresh()
-        return d[:]
-
-    @property
-    def iteration(self) -> np.ndarray:
-        return self._axis("iteration")
-
-    @property
-    def epoch(self) -> np.ndarray:
-        return self._axis("epoch")
-
-    @property
-    def snapshot_iteration(self) -> np.ndarray:
-        return self._axis("snapshot_iteration")
-
-    @property
-    def snapshot_epoch(self) -> np.ndarray:
-        return self._axis("snapshot_epoch")
-
-    @property
-    def config(self) -> dict:
-        return json.loads(self.file.attrs.get("config", "{}") or "{}")
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self.file.attrs)
-
-    def __getitem__(self, name: str) -> LayerTraces:
-        if name not in self.layers:
-            raise TracesError(f"{self.path}: no layer {name!r}; layers: {', '.join(self.layers)}")
-        return LayerTraces(self.file["layers"][name], name)
-
-    def __iter__(self) -> Iterator[LayerTraces]:
-        return (self[n] for n in self.layers)
-
-    def n_rows(self) -> int:
-        """Complete per-iteration rows (the time axis is written last)."""
-        return len(self.iteration)
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> "Traces":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def open(path: str | Path) -> Traces:  # noqa: A001 - spikeep.traces.open, like h5py.File / np.load
-    """Open a trace file for reading: `with spikeep.traces.open(run / "traces.h5") as t: ...`."""
-    return Traces(path)
-
-
-def info(path: str | Path) -> str:
-    with open(path) as t:
-        it = t.iteration
-        lines = [f"{t.path} ({Path(t.path).stat().st_size / 2**20:.1f} MiB, format {FORMAT})",
-                 f"iterations: {len(it)} rows" + (f", {it[0]}..{it[-1]}" if len(it) else ""),
-                 f"snapshots: {len(t.snapshot_iteration)} at iterations {t.snapshot_iteration.tolist()[:10]}"
-                 + (" ..." if len(t.snapshot_iteration) > 10 else ""),
-                 f"seed {t.attrs.get('seed')}, git commit {t.attrs.get('git_commit') or '-'}",
-                 f"{'layer':<10} {'kind':<6} {'weight shape':<20} {'sampled':>8}"]
-        for lt in t:
-            q = f"  quantized: {lt.group.attrs['bits']}-bit codes, scale {lt.scale:.4g}" if lt.quantized else ""
-            lines.append(f"{lt.name:<10} {lt.kind:<6} {str(lt.weight_shape):<20} {len(lt.sample_index):>8}{q}")
-    return "\n".join(lines)
-
-
-def export(path: str | Path, layer: str, fmt: str, out: Optional[str | Path] = None) -> Path:
-    """Write one layer's per-iteration traces as CSV (one row per iteration) or npz (everything)."""
-    if fmt not in ("csv", "npz"):
-        raise TracesError(f"unknown export format {fmt!r}; use csv or npz")
-    with open(path) as t:
-        lt = t[layer]
-        n = t.n_rows()
-        out = Path(out) if out else Path(path).with_name(f"{Path(path).stem}_{layer}.{fmt}")
-        it, ep = t.iteration[:n], t.epoch[:n]
-        sw, sd, sg, summ = (getattr(lt, k)[:n] for k in ("sample_weight", "sample_delta", "sample_grad", "summary"))
-        if fmt == "npz":
-            np.savez_compressed(out, iteration=it, epoch=ep, sample_index=lt.sample_index, sample_weight=sw,
-                                sample_delta=sd, sample_grad=sg, summary=summ,
-                                summary_columns=np.array(SUMMARY_COLUMNS), weight=lt.weights(), bias=lt.bias[:],
-                                snapshot_iteration=t.snapshot_iteration,
-                                **({"weight_code": lt.weight_code[:], "sample_code": lt.sample_code[:n],
-                                    "scale": lt.scale} if lt.quantized else {}))
-        else:
-            cols = (["iteration", "epoch"] + [f"summary_{c}" for c in SUMMARY_COLUMNS]
-                    + [f"{p}_{i}" for p in ("w", "dw", "grad") for i in lt.sample_index])
-            data = np.column_stack([it, ep, summ, sw, sd, sg])
-            fmt_cols = ["%d", "%d"] + ["%.9g"] * (data.shape[1] - 2)
-            np.savetxt(out, data, delimiter=",", header=",".join(cols), comments="", fmt=fmt_cols)
-    return out
