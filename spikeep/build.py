@@ -15,10 +15,11 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml
+from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
 from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.neurons import get_activation
+from .data import DATA_SHAPES
 from .hardware.chips import apply_profile
 from .learners import BPTT, Learner, RateEP, SpikingEP
 from .learning.plasticity import Plasticity, SynapseSpec
@@ -58,6 +59,21 @@ def check_config(cfg: Config) -> Config:
             make(section)
         except ValueError as e:
             raise ConfigError(f"{what}{e}") from None
+    if cfg.dynamics.device != "auto":
+        try:
+            torch.device(cfg.dynamics.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"dynamics.device: {cfg.dynamics.device!r} is not a device; use 'cpu', 'cuda', "
+                              f"'cuda:N' or 'auto'") from None
+    want = DATA_SHAPES.get(cfg.data.name)
+    if want is not None and tuple(cfg.model.input_shape) != want:
+        raise ConfigError(f"model.input_shape {cfg.model.input_shape} does not match the images of data.name = "
+                          f"{cfg.data.name!r}, {list(want)}")
+    try:
+        with torch.device("meta"):  # the layers fit together (shapes only, no memory)
+            EqNetwork(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
     return cfg
 
 
@@ -76,8 +92,11 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
-    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings."""
-    return config_from_dict(read_toml(path, overrides), str(path))
+    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings. Errors
+    name the file, or the --set item they come from."""
+    overrides = list(overrides or [])
+    data = with_overrides(read_toml(path), overrides, str(path))
+    return config_from_dict(data, str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))
 
 
 # -- objects --------------------------------------------------------------------------------------------

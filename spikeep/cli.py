@@ -137,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output file (default: next to FILE)")
     p.set_defaults(fn=cmd_traces)
     args = ap.parse_args(argv)
+    from .files import StorageError
     from .monitor import DivergenceError
     from .runs import CheckpointError
     from .traces import TracesError
 
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, TracesError, DivergenceError, FileNotFoundError, ValueError,
+    except KeyboardInterrupt:
+        hint = " (resume with spikeep train --resume RUN_DIR)" if args.command == "train" else ""
+        print(f"spikeep {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (ConfigError, CheckpointError, TracesError, DivergenceError, StorageError, FileNotFoundError, ValueError,
             RuntimeError) as e:
         print(f"spikeep {args.command}: error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, DivergenceError) else 3
+        # exit codes: 2 bad input (config, files, arguments), 3 divergence, 4 a write failed (disk full, ...)
+        return 3 if isinstance(e, DivergenceError) else 4 if isinstance(e, StorageError) else 2
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ only states what differs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 
 class ConfigError(ValueError):
@@ -239,6 +240,7 @@ class SpikingConfig:
 @dataclass
 class Config:
     name: str = "spikeep"
+    run_id: str = ""  # written by spikeep train into config.json and every checkpoint of the run
     model: ModelConfig = field(default_factory=ModelConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -294,9 +296,13 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             return _from_dict(tp, value, where)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -2**63 <= value < 2**63:
+                raise ConfigError(f"{where}: {value} is out of range (a 64-bit integer is needed)")
             return value
     elif isinstance(value, tp):
         return value
@@ -318,7 +324,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r} (known: {', '.join(sorted(names))})")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -333,6 +339,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>", validate: bool = 
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
+    """'section.key=value' as (path, value): the value is read as TOML, a bare word as a string."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     key, raw = item.split("=", 1)
@@ -355,15 +362,49 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def read_toml(path: Union[str, Path], overrides: Optional[list[str]] = None) -> dict[str, Any]:
-    """A TOML config file as a dict, `name` defaulting to the file's stem, 'section.key=value'
-    overrides applied (spikeep.build.load_config turns it into a validated Config)."""
+def read_toml(path: Union[str, Path]) -> dict[str, Any]:
+    """A TOML config file as a dict, `name` defaulting to the file's stem (spikeep.build.load_config
+    turns it into a validated Config)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file (give a .toml file, e.g. models/quickstart.toml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     data.setdefault("name", path.stem)
-    return apply_overrides(data, overrides or [])
+    return data
+
+
+def with_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply --set items one at a time; an item that names an unknown key or has a wrong type is
+    blamed on itself, not on the file."""
+    import copy
+
+    try:
+        _from_dict(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for item in overrides:
+        trial = apply_overrides(copy.deepcopy(data), [item])
+        try:
+            _from_dict(Config, trial, "")
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+        data = trial
+    return data
+
+
+def read_json_config(path: Union[str, Path]) -> dict[str, Any]:
+    """A run folder's config.json as a dict; a damaged file is an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path.parent} is not a spikeep run folder (no config.json)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: damaged (not valid JSON: {e}); the run's config cannot be read") from None

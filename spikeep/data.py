@@ -142,6 +142,7 @@ def load_cifar10(root: Optional[str | Path] = None, npz: str = "", download: boo
 
 
 DATASETS = ("mnist", "mnist-quickstart", "cifar10")
+DATA_SHAPES = {"mnist": (1, 28, 28), "mnist-quickstart": (1, 28, 28), "cifar10": (3, 32, 32)}  # per image
 
 
 def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = False, npz: str = "",

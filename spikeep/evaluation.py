@@ -1,7 +1,6 @@
 """Evaluation: loss and accuracy at the free equilibrium, of a network in training or of a run folder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -9,7 +8,7 @@ import torch
 
 from . import runs
 from .build import build_network, config_from_dict, make_learner
-from .config import Config, apply_overrides
+from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
 from .learners import Learner
 
@@ -47,7 +46,7 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-    data = json.loads(cfg_path.read_text())
+    data = read_json_config(cfg_path)
     if neurons:
         data.setdefault("model", {})["neurons"] = neurons
     apply_overrides(data, overrides or [])
@@ -56,6 +55,7 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
         cfg.dynamics.device = device
     path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
     ckpt = runs.load_checkpoint(path, "weights")
+    runs.check_run_id(path, ckpt, cfg.run_id, run_dir)
     net = build_network(cfg)
     runs.check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])

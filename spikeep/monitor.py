@@ -33,6 +33,17 @@ def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str, d
         raise DivergenceError(f"NaN or inf in the {what} of layer {bad} at {where}")
 
 
+def check_loss(loss: Optional[torch.Tensor], where: str, ddp: Optional[Dist] = None) -> None:
+    """An infinite or NaN loss is divergence too (states can stay finite while the output overflows).
+    Every process of a distributed run takes part, also one without samples (loss None)."""
+    bad = loss is not None and not bool(torch.isfinite(loss).all())
+    if ddp is not None and any_process(ddp, bad) and not bad:
+        raise DivergenceError(f"NaN or inf in the loss of another process at {where}")
+    if bad:
+        raise DivergenceError(f"the loss is inf or NaN at {where} (the network's output overflows: "
+                              f"weights too large?)")
+
+
 @dataclass
 class EpochStats:
     """Running train metrics of the epoch in progress (checkpointed, so a resumed epoch goes on)."""

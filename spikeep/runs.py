@@ -74,6 +74,16 @@ def load_checkpoint(path: Path, kind: str = "checkpoint") -> dict:
     return obj
 
 
+def check_run_id(path: Path, ckpt: dict, run_id: str, folder: Path) -> None:
+    """A checkpoint must belong to the run of its folder (the run id of config.json); runs from before
+    run ids (empty id) are not checked."""
+    theirs = str((ckpt.get("config") or {}).get("run_id", "") or "")
+    if run_id and theirs != run_id:
+        raise CheckpointError(f"{path}: belongs to another run (run id {theirs or 'none'}, this folder's is "
+                              f"{run_id}); it was copied here from elsewhere. Nothing was changed: put this "
+                              f"run's own checkpoint back, or start a new run")
+
+
 def check_state_dict(path: Path, state: dict, model: torch.nn.Module) -> None:
     """The stored weights must fit the model exactly: same names, same shapes, finite."""
     own = model.state_dict()

@@ -11,9 +11,11 @@ numbers and takes its own slice of each global batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -24,14 +26,14 @@ from . import __version__, runs
 from .build import build_network, check_config, config_from_dict, make_learner, make_optimizer, \
     make_plasticity, make_scheduler, resolve_device
 from .checkpoint import TrainState
-from .config import Config
+from .config import Config, read_json_config
 from .data import Split, augment, prepare_data
 from .distributed import Dist, average_gradients, barrier, init_distributed, share_run_dir, shard, \
     sum_over_processes
 from .evaluation import evaluate
-from .files import write_json_atomic
+from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .learners import Learner, SpikingEP
-from .monitor import DivergenceError, EpochStats, check_finite, energy, spike_pictures
+from .monitor import DivergenceError, EpochStats, check_finite, check_loss, energy, spike_pictures
 from .traces import TraceRecorder, layer_specs
 
 
@@ -52,32 +54,51 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
-        if (run_dir / "checkpoint.pt").exists():
-            ckpt = runs.load_checkpoint(run_dir / "checkpoint.pt")
+        run_dir, cfg, ckpt = _resumable(Path(run_dir))
     if cfg is None:
         raise ValueError("train needs a config (or resume=True with a run folder)")
     check_config(cfg)
     ddp, device = init_distributed(resolve_device(cfg.dynamics.device))
-    if not resume and ddp.main:
-        run_dir = Path(run_dir) if run_dir is not None else runs.new_run_dir(cfg.name, base_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    if not resume:
+        cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex[:16])  # ties the folder's checkpoints to it
+        if ddp.main:
+            run_dir = Path(run_dir) if run_dir is not None else runs.new_run_dir(cfg.name, base_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "config.json", cfg.to_dict())
     run_dir = share_run_dir(ddp, run_dir)
+    if ddp.main:
+        remove_stale_temporaries(run_dir)
     log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
     try:
         return _train(cfg, run_dir, ckpt, ddp, device, log, progress and ddp.main)
-    except DivergenceError as e:
+    except (DivergenceError, StorageError) as e:
         ck = run_dir / "checkpoint.pt"
         msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
                                          else "No checkpoint had been written yet.")
         log.error(msg)
-        raise DivergenceError(msg) from None
+        raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(e.errno, msg) from None
     finally:
         runs.close_logger(log)
+
+
+def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
+    """The config and checkpoint of a run folder to resume, refusing (and touching nothing) a folder
+    without a usable checkpoint or with one that belongs to another run."""
+    cfg_path = run_dir / "config.json"
+    if not run_dir.is_dir() or not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
+    cfg = config_from_dict(read_json_config(cfg_path), str(cfg_path))
+    ck = run_dir / "checkpoint.pt"
+    if not ck.is_file():
+        there = ", ".join(sorted(p.name for p in run_dir.iterdir())) or "nothing"
+        raise runs.CheckpointError(
+            f"{run_dir}: no checkpoint.pt to resume from (the folder holds {there}); nothing was changed. "
+            f"A run killed before its first checkpoint cannot be resumed: start it anew with "
+            f"`spikeep train CONFIG` (checkpoints are written every epoch and every train.checkpoint_every "
+            f"iterations)")
+    ckpt = runs.load_checkpoint(ck)
+    runs.check_run_id(ck, ckpt, cfg.run_id, run_dir)
+    return run_dir, cfg, ckpt
 
 
 def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
@@ -96,6 +117,9 @@ def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: b
     learner = make_learner(cfg, net)
     n_batches = math.ceil(ds.train.y.shape[0] / cfg.train.batch_size)
     recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if ddp.main else None
+    if recorder is not None and recorder.moved_aside is not None:
+        log.warning(f"{run_dir / 'traces.h5'} was damaged and cannot be continued: kept as "
+                    f"{recorder.moved_aside}; new traces start at the resumed iteration")
     log.info(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
              f"{ds.test.y.shape[0]} test), device {device}, {ddp.world} process(es), "
              f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
@@ -182,6 +206,7 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             learner.skip(st.step_gen)  # keep the generators in step
             named_state = [("input", x)]
         check_finite(named_state, "state", where, ddp)
+        check_loss(r.loss if r is not None else None, where, ddp)
         if ddp.world > 1:
             average_gradients(net, y.shape[0], n_global)
         check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
@@ -226,6 +251,9 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
     if ddp.main:
         net = st.net
         ev = evaluate(learner, test_set, cfg)
+        if not math.isfinite(ev.loss):
+            raise DivergenceError(f"the test loss is {ev.loss} after epoch {epoch} (the network's output "
+                                  f"overflows: weights too large?)")
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": ev.loss,
                "test_acc": ev.acc, "lr": lr, "seconds": train_seconds}
         if isinstance(learner, SpikingEP):

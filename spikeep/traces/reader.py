@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import torch
 
-from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, TracesError, open_for_reading
+from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, TracesError, check_layout, open_for_reading
 
 
 class LayerTraces:
@@ -53,6 +53,11 @@ class Traces:
         if self.file.attrs.get("format") != FORMAT:
             self.file.close()
             raise TracesError(f"{self.path}: not a spikeep trace file (format {FORMAT!r} expected)")
+        try:
+            check_layout(self.file, self.path)
+        except TracesError:
+            self.file.close()
+            raise
         self.layers = list(self.file["layers"].keys())
 
     def _axis(self, name: str) -> np.ndarray:

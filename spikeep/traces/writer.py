@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..files import storage_error
 from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, LayerSpec, TracesError, open_for_reading
 
 
@@ -39,11 +40,23 @@ class TraceRecorder:
         self.probe = probe
         self._rows: list[tuple[int, int, dict, dict]] = []  # buffered per-iteration rows
         self._indices: dict[str, tuple[torch.Tensor, ...]] = {}  # sampled synapses as index tensors
-        if resume_iteration is not None and self.path.exists():
-            self._reopen(attrs, resume_iteration)
-        else:
-            self._create(self.path, attrs)
-        self.f.swmr_mode = True
+        self.moved_aside: Optional[Path] = None  # a damaged file found on resume, renamed (never deleted)
+        try:
+            if resume_iteration is not None and self.path.exists():
+                try:
+                    self._reopen(attrs, resume_iteration)
+                except TracesError:
+                    # damaged (truncated, cut by a full disk, foreign): keep it under another name and
+                    # go on with a fresh file from the resumed iteration
+                    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                    self.moved_aside = self.path.with_name(f"{self.path.stem}.damaged-{stamp}{self.path.suffix}")
+                    os.replace(self.path, self.moved_aside)
+                    self._create(self.path, attrs)
+            else:
+                self._create(self.path, attrs)
+            self.f.swmr_mode = True
+        except OSError as e:
+            raise storage_error(self.path, e) from None
 
     # -- file creation -------------------------------------------------------------------------------
     def _create(self, path: Path, attrs: dict[str, Any]) -> None:
@@ -53,7 +66,9 @@ class TraceRecorder:
         f.attrs["created"] = datetime.now().isoformat(timespec="seconds")
         for k, v in attrs.items():
             f.attrs[k] = v if v is not None else ""
-        t_chunk = self.chunk
+        # a flush appends flush_every rows: chunks no longer than that are written once, whole (a
+        # compressed chunk rewritten by every flush leaves its old copies behind as dead space)
+        t_chunk = min(self.chunk, self.flush_every)
 
         def scale(name, dtype):
             d = f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(t_chunk,), dtype=dtype)
@@ -196,10 +211,32 @@ class TraceRecorder:
             cache = self._indices[name] = tuple(torch.as_tensor(m, device=w.device) for m in multi)
         return cache
 
+    def _guarded(self, write) -> None:
+        """Run `write`; if the disk fails it (full, say), shrink every dataset back to its length
+        before, so the file keeps real rows only, and raise StorageError naming the file."""
+        sizes = {}
+        self.f.visititems(lambda n, o: sizes.__setitem__(n, o.shape[0])
+                          if isinstance(o, h5py.Dataset) and o.maxshape and o.maxshape[0] is None else None)
+        try:
+            write()
+        except (OSError, RuntimeError) as e:
+            self._rows.clear()
+            try:
+                for name, n in sizes.items():
+                    if self.f[name].shape[0] != n:
+                        self.f[name].resize(n, axis=0)
+                self.f.flush()
+            except (OSError, RuntimeError):
+                pass
+            raise storage_error(self.path, e) from None
+
     def snapshot(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor],
                  biases: dict[str, torch.Tensor], states: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Full weight (and bias) tensors, and the probe batch's equilibrium states if given."""
         self.flush(sync=False)
+        self._guarded(lambda: self._write_snapshot(iteration, epoch, weights, biases, states))
+
+    def _write_snapshot(self, iteration, epoch, weights, biases, states) -> None:
         self._append(self.f["snapshot_iteration"], np.array([iteration], dtype=np.int64))
         self._append(self.f["snapshot_epoch"], np.array([epoch], dtype=np.int32))
         for name, w in weights.items():
@@ -217,6 +254,10 @@ class TraceRecorder:
 
     def flush(self, sync: bool = True) -> None:
         """Write the buffered rows and make them visible to readers and durable against a crash."""
+        if self._rows or sync:
+            self._guarded(lambda: self._write_rows(sync))
+
+    def _write_rows(self, sync: bool) -> None:
         if self._rows:
             its = np.array([r[0] for r in self._rows], dtype=np.int64)
             eps = np.array([r[1] for r in self._rows], dtype=np.int32)
@@ -242,8 +283,13 @@ class TraceRecorder:
 
     def close(self) -> None:
         if getattr(self, "f", None) is not None and self.f.id.valid:
-            self.flush()
-            self.f.close()
+            try:
+                self.flush()
+            finally:
+                try:
+                    self.f.close()
+                except (OSError, RuntimeError):
+                    pass  # the failure was reported by flush
 
 
 def _flat_view(w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,286 @@
+"""Reliability (issue 12): what is refused, what survives a full disk or a damaged file, and that a
+refused input leaves every file already written byte-identical (folders hashed before and after)."""
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import h5py
+import pytest
+import torch
+
+from conftest import REPO
+from spikeep import runs
+from spikeep import traces
+from spikeep.build import load_config
+from spikeep.cli import main
+from spikeep.files import StorageError, write_json_atomic
+from spikeep.monitor import DivergenceError
+from spikeep.trainer import train
+
+QUICK = REPO / "models" / "quickstart.toml"
+TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
+        "train.checkpoint_every=2", "train.epochs=2"]
+TRACED = TINY + ["traces.enabled=true", "traces.sample=20", "traces.flush_every=3"]
+
+
+def hashes(folder, skip=()):
+    """SHA-256 of every file in the folder (not the hidden temporaries a write in progress holds)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in skip and not p.name.startswith(".")}
+
+
+def interrupted_run(folder, overrides=TRACED, at=7, monkeypatch=None):
+    """A run stopped by a crash (KeyboardInterrupt) after `at` optimizer steps: checkpoints and traces
+    are on disk, the run is not finished."""
+    import spikeep.trainer as tr
+
+    calls = {"n": 0}
+    real = tr.check_finite
+
+    def crash(named, what, where, ddp=None):
+        if what == "weights":
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise KeyboardInterrupt("simulated crash")
+        return real(named, what, where, ddp)
+
+    monkeypatch.setattr(tr, "check_finite", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(QUICK, overrides), folder, progress=False, echo=False)
+    monkeypatch.setattr(tr, "check_finite", real)
+
+
+# 1. resume of a folder without a checkpoint --------------------------------------------------------
+
+def test_resume_without_checkpoint_is_refused_and_touches_nothing(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    interrupted_run(run, monkeypatch=monkeypatch)
+    (run / "checkpoint.pt").unlink()
+    before = hashes(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint.pt to resume from" in err and "traces.h5" in err and "start it anew" in err
+    assert hashes(run) == before
+
+
+# 2. damaged trace files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("keep", [2000, 0.5])
+def test_truncated_trace_file_is_refused_at_once(tmp_path, capsys, monkeypatch, keep):
+    run = tmp_path / "run"
+    interrupted_run(run, monkeypatch=monkeypatch)
+    data = (run / "traces.h5").read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    t0 = time.time()
+    with pytest.raises(traces.TracesError, match="truncated"):
+        traces.open(cut)
+    assert main(["traces", "info", str(cut)]) == 2
+    assert "truncated" in capsys.readouterr().err and time.time() - t0 < 10
+
+
+def test_resume_moves_a_damaged_trace_file_aside_and_goes_on(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    interrupted_run(run, monkeypatch=monkeypatch)
+    data = (run / "traces.h5").read_bytes()
+    (run / "traces.h5").write_bytes(data[: len(data) // 2])
+    damaged = hashlib.sha256((run / "traces.h5").read_bytes()).hexdigest()
+    train(run_dir=run, resume=True, progress=False, echo=False)
+    aside = list(run.glob("traces.damaged-*.h5"))
+    assert len(aside) == 1 and hashlib.sha256(aside[0].read_bytes()).hexdigest() == damaged  # kept, unchanged
+    with traces.open(run / "traces.h5") as t:  # a fresh file from the resumed iteration on
+        assert t.n_rows() > 0 and list(t.iteration) == list(range(t.iteration[0], t.iteration[-1] + 1))
+    assert "was damaged" in (run / "train.log").read_text()
+
+
+def test_incomplete_trace_files_give_clear_errors(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    interrupted_run(run, monkeypatch=monkeypatch)
+    for what, damage in (("layers", lambda f: f.__delitem__("layers")),
+                         ("iteration", lambda f: f.__delitem__("iteration")),
+                         ("weight_shape", lambda f: f["layers/dense0"].attrs.__delitem__("weight_shape"))):
+        path = tmp_path / f"no_{what}.h5"
+        path.write_bytes((run / "traces.h5").read_bytes())
+        with h5py.File(path, "r+") as f:
+            damage(f)
+        for cmd in (["traces", "info", str(path)], ["traces", "export", str(path), "--layer", "dense0"]):
+            assert main(cmd) == 2
+            err = capsys.readouterr().err
+            assert "damaged or incomplete spikeep trace file" in err and what in err and "Traceback" not in err
+
+
+# 3. and 6. a full disk ---------------------------------------------------------------------------------
+
+def test_disk_full_while_writing_traces(tmp_path, capsys, monkeypatch):
+    from spikeep.traces.writer import TraceRecorder
+
+    run = tmp_path / "run"
+    real = TraceRecorder._append
+    state = {"n": 0, "before": None}
+
+    def full_disk(d, rows):
+        state["n"] += 1
+        if state["n"] == 35:  # in the middle of the 4th flush, after some datasets grew
+            state["before"] = hashes(run, skip=("train.log", "traces.h5"))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(d, rows)
+
+    monkeypatch.setattr(TraceRecorder, "_append", staticmethod(full_disk))
+    cfg = load_config(QUICK, TRACED)
+    with pytest.raises(StorageError, match=r"cannot write .*traces.h5: no space left on the device \(.* free"):
+        train(cfg, run, progress=False, echo=False)
+    monkeypatch.setattr(TraceRecorder, "_append", staticmethod(real))
+    assert state["before"] is not None
+    assert hashes(run, skip=("train.log", "traces.h5")) == state["before"]
+    assert "no space left" in (run / "train.log").read_text()
+    with traces.open(run / "traces.h5") as t:  # every row that is there is real: no zeros, no gaps
+        n = t.n_rows()
+        assert n > 0 and list(t.iteration) == list(range(1, n + 1))
+        for lt in t:
+            assert lt.sample_weight.shape[0] == n and (lt.sample_weight[:] != 0).any(axis=1).all()
+    # the checkpoint left is good: the run resumes from it
+    r = train(run_dir=run, resume=True, progress=False, echo=False)
+    assert len(r.history) == 2
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, monkeypatch):
+    import spikeep.files as files
+
+    run = tmp_path / "run"
+    real = files.torch.save
+    state = {"n": 0, "before": None}
+
+    def full_disk(obj, f, *a, **k):
+        state["n"] += 1
+        if state["n"] == 3:
+            state["before"] = hashes(run, skip=("train.log",))
+            raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 4160 vs 4054")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(files.torch, "save", full_disk)
+    code = main(["train", str(QUICK), "--run-dir", str(run), "--no-progress", *sum((["--set", o] for o in TINY), [])])
+    monkeypatch.setattr(files.torch, "save", real)
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "checkpoint.pt: no space left on the device" in err and "MiB free" in err
+    assert "no space left" in (run / "train.log").read_text()
+    assert hashes(run, skip=("train.log",)) == state["before"]  # the last good checkpoint, untouched
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+    runs.load_checkpoint(run / "checkpoint.pt")
+
+
+# 4. a checkpoint of another run -------------------------------------------------------------------------
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    interrupted_run(a, TINY, monkeypatch=monkeypatch)
+    train(load_config(QUICK, TINY + ["train.lrs=[0.3, 0.05]"]), b, progress=False, echo=False)
+    for name in ("checkpoint.pt", "best.pt"):
+        if (a / name).exists():
+            (a / name).unlink()
+        (a / name).write_bytes((b / name).read_bytes())
+    before = hashes(a)
+    assert main(["train", "--resume", str(a)]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert main(["evaluate", str(a)]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert hashes(a) == before
+
+
+# 5. an infinite loss is divergence; JSON stays strict ------------------------------------------------
+
+def test_infinite_loss_is_divergence_and_json_stays_strict(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(QUICK), "--run-dir", str(run), "--no-progress", "--set", "train.lrs=[1e36,1e36]",
+                 *sum((["--set", o] for o in TINY), [])])
+    assert code == 3 and "loss is inf" in capsys.readouterr().err  # the training or the test loss
+    for p in run.glob("*.json"):
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p.name} holds {c}"))
+    write_json_atomic(tmp_path / "x.json", {"a": float("inf"), "b": [float("nan"), 1.0]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.0]}
+
+
+# 7. bad values, refused before anything is created ----------------------------------------------------
+
+BAD_SETS = [
+    ("train.lrs=[nan,0.05]", "train.lrs[0]: must be a finite number, got nan"),
+    ("train.lrs=[inf,0.05]", "train.lrs[0]: must be a finite number, got inf"),
+    ("train.momentum=nan", "train.momentum: must be a finite number"),
+    ("train.seed=99999999999999999999", "train.seed: 99999999999999999999 is out of range"),
+    ('dynamics.device="foo"', "dynamics.device: 'foo' is not a device"),
+    ("model.input_shape=[1,28,27]", "model.input_shape [1, 28, 27] does not match the images"),
+    ("foo.bar=1", "--set foo.bar=1: unknown key 'foo'"),
+]
+
+
+@pytest.mark.parametrize("item,message", BAD_SETS)
+def test_bad_values_are_refused_before_a_run_folder_exists(tmp_path, capsys, item, message):
+    assert main(["train", str(QUICK), "--runs", str(tmp_path / "runs"), "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_configs_name_the_file(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes("name = 'caf\u00e9'\n".encode("latin-1"))
+    assert main(["train", str(bad)]) == 2
+    assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
+    assert main(["train", str(tmp_path)]) == 2
+    assert "is a directory, not a config file" in capsys.readouterr().err
+    run = tmp_path / "run"
+    interrupted_run(run, TINY, monkeypatch=monkeypatch)
+    text = (run / "config.json").read_text()
+    (run / "config.json").write_text(text[: len(text) // 2])
+    before = hashes(run)
+    for cmd in (["train", "--resume", str(run)], ["evaluate", str(run)]):
+        assert main(cmd) == 2
+        assert f"{run / 'config.json'}: damaged (not valid JSON" in capsys.readouterr().err
+    assert hashes(run) == before
+
+
+# 8. Ctrl-C ------------------------------------------------------------------------------------------
+
+def test_ctrl_c_prints_one_line(tmp_path, capsys, monkeypatch):
+    import spikeep.trainer as tr
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "train", interrupted)
+    assert main(["train", str(QUICK), "--run-dir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+# 9. stale temporary files ---------------------------------------------------------------------------
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    interrupted_run(run, monkeypatch=monkeypatch)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [run / f".checkpoint.pt.tmp{dead.pid}", run / f".best.pt.tmp{dead.pid}",
+             run / f".traces.h5.resume{dead.pid}"]
+    live = run / f".checkpoint.pt.tmp{os.getppid()}"  # a writer that still runs: left alone
+    for p in stale + [live]:
+        p.write_bytes(b"x" * 1000)
+    train(run_dir=run, resume=True, progress=False, echo=False)
+    assert not any(p.exists() for p in stale) and live.exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p != live]
+
+
+# 10. trace file size does not depend on how often it is flushed --------------------------------------
+
+def test_trace_file_size_does_not_grow_with_flushes(tmp_path):
+    sizes = {}
+    for every in (1, 10):
+        run = tmp_path / f"flush{every}"
+        train(load_config(QUICK, TINY + ["traces.enabled=true", "traces.full_each_epoch=false",
+                                         f"traces.flush_every={every}"]), run, progress=False, echo=False)
+        sizes[every] = (run / "traces.h5").stat().st_size
+    assert sizes[1] < 1.5 * sizes[10], sizes
