@@ -177,7 +177,7 @@ class TraceConfig:
     compression: str = "lzf"  # "none", "lzf" or "gzip"
     gzip_level: int = 4  # 1..4
     flush_every: int = 10  # iterations between flushes (what a crash can lose at most)
-    chunk: int = 64  # rows per chunk along time
+    chunk: int = 64  # rows per chunk along time (at most flush_every: a flush then writes whole chunks)
     seed: int = 0
 
     def validate(self) -> None:
