@@ -23,12 +23,38 @@ class StorageError(OSError):
     """A file could not be written (disk full, no permission, ...): the message names the file, the
     cause and the free space left there."""
 
+    def __init__(self, message: str, code: int = errno.EIO):
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# what a write leaves free at the least: HDF5 (traces) and the file system need room for metadata, and a
+# library that hits a full disk half-way (HDF5 does) can leave its file in a state it cannot close
+RESERVE = 4 * 2**20
+
+
+def free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return -1
+
 
 def free_space(path: Path) -> str:
-    try:
-        return f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free on that file system"
-    except OSError:
-        return "free space unknown"
+    free = free_bytes(path)
+    return f"{free / 2**20:.1f} MiB free on that file system" if free >= 0 else "free space unknown"
+
+
+def ensure_space(path: Path, nbytes: int) -> None:
+    """Refuse, before writing a byte, a write of about `nbytes` that the disk cannot take."""
+    free = free_bytes(path)
+    if 0 <= free < nbytes + RESERVE:
+        raise StorageError(f"cannot write {path}: no space left on the device (it needs about "
+                           f"{nbytes / 2**20:.1f} MiB and {RESERVE / 2**20:.0f} MiB to spare, "
+                           f"{free / 2**20:.1f} MiB are free)", errno.ENOSPC)
 
 
 def _is_write_failure(e: BaseException) -> bool:
@@ -42,18 +68,20 @@ def storage_error(path: Path, e: BaseException) -> StorageError:
     full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e) \
         or "unexpected pos" in str(e)
     cause = "no space left on the device" if full else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return StorageError(errno.ENOSPC if full else getattr(e, "errno", None) or errno.EIO,
-                        f"cannot write {path}: {cause} ({free_space(path)})")
+    return StorageError(f"cannot write {path}: {cause} ({free_space(path)})",
+                        errno.ENOSPC if full else getattr(e, "errno", None) or errno.EIO)
 
 
-def replace_atomically(path: Path, write) -> None:
-    """Write `path` through a temporary file in the same folder, flushed, then renamed over it; a
-    failure (a full disk, say) leaves the old file untouched and raises StorageError."""
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, flushed, then renamed over
+    it; a write the disk cannot take is refused before it starts, and any failure leaves the old file
+    untouched and raises StorageError."""
     path = Path(path)
+    ensure_space(path, len(data))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,7 +103,7 @@ def replace_atomically(path: Path, write) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    replace_atomically(path, lambda f: f.write(text.encode()))
+    replace_atomically(path, text.encode())
 
 
 def strict_json(obj: Any) -> Any:
@@ -117,7 +145,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def save_torch_atomic(path: Path, obj: Any) -> None:
-    replace_atomically(path, lambda f: torch.save(obj, f))
+    """torch.save through an atomic replace (serialised in memory first, so its size is known)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    replace_atomically(path, buf.getvalue())
 
 
 def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
@@ -128,5 +159,5 @@ def save_figure_atomic(fig, path: str | Path, dpi: int = 100) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    replace_atomically(path, lambda f: f.write(buf.getvalue()))
+    replace_atomically(path, buf.getvalue())
     return path

@@ -76,7 +76,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
                                          else "No checkpoint had been written yet.")
         log.error(msg)
-        raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(e.errno, msg) from None
+        raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
     finally:
         runs.close_logger(log)
 

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..files import storage_error
+from ..files import StorageError, ensure_space, storage_error
 from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, LayerSpec, TracesError, open_for_reading
 
 
@@ -41,6 +41,7 @@ class TraceRecorder:
         self._rows: list[tuple[int, int, dict, dict]] = []  # buffered per-iteration rows
         self._indices: dict[str, tuple[torch.Tensor, ...]] = {}  # sampled synapses as index tensors
         self.moved_aside: Optional[Path] = None  # a damaged file found on resume, renamed (never deleted)
+        self.failed = False  # a write failed (full disk): nothing more is written, close only closes
         try:
             if resume_iteration is not None and self.path.exists():
                 try:
@@ -211,15 +212,26 @@ class TraceRecorder:
             cache = self._indices[name] = tuple(torch.as_tensor(m, device=w.device) for m in multi)
         return cache
 
-    def _guarded(self, write) -> None:
-        """Run `write`; if the disk fails it (full, say), shrink every dataset back to its length
-        before, so the file keeps real rows only, and raise StorageError naming the file."""
+    def _guarded(self, write, nbytes: int) -> None:
+        """Run `write` (about `nbytes` of data) if the disk has room for it, else refuse it before HDF5
+        starts (HDF5 hitting a full disk half-way can leave a file it cannot close). If the disk fails
+        it all the same, shrink every dataset back to its length before, so the file keeps real rows
+        only. Either way raise StorageError naming the file."""
+        if self.failed:
+            raise StorageError(f"{self.path}: an earlier write failed; nothing more is written to it")
+        try:
+            ensure_space(self.path, nbytes)
+        except StorageError:
+            self.failed = True
+            self._rows.clear()
+            raise
         sizes = {}
         self.f.visititems(lambda n, o: sizes.__setitem__(n, o.shape[0])
                           if isinstance(o, h5py.Dataset) and o.maxshape and o.maxshape[0] is None else None)
         try:
             write()
         except (OSError, RuntimeError) as e:
+            self.failed = True
             self._rows.clear()
             try:
                 for name, n in sizes.items():
@@ -234,7 +246,8 @@ class TraceRecorder:
                  biases: dict[str, torch.Tensor], states: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Full weight (and bias) tensors, and the probe batch's equilibrium states if given."""
         self.flush(sync=False)
-        self._guarded(lambda: self._write_snapshot(iteration, epoch, weights, biases, states))
+        nbytes = sum(4 * w.numel() for w in list(weights.values()) + list(biases.values()) + list((states or {}).values()))
+        self._guarded(lambda: self._write_snapshot(iteration, epoch, weights, biases, states), nbytes)
 
     def _write_snapshot(self, iteration, epoch, weights, biases, states) -> None:
         self._append(self.f["snapshot_iteration"], np.array([iteration], dtype=np.int64))
@@ -255,7 +268,8 @@ class TraceRecorder:
     def flush(self, sync: bool = True) -> None:
         """Write the buffered rows and make them visible to readers and durable against a crash."""
         if self._rows or sync:
-            self._guarded(lambda: self._write_rows(sync))
+            nbytes = sum(a.nbytes for r in self._rows for part in (r[2], r[3]) for a in part.values()) + 12 * len(self._rows)
+            self._guarded(lambda: self._write_rows(sync), nbytes)
 
     def _write_rows(self, sync: bool) -> None:
         if self._rows:
@@ -284,7 +298,8 @@ class TraceRecorder:
     def close(self) -> None:
         if getattr(self, "f", None) is not None and self.f.id.valid:
             try:
-                self.flush()
+                if not self.failed:
+                    self.flush()
             finally:
                 try:
                     self.f.close()
