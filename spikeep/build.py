@@ -110,11 +110,22 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def set_precision(precision: str) -> None:
+    """Process-wide CUDA matmul / cuDNN settings of a precision: TF32 only for "tf32" (PyTorch lets
+    cuDNN convolutions use TF32 by default; "strict" turns that off). No effect on CPU."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:
-    """The network of cfg.model, initialised from cfg.train.seed, on the device and dtype asked for."""
+    """The network of cfg.model, initialised from cfg.train.seed, on the device, dtype and precision
+    asked for."""
     torch.manual_seed(cfg.train.seed)
     net = EqNetwork(cfg.model)
     net = net.to(device=device or resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
+    set_precision(cfg.dynamics.precision)
+    net.use_drive_dtype(torch.bfloat16 if cfg.dynamics.precision == "bf16" else None)
     return net.use_channels_last(cfg.dynamics.channels_last)
 
 

@@ -76,8 +76,15 @@ class DynamicsConfig:
     dtype: str = "float32"  # or "float64" for checks
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     channels_last: bool = True  # NHWC conv layers (same math, faster oneDNN/cuDNN convolutions)
+    # how drives are computed: "strict" (in dtype; TF32 off on CUDA), "tf32" (CUDA matmuls and
+    # convolutions in TF32), "bf16" (drives in bfloat16, states and estimates in float32)
+    precision: str = "strict"
 
     def validate(self) -> None:
+        if self.precision not in ("strict", "tf32", "bf16"):
+            raise ConfigError(f"dynamics.precision must be 'strict', 'tf32' or 'bf16', got {self.precision!r}")
+        if self.dtype == "float64" and self.precision != "strict":
+            raise ConfigError(f"dynamics.precision = {self.precision!r} needs dynamics.dtype = 'float32'")
         if self.T1 <= 0 or self.T2 <= 0:
             raise ConfigError(f"dynamics.T1 and dynamics.T2 must be > 0, got T1={self.T1}, T2={self.T2}")
         if self.tol < 0 or not math.isfinite(self.tol):

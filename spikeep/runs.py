@@ -121,6 +121,8 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "world_size": world_size, "git_commit": git_commit(),
+        "precision": {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                      "cudnn_deterministic": torch.backends.cudnn.deterministic},
         "command": sys.argv, "started": datetime.now().isoformat(timespec="seconds"),
     }
 

@@ -132,3 +132,75 @@ def test_step_compiles_without_graph_breaks():
         compiled = torch.compile(net.step, fullgraph=True)
         for a, b in zip(compiled(inp, s, 0.5), net.step(inp, s, 0.5)):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda: small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(7,)),
+                                  lambda: small_conv(pools="mi", loss="mse"), lambda: small_mlp(hidden=(9, 7))])
+def test_delta_of_local_updates_is_the_difference_float64(make):
+    """dphi_dtheta_delta (states differenced before they are correlated) equals the plain difference of
+    the two local updates, every parameter, with each phase's own max-pool indices."""
+    net = make()
+    x, y = batch_for(net)
+    inp = net.prepare(x, y)
+    a, b = random_state(net, 5, seed=3), random_state(net, 5, seed=4)
+    for ba, bb in ((0.3, -0.3), (0.0, 0.5)):
+        d = net.dphi_dtheta_delta(inp, a, ba, inp, b, bb)
+        ga, gb = net.dphi_dtheta(inp, a, ba), net.dphi_dtheta(inp, b, bb)
+        assert d.keys() == ga.keys()
+        for n in d:
+            torch.testing.assert_close(d[n], ga[n] - gb[n], rtol=1e-10, atol=1e-13)
+    other = inp._replace(x=torch.rand_like(inp.x))  # spiking phases bring their own input rates
+    d = net.dphi_dtheta_delta(inp, a, 0.3, other, b, -0.3)
+    ga, gb = net.dphi_dtheta(inp, a, 0.3), net.dphi_dtheta(other, b, -0.3)
+    for n in d:
+        torch.testing.assert_close(d[n], ga[n] - gb[n], rtol=1e-10, atol=1e-13)
+
+
+def test_max_pool_tie_rule_is_the_first_maximum_in_any_layout():
+    from spikeep.core.interactions import (max_pool_2x2, max_pool_2x2_explicit, max_unpool_2x2,
+                                           max_unpool_2x2_explicit)
+
+    z = torch.tensor([[1.0, 1.0, 0.0, 2.0, 5.0], [1.0, 1.0, 2.0, 2.0, 5.0], [0.0, 3.0, 4.0, 4.0, 5.0],
+                      [3.0, 3.0, 4.0, 1.0, 5.0]], dtype=torch.float64).expand(2, 3, 4, 5).contiguous()
+    g = torch.Generator().manual_seed(0)
+    ties = torch.randint(0, 3, (4, 6, 9, 11), generator=g).double()  # values from {0, 1, 2}: ties everywhere
+    for t in (z, z.contiguous(memory_format=torch.channels_last), ties, ties.contiguous(memory_format=torch.channels_last)):
+        v, k = max_pool_2x2_explicit(t)
+        assert v.is_contiguous(memory_format=torch.channels_last) == (not t.is_contiguous())
+        torch.testing.assert_close(v, torch.nn.functional.max_pool2d(t, 2, 2), rtol=0, atol=0)
+        if t.shape == z.shape:
+            assert k[0, 0].tolist() == [[0, 1], [1, 0]]  # ties: top-left, top-right, ... the first wins
+        # PyTorch's CPU kernels keep the first maximum too (what max_pool_2x2 relies on for speed)
+        fv, fi = max_pool_2x2(t)
+        hw = t.shape[2:]
+        up, fup = max_unpool_2x2_explicit(v, k, hw), max_unpool_2x2(fv, fi, hw)
+        torch.testing.assert_close(up, fup, rtol=0, atol=0)
+        assert int((up != 0).sum()) == int((v != 0).sum())
+    # under autograd the gradient reaches the winner alone, as the unpooling routes the feedback
+    t = ties.clone().requires_grad_(True)
+    v, k = max_pool_2x2_explicit(t)
+    (grad,) = torch.autograd.grad((v * 1.5).sum(), t)
+    torch.testing.assert_close(grad, max_unpool_2x2_explicit(torch.full_like(v, 1.5), k, t.shape[2:]))
+
+
+def test_layouts_settle_to_the_same_state_with_tied_pools(monkeypatch):
+    """A padding-0 ConvNet from rest: after one step layer 2 is driven by its bias alone, flat, so every
+    pool window of conv 3 is tied, and s_3's feedback goes where the tie rule says. NCHW and NHWC follow
+    the same trajectory (float64); another tie rule (the last maximum) does not, so ties matter here."""
+    import spikeep.core.interactions as interactions
+
+    kw = dict(pools="mmm", paddings=(0, 0, 0), strides=(1, 1, 1), channels=(4, 6, 8), loss="cross_entropy",
+              hidden=(), in_shape=(2, 30, 30), scale=2.0)
+    net, nhwc = small_conv(**kw), small_conv(**kw).use_channels_last()
+    x, y = batch_for(net)
+    a = free_phase(net, net.prepare(x, y), 60).state
+    b = free_phase(nhwc, nhwc.prepare(x, y), 60).state
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-13, atol=1e-13)
+    def last_maximum(z):  # windows reversed (every map here has even sides): the last maximum wins
+        v, k = interactions.max_pool_2x2_explicit(z.flip(-1).flip(-2))
+        return v.flip(-1).flip(-2), (3 - k).flip(-1).flip(-2)
+
+    monkeypatch.setattr(interactions, "max_pool_2x2", last_maximum)
+    c = free_phase(net, net.prepare(x, y), 60).state
+    assert max(float((u - w).abs().max()) for u, w in zip(a, c)) > 0.05

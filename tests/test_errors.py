@@ -42,8 +42,8 @@ def test_beta_zero_and_bad_steps():
     inp = net.prepare(x, y)
     s = free_phase(net, inp, 5).state
     for call in (lambda: nudged_phase(net, inp, s, 5, 0.0),
-                 lambda: one_sided_estimate(net.dphi_dtheta(inp, s), net.dphi_dtheta(inp, s), 0.0),
-                 lambda: symmetric_estimate(net.dphi_dtheta(inp, s), net.dphi_dtheta(inp, s), 0.0),
+                 lambda: one_sided_estimate(lambda *a: {}, s, s, 0.0),
+                 lambda: symmetric_estimate(lambda *a: {}, s, s, 0.0),
                  lambda: ep_gradients(net, x, y, "symmetric", beta=0.0)):
         with pytest.raises(ValueError, match="beta"):
             call()

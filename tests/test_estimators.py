@@ -18,12 +18,16 @@ def _flat(gs):
     return torch.cat([g.flatten() for g in gs.values()])
 
 
+def _delta(net, inp):
+    return lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb)
+
+
 def one_sided(net, inp, s_free, s_beta, beta):
-    return one_sided_estimate(net.dphi_dtheta(inp, s_beta, beta), net.dphi_dtheta(inp, s_free, 0.0), beta)
+    return one_sided_estimate(_delta(net, inp), s_free, s_beta, beta)
 
 
 def symmetric(net, inp, s_plus, s_minus, beta):
-    return symmetric_estimate(net.dphi_dtheta(inp, s_plus, beta), net.dphi_dtheta(inp, s_minus, -beta), beta)
+    return symmetric_estimate(_delta(net, inp), s_plus, s_minus, beta)
 
 
 def _slope(betas, errors):
@@ -165,6 +169,10 @@ class _OwnFeedback(Dense):
 
     def local_update(self, pre, post):
         g = super().local_update(pre, post)
+        return {**g, "weight_b": g["weight"]}
+
+    def local_update_delta(self, pre_a, post_a, pre_b, post_b):
+        g = super().local_update_delta(pre_a, post_a, pre_b, post_b)
         return {**g, "weight_b": g["weight"]}
 
 

@@ -76,6 +76,77 @@ class Interaction(nn.Module):
     def local_update(self, pre: Tensor, post: Tensor) -> Grads:
         raise NotImplementedError
 
+    def local_update_delta(self, pre_a: Tensor, post_a: Tensor, pre_b: Tensor, post_b: Tensor) -> Grads:
+        """local_update(a) - local_update(b), computed without cancellation: the phases' states are
+        differenced before they are correlated (EP's estimates are differences of nearly equal terms)."""
+        raise NotImplementedError
+
+
+def _bilinear_delta(corr, qa: Tensor, pa: Tensor, qb: Tensor, pb: Tensor) -> Tensor:
+    """corr(qa, pa) - corr(qb, pb) for corr bilinear, as corr(qa - qb, (pa + pb)/2) + corr((qa + qb)/2, pa - pb)
+    (one correlation when qa is qb: the clamped input of the first layer)."""
+    if qa is qb:
+        return corr(qa, pa - pb)
+    return (corr(qa - qb, pa + pb) + corr(qa + qb, pa - pb)) * 0.5
+
+
+def _windows(z: Tensor) -> list[Tensor]:
+    """The four positions of the 2x2 windows (top-left, top-right, bottom-left, bottom-right) as strided
+    views: no copy, z's memory format kept."""
+    h, w = z.shape[2] // 2 * 2, z.shape[3] // 2 * 2
+    return [z[:, :, r:h:2, c:w:2] for r in (0, 1) for c in (0, 1)]
+
+
+def max_pool_2x2(z: Tensor) -> tuple[Tensor, Tensor]:
+    """2x2 max-pool with stride 2 (odd rows / columns dropped) and its tie rule: the first maximum of
+    each window in row-major order (top-left, top-right, bottom-left, bottom-right) wins, whatever the
+    memory format or device. Ties are common: a layer driven by its bias alone is flat, so every window
+    of the next pooling is tied, and where the tie goes decides where the feedback goes.
+
+    On the CPU PyTorch's own kernels (NCHW and NHWC) keep the first maximum (checked by a test), so
+    they are used, ten times faster than the explicit rule; elsewhere (CUDA kernels make no promise)
+    the explicit rule runs. Returns (values, indices for max_unpool_2x2), in z's memory format."""
+    if z.device.type == "cpu":
+        return F.max_pool2d(z, 2, 2, return_indices=True)
+    return max_pool_2x2_explicit(z)
+
+
+def max_unpool_2x2(g: Tensor, indices: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """The adjoint of max_pool_2x2: each value goes back to its window's winner, zeros elsewhere, in a
+    map of out_hw (rows / columns the pooling dropped stay zero)."""
+    if indices.dtype == torch.int64:  # flat indices of F.max_pool2d (CPU)
+        return F.max_unpool2d(g, indices, 2, 2, output_size=out_hw)
+    return max_unpool_2x2_explicit(g, indices, out_hw)
+
+
+def max_pool_2x2_explicit(z: Tensor) -> tuple[Tensor, Tensor]:
+    """max_pool_2x2 by its definition: returns (values, window position 0..3 of the winner, uint8) in
+    z's memory format; under autograd the gradient goes to the winner only."""
+    z00, z01, z10, z11 = _windows(z)
+    with torch.no_grad():
+        m = torch.maximum(torch.maximum(z00, z01), torch.maximum(z10, z11))
+        k = torch.where(z00 == m, 0, torch.where(z01 == m, 1, torch.where(z10 == m, 2, 3))).to(torch.uint8)
+    if not torch.is_grad_enabled() or not z.requires_grad:
+        return m, k
+    return torch.where(k == 0, z00, torch.where(k == 1, z01, torch.where(k == 2, z10, z11))), k
+
+
+def max_unpool_2x2_explicit(g: Tensor, k: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """The adjoint of max_pool_2x2_explicit, in g's memory format. Four strided writes: deterministic
+    on every device (F.max_unpool2d has no deterministic CUDA kernel)."""
+    zero = g.new_zeros(())
+    parts = [torch.where(k == q, g, zero) for q in range(4)]
+    if torch.is_grad_enabled() and g.requires_grad:  # out of place, for autograd (BPTT, checks)
+        b, c, h, w = g.shape
+        up = torch.stack(parts, -1).reshape(b, c, h, w, 2, 2).transpose(3, 4).reshape(b, c, 2 * h, 2 * w)
+        return F.pad(up, (0, out_hw[1] - 2 * w, 0, out_hw[0] - 2 * h))
+    fmt = torch.channels_last if g.dim() == 4 and not g.is_contiguous() and \
+        g.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = g.new_zeros(g.shape[0], g.shape[1], *out_hw).contiguous(memory_format=fmt)
+    for view, part in zip(_windows(out), parts):
+        view.copy_(part)
+    return out
+
 
 class Dense(Interaction):
     """All-to-all synapses, phi = s_post . (W s_pre + b); W has nn.Linear's layout (out, in)."""
@@ -112,6 +183,13 @@ class Dense(Interaction):
         """Batch-mean dphi/dW = <s_post s_pre^T>, dphi/db = <s_post>: pre and post only."""
         n = pre.shape[0]
         return {"weight": post.t() @ pre.flatten(1) / n, "bias": post.sum(0) / n}
+
+    def local_update_delta(self, pre_a: Tensor, post_a: Tensor, pre_b: Tensor, post_b: Tensor) -> Grads:
+        n = pre_a.shape[0]
+        qa = pre_a.flatten(1)
+        qb = qa if pre_b is pre_a else pre_b.flatten(1)
+        dw = _bilinear_delta(lambda q, p: p.t() @ q, qa, post_a, qb, post_b)
+        return {"weight": dw / n, "bias": (post_a - post_b).sum(0) / n}
 
     def extra_repr(self) -> str:
         return f"{math.prod(self.pre_shape)} -> {self.post_shape[0]}"
@@ -170,7 +248,7 @@ class Conv(Interaction):
     def pool(self, z: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """P(z), with the max-pool indices (None for other poolings)."""
         if self.pool_kind == "m":
-            return F.max_pool2d(z, 2, 2, return_indices=True)
+            return max_pool_2x2(z)
         if self.pool_kind == "a":
             return F.avg_pool2d(z, 2, 2), None
         return z, None
@@ -178,7 +256,7 @@ class Conv(Interaction):
     def unpool(self, g: Tensor, indices: Optional[Tensor]) -> Tensor:
         """Adjoint of the pooling: dP(z)/dz^T g, in the conv output's shape."""
         if self.pool_kind == "m":  # route each value back to the position that won the max
-            return F.max_unpool2d(g, indices, 2, 2, output_size=self.conv_hw)
+            return max_unpool_2x2(g, indices, self.conv_hw)
         if self.pool_kind == "a":  # spread each value over its 2x2 window, 1/4 each
             up = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul_(0.25)
             hc, wc = self.conv_hw
@@ -215,6 +293,18 @@ class Conv(Interaction):
         g = self.unpool(post, indices)
         dw = conv2d_weight(pre, self.weight.shape, g, self.stride, self.padding)
         return {"weight": dw / n, "bias": post.sum((0, 2, 3)) / n}
+
+    def _unpooled(self, pre: Tensor, post: Tensor) -> Tensor:
+        """s_post routed back through the pooling with the indices of this very state."""
+        return self.unpool(post, self.forward_drive(pre)[1] if self.pool_kind == "m" else None)
+
+    def local_update_delta(self, pre_a: Tensor, post_a: Tensor, pre_b: Tensor, post_b: Tensor) -> Grads:
+        """Each phase keeps its own max-pool indices; the update is bilinear in (pre, unpooled post)."""
+        n = pre_a.shape[0]
+        shape, stride, padding = self.weight.shape, self.stride, self.padding
+        dw = _bilinear_delta(lambda q, g: conv2d_weight(q, shape, g, stride, padding),
+                             pre_a, self._unpooled(pre_a, post_a), pre_b, self._unpooled(pre_b, post_b))
+        return {"weight": dw / n, "bias": (post_a - post_b).sum((0, 2, 3)) / n}
 
     def extra_repr(self) -> str:
         return (f"{self.pre_shape} -> {self.post_shape}, kernel={self.kernel}, stride={self.stride}, "

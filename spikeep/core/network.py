@@ -75,6 +75,13 @@ class EqNetwork(nn.Module):
         self.readout = readout
         self.layer_shapes = [s.post_shape for s in synapses]
         self.memory_format = torch.contiguous_format
+        self.drive_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: drives in it, states as stored
+
+    def use_drive_dtype(self, dtype: Optional[torch.dtype]) -> "EqNetwork":
+        """Compute the drives of relaxation steps in `dtype` (autocast; bfloat16 for the bf16 precision)
+        while states stay in the parameters' dtype; None: everything in the parameters' dtype."""
+        self.drive_dtype = dtype
+        return self
 
     def use_channels_last(self, enable: bool = True) -> "EqNetwork":
         """Keep conv weights, inputs and conv-layer states in NHWC order. Same math; on CPU the
@@ -205,9 +212,13 @@ class EqNetwork(nn.Module):
         A pure function of (parameters, inputs, state, beta): no Python-side state, so it can be
         compiled or captured. Without autograd the activation runs in place on the fresh drives.
         """
-        d = self.drives(inp, state, beta)
         act = self.activation.fn if torch.is_grad_enabled() else self.activation.fn_
-        return tuple(act(v) for v in d)
+        if self.drive_dtype is None:
+            return tuple(act(v) for v in self.drives(inp, state, beta))
+        dtype = state[0].dtype
+        with torch.autocast(inp.x.device.type, dtype=self.drive_dtype):
+            d = self.drives(inp, state, beta)
+        return tuple(act(v.to(dtype)) for v in d)
 
     # -- local updates ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,6 +235,23 @@ class EqNetwork(nn.Module):
         if self.readout is not None:
             upd = self.readout.cost_update(state[-1], inp.target, beta)
             grads.update({f"readout.{n}": g for n, g in upd.items()})
+        return grads
+
+    @torch.no_grad()
+    def dphi_dtheta_delta(self, inp_a: Inputs, state_a: State, beta_a: float, inp_b: Inputs, state_b: State,
+                          beta_b: float) -> Grads:
+        """dPhi^beta_a/dtheta(s_a) - dPhi^beta_b/dtheta(s_b) by parameter name, each interaction
+        differencing the two phases' states before correlating them (no cancellation of nearly equal
+        terms). inp_a.x is inp_b.x for a clamped input; spiking phases bring their own input rates."""
+        layers_a, layers_b = (inp_a.x,) + tuple(state_a), (inp_b.x,) + tuple(state_b)
+        grads: Grads = {}
+        for k, syn in enumerate(self.synapses):
+            d = syn.local_update_delta(layers_a[k], layers_a[k + 1], layers_b[k], layers_b[k + 1])
+            grads.update({f"synapses.{k}.{n}": g for n, g in d.items()})
+        if self.readout is not None:  # -beta dCE/dw_out: of opposite signs in the two phases, no cancellation
+            ua = self.readout.cost_update(state_a[-1], inp_a.target, beta_a)
+            ub = self.readout.cost_update(state_b[-1], inp_b.target, beta_b)
+            grads.update({f"readout.{n}": ua[n] - ub[n] for n in ua})
         return grads
 
     def forward(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None) -> State:

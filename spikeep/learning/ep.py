@@ -33,5 +33,5 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
         minus = nudged_phase(net, inp, free.state, T2, -beta, tol) if estimator == "symmetric" else None
         steps = free.steps + plus.steps + (minus.steps if minus is not None else 0)
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
-        write_grads(net, estimate(estimator, lambda s, b: net.dphi_dtheta(inp, s, b), eq))
+        write_grads(net, estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq))
         return EPResult(free.state, net.loss(free.state, inp.y), net.logits(free.state), steps, beta)

@@ -1,14 +1,19 @@
 """EP gradient estimators (Laborieux et al. 2021, Sec. 3), the one place their formulas live.
 
 Given the equilibria of a free phase and of nudged phases (whatever produced them: the rate dynamics,
-a spiking simulation, one step of a nudged trajectory in the GDU check) and a function dphi(state,
-beta) -> {name: dPhi^beta/dtheta} made of each interaction's local update, they return the estimate
-of dL/dtheta by parameter name (sign included: the gradient of the loss), so any torch.optim
-optimizer applies it once it is written into .grad:
+a spiking simulation, one step of a nudged trajectory in the GDU check) and a function
+delta(s_a, beta_a, s_b, beta_b) -> {name: dPhi^beta_a/dtheta(s_a) - dPhi^beta_b/dtheta(s_b)} made of each
+interaction's local update, they return the estimate of dL/dtheta by parameter name (sign included:
+the gradient of the loss), so any torch.optim optimizer applies it once it is written into .grad:
 
     one-sided   (Eq. 4):  g = -1/beta       (dPhi^beta/dtheta(s^beta) - dPhi/dtheta(s*))
     random-sign:          the one-sided estimate with beta -> +-beta drawn at random per batch
     symmetric   (Eq. 12): g = -1/(2 beta)   (dPhi^beta/dtheta(s^beta) - dPhi^-beta/dtheta(s^-beta))
+
+The two terms of each difference are nearly equal (for the first conv layer of the paper's ConvNet
+their difference is ~3e5 times smaller than they are), so `delta` differences the phases' states
+before it correlates them (EqNetwork.dphi_dtheta_delta): in float32 the naive difference of the two
+correlations loses ~8 % of the first layer's estimate, the difference of states does not.
 """
 from __future__ import annotations
 
@@ -40,18 +45,21 @@ def nudge_beta(name: str, beta: float, generator: Optional[torch.Generator] = No
     return draw_sign(beta, generator) if name == "random_sign" else beta
 
 
-def one_sided_estimate(g_beta: Grads, g_free: Grads, beta: float) -> Grads:
+Delta = Callable[[Any, float, Any, float], Grads]  # delta(s_a, beta_a, s_b, beta_b)
+
+
+def one_sided_estimate(delta: Delta, s_free: Any, s_beta: Any, beta: float) -> Grads:
     """Eq. 4: -(dPhi^beta/dtheta(s^beta) - dPhi/dtheta(s*)) / beta, by parameter name."""
     if beta == 0.0:
         raise ValueError("the one-sided estimate needs beta != 0")
-    return {k: (g_free[k] - g_beta[k]) / beta for k in g_beta}
+    return {k: v / beta for k, v in delta(s_free, 0.0, s_beta, beta).items()}
 
 
-def symmetric_estimate(g_plus: Grads, g_minus: Grads, beta: float) -> Grads:
+def symmetric_estimate(delta: Delta, s_plus: Any, s_minus: Any, beta: float) -> Grads:
     """Eq. 12: -(dPhi^beta/dtheta(s^beta) - dPhi^-beta/dtheta(s^-beta)) / (2 beta), by parameter name."""
     if beta == 0.0:
         raise ValueError("the symmetric estimate needs beta != 0")
-    return {k: (g_minus[k] - g_plus[k]) / (2 * beta) for k in g_plus}
+    return {k: v / (2 * beta) for k, v in delta(s_minus, -beta, s_plus, beta).items()}
 
 
 class Equilibria(NamedTuple):
@@ -62,12 +70,12 @@ class Equilibria(NamedTuple):
     beta: float = 0.0
 
 
-def estimate(name: str, dphi: Callable[[Any, float], Grads], eq: Equilibria) -> Grads:
-    """The named estimate from equilibria; dphi(state, beta) gives dPhi^beta/dtheta at a state."""
+def estimate(name: str, delta: Delta, eq: Equilibria) -> Grads:
+    """The named estimate from equilibria (see the module docstring for `delta`)."""
     if name == "symmetric":
-        return symmetric_estimate(dphi(eq.plus, eq.beta), dphi(eq.minus, -eq.beta), eq.beta)
+        return symmetric_estimate(delta, eq.plus, eq.minus, eq.beta)
     if name in ("one_sided", "random_sign"):
-        return one_sided_estimate(dphi(eq.plus, eq.beta), dphi(eq.free, 0.0), eq.beta)
+        return one_sided_estimate(delta, eq.free, eq.plus, eq.beta)
     raise ValueError(f"unknown EP estimator {name!r}; use one of {', '.join(EP_ESTIMATORS)}")
 
 

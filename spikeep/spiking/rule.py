@@ -35,10 +35,12 @@ def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator:
         plus = sim.run_phase(inp, free.state, T2, beta, generator)
         minus = sim.run_phase(inp, free.state, T2, -beta, generator) if estimator == "symmetric" else None
 
-        def dphi(ph: Phase, b: float) -> Grads:  # rates of each synapse's two layers (the input's for the first)
-            return net.dphi_dtheta(inp._replace(x=ph.input_rate), ph.rates, b)
+        def delta(a: Phase, beta_a: float, b: Phase, beta_b: float) -> Grads:
+            # rates of each synapse's two layers (the input's for the first: x itself for constant current)
+            return net.dphi_dtheta_delta(inp._replace(x=a.input_rate), a.rates, beta_a,
+                                         inp._replace(x=b.input_rate), b.rates, beta_b)
 
-        write_grads(net, estimate(estimator, dphi, Equilibria(free, plus, minus, beta)))
+        write_grads(net, estimate(estimator, delta, Equilibria(free, plus, minus, beta)))
         counts, steps = free.counts + plus.counts, free.steps + plus.steps
         if minus is not None:
             counts, steps = counts + minus.counts, steps + minus.steps
