@@ -10,6 +10,7 @@ package (activation and pooling names, spiking and synapse parameters, chip prof
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -118,6 +119,16 @@ def set_precision(precision: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels everywhere (an error names any operation that has none), cuDNN without
+    autotuning; cuBLAS needs its workspace setting before its first use."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:
     """The network of cfg.model, initialised from cfg.train.seed, on the device, dtype and precision
     asked for."""
@@ -125,6 +136,7 @@ def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwo
     net = EqNetwork(cfg.model)
     net = net.to(device=device or resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
     set_precision(cfg.dynamics.precision)
+    set_deterministic(cfg.train.deterministic)
     net.use_drive_dtype(torch.bfloat16 if cfg.dynamics.precision == "bf16" else None)
     return net.use_channels_last(cfg.dynamics.channels_last)
 
@@ -136,8 +148,8 @@ def make_learner(cfg: Config, net: EqNetwork) -> Learner:
         s = cfg.spiking
         return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2)
     if e.name == "bptt":
-        return BPTT(net, d.T1, e.truncate, d.tol)
-    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol)
+        return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:

@@ -30,6 +30,11 @@ class TrainState:
     stats: EpochStats = field(default_factory=EpochStats)  # running train metrics of the current epoch
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
+    device_gen: Optional[torch.Generator] = None  # augmentation, Poisson input on the run's device (CPU: step_gen)
+
+    def __post_init__(self):
+        if self.device_gen is None:
+            self.device_gen = self.step_gen
 
     def checkpoint(self, cfg: Config) -> dict:
         return {"format": runs.CHECKPOINT_FORMAT, "model": self.net.state_dict(),
@@ -38,6 +43,7 @@ class TrainState:
                 "epoch": self.epoch, "batch": self.batch,
                 "order_rng": self.order_state if self.batch else self.order_gen.get_state(),
                 "step_rng": self.step_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                **({"device_rng": self.device_gen.get_state()} if self.device_gen is not self.step_gen else {}),
                 "epoch_stats": self.stats.state_dict(), "history": self.history, "best": dict(self.best),
                 "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
                 "config": cfg.to_dict()}
@@ -50,6 +56,8 @@ class TrainState:
             if self.sched is not None:
                 self.sched.load_state_dict(ckpt["scheduler"])
             self.step_gen.set_state(ckpt["step_rng"])
+            if self.device_gen is not self.step_gen:
+                self.device_gen.set_state(ckpt["device_rng"])
             self.order_gen.set_state(ckpt["order_rng"])
             self.order_state = ckpt["order_rng"]
             torch.set_rng_state(ckpt["torch_rng"])

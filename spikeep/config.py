@@ -73,6 +73,7 @@ class DynamicsConfig:
     T1: int = 20
     T2: int = 4
     tol: float = 0.0  # a phase ends early once max |s_{t+1} - s_t| < tol (0: run all steps)
+    tol_every: int = 1  # steps between convergence checks (each reads one number from the device)
     dtype: str = "float32"  # or "float64" for checks
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     channels_last: bool = True  # NHWC conv layers (same math, faster oneDNN/cuDNN convolutions)
@@ -89,6 +90,8 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.T1 and dynamics.T2 must be > 0, got T1={self.T1}, T2={self.T2}")
         if self.tol < 0 or not math.isfinite(self.tol):
             raise ConfigError(f"dynamics.tol must be a finite number >= 0, got {self.tol}")
+        if self.tol_every < 1:
+            raise ConfigError(f"dynamics.tol_every must be >= 1 step, got {self.tol_every}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dynamics.dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
@@ -126,8 +129,16 @@ class TrainConfig:
     T_max: int = 0  # cosine period in epochs (0: the number of epochs)
     eta_min: float = 0.0
     checkpoint_every: int = 0  # also checkpoint every N iterations within an epoch (0: epoch ends only)
+    # iterations between reads from the device: finite checks (which still name layer and iteration)
+    # and the progress bar's metrics; also done before every checkpoint and at every epoch end
+    sync_every: int = 1
+    # deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic): what bitwise
+    # resume needs on CUDA, at some cost in speed; the CPU is deterministic either way
+    deterministic: bool = False
 
     def validate(self) -> None:
+        if self.sync_every < 1:
+            raise ConfigError(f"train.sync_every must be >= 1 iteration, got {self.sync_every}")
         if self.checkpoint_every < 0 or self.T_max < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ConfigError("train.checkpoint_every, T_max, weight_decay and momentum must be >= 0")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

@@ -172,6 +172,16 @@ def prepare_data(d: DataConfig) -> Dataset:
     return Dataset(normalize(ds.train, d.mean, d.std), normalize(ds.test, d.mean, d.std), ds.name)
 
 
+def check_labels(ds: Dataset, n_classes: int) -> None:
+    """Every label of both splits lies in [0, n_classes) (checked once, so batches need no check)."""
+    for what, split in (("training", ds.train), ("test", ds.test)):
+        if split.y.numel():
+            lo, hi = int(split.y.min()), int(split.y.max())
+            if lo < 0 or hi >= n_classes:
+                raise ValueError(f"{ds.name}: {what} labels lie in {lo}..{hi}, the model has "
+                                 f"model.n_classes = {n_classes}")
+
+
 def normalize(split: Split, mean: list[float], std: list[float]) -> Split:
     """(x - mean) / std per channel (torchvision's Normalize, on the whole split at once)."""
     from torchvision.transforms.v2 import functional as TF
@@ -188,22 +198,27 @@ def normalize(split: Split, mean: list[float], std: list[float]) -> Split:
 
 def augment(x: Tensor, generator: torch.Generator, crop_padding: int = 0, hflip: bool = False,
             padding_mode: str = "edge") -> Tensor:
-    """Per-sample random crop (after padding by crop_padding) and horizontal flip of a batch.
+    """Per-sample random crop (after padding by crop_padding) and horizontal flip of a batch, as
+    batched tensor operations on the batch's device (no per-sample loop, no host round trip).
 
-    Random numbers come from `generator` (on the CPU), drawn for the whole batch in a fixed order,
-    so a batch augments the same whatever process or device handles it.
+    Random numbers come from `generator`, on its own device, drawn for the whole batch in a fixed
+    order (crop rows, crop columns, flips), so a batch augments the same whatever process handles it.
     """
     from torchvision.transforms.v2 import functional as TF
 
     n, _, h, w = x.shape
+    dev, gdev = x.device, generator.device
     if crop_padding > 0:
         p = crop_padding
-        i = torch.randint(0, 2 * p + 1, (n,), generator=generator).tolist()
-        j = torch.randint(0, 2 * p + 1, (n,), generator=generator).tolist()
+        i = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
+        j = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
         padded = TF.pad(x, [p, p, p, p], padding_mode=padding_mode)
-        x = torch.stack([TF.crop(padded[k], i[k], j[k], h, w) for k in range(n)])
+        rows = (i[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+        cols = (j[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
+        x = padded[torch.arange(n, device=dev)[:, None, None], :, rows, cols]  # (n, h, w, C)
+        x = x.permute(0, 3, 1, 2).contiguous()
     if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], TF.horizontal_flip(x), x)
     return x
 

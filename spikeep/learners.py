@@ -32,6 +32,7 @@ class StepResult(NamedTuple):
     state: State  # free equilibrium (spike rates for spiking networks)
     spikes: float = 0.0  # spiking networks: spikes of all phases of the batch
     synops: float = 0.0  # and their synaptic events (input spikes' included)
+    steps: int = 0  # relaxation (simulation) steps of all phases of the batch
 
 
 class Equilibrium(NamedTuple):
@@ -44,7 +45,11 @@ class Learner:
     """The interface the trainer talks to."""
     net: EqNetwork
 
-    def estimate(self, x: Tensor, y: Tensor, generator: Optional[torch.Generator] = None) -> StepResult:
+    def estimate(self, x: Tensor, y: Tensor, generator: Optional[torch.Generator] = None,
+                 device_generator: Optional[torch.Generator] = None) -> StepResult:
+        """Write the batch's gradient estimate into .grad. `generator` (CPU) draws per-batch numbers
+        such as random signs; `device_generator` (the run's device) draws per-step ones such as
+        Poisson input spikes (default: `generator`)."""
         raise NotImplementedError
 
     def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Equilibrium:
@@ -61,19 +66,23 @@ class _RateNetwork(Learner):
     """Learners of the rate dynamics: predictions come from T1 free steps (early stop at `tol`)."""
     T1: int
     tol: float
+    tol_every: int = 1
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> Equilibrium:
-        return Equilibrium(free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol).state)
+        return Equilibrium(free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every).state)
 
 
 class RateEP(_RateNetwork):
-    def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0):
-        self.net, self.estimator, self.beta, self.T1, self.T2, self.tol = net, estimator, beta, T1, T2, tol
+    def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0,
+                 tol_every: int = 1):
+        self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
+        self.tol, self.tol_every = tol, tol_every
 
-    def estimate(self, x, y, generator=None) -> StepResult:
-        r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator)
-        return StepResult(r.loss, r.logits, r.s_free)
+    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
+        r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
+                         tol_every=self.tol_every)
+        return StepResult(r.loss, r.logits, r.s_free, steps=r.steps)
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)
@@ -82,12 +91,12 @@ class RateEP(_RateNetwork):
 class BPTT(_RateNetwork):
     """Backpropagation through the last `truncate` of the T1 free steps (0: all of them)."""
 
-    def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0):
-        self.net, self.T1, self.truncate, self.tol = net, T1, truncate, tol
+    def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0, tol_every: int = 1):
+        self.net, self.T1, self.truncate, self.tol, self.tol_every = net, T1, truncate, tol, tol_every
 
-    def estimate(self, x, y, generator=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
         r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate)
-        return StepResult(r.loss, r.logits, r.s_last)
+        return StepResult(r.loss, r.logits, r.s_last, steps=self.T1)
 
 
 class SpikingEP(Learner):
@@ -97,10 +106,11 @@ class SpikingEP(Learner):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
         self.sim = SpikingSimulator(net, params)
 
-    def estimate(self, x, y, generator=None) -> StepResult:
-        r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator)
+    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
+        r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator,
+                                 device_generator)
         spikes, synops = r.counts.totals()
-        return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops)
+        return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps)
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> Equilibrium:

@@ -2,9 +2,9 @@
 profiles, and the pictures of a spiking network at work."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -33,43 +33,75 @@ def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str, d
         raise DivergenceError(f"NaN or inf in the {what} of layer {bad} at {where}")
 
 
-def check_loss(loss: Optional[torch.Tensor], where: str, ddp: Optional[Dist] = None) -> None:
-    """An infinite or NaN loss is divergence too (states can stay finite while the output overflows).
-    Every process of a distributed run takes part, also one without samples (loss None)."""
-    bad = loss is not None and not bool(torch.isfinite(loss).all())
-    if ddp is not None and any_process(ddp, bad) and not bad:
-        raise DivergenceError(f"NaN or inf in the loss of another process at {where}")
-    if bad:
-        raise DivergenceError(f"the loss is inf or NaN at {where} (the network's output overflows: "
-                              f"weights too large?)")
+class FiniteChecks:
+    """Finite checks of an iteration recorded as flags on the device and read in one go every few
+    iterations (`check`), so iterations run without host-device synchronisation; the error still
+    names the first layer and iteration that went wrong. Every process of a distributed run checks at
+    the same iterations (one tiny all-reduce)."""
+
+    def __init__(self):
+        self.pending: list[tuple[str, list[str], str, torch.Tensor]] = []
+
+    def add(self, named: list[tuple[str, torch.Tensor]], what: str, where: str) -> None:
+        self.pending.append((what, [n for n, _ in named], where, torch.stack([torch.isfinite(t).all() for _, t in named])))
+
+    def add_loss(self, loss: Optional[torch.Tensor], where: str) -> None:
+        """An infinite or NaN loss is divergence too (states can stay finite while the output overflows)."""
+        if loss is not None:
+            self.pending.append(("loss", ["output"], where, torch.isfinite(loss).all()[None]))
+
+    def check(self, ddp: Optional[Dist] = None) -> None:
+        pending, self.pending = self.pending, []
+        ok = bool(torch.stack([f.all() for *_, f in pending]).all()) if pending else True  # one sync
+        if ddp is not None and any_process(ddp, not ok) and ok:
+            raise DivergenceError(f"NaN or inf in another process by {pending[-1][2] if pending else 'now'}")
+        if ok:
+            return
+        for what, names, where, flags in pending:
+            if not bool(flags.all()):
+                if what == "loss":
+                    raise DivergenceError(f"the loss is inf or NaN at {where} (the network's output overflows: "
+                                          f"weights too large?)")
+                raise DivergenceError(f"NaN or inf in the {what} of layer {names[int((~flags).nonzero()[0])]} at {where}")
+
+
+def _number(v):
+    return v.item() if torch.is_tensor(v) else v
 
 
 @dataclass
 class EpochStats:
-    """Running train metrics of the epoch in progress (checkpointed, so a resumed epoch goes on)."""
+    """Running train metrics of the epoch in progress (checkpointed, so a resumed epoch goes on).
+    Sums over batches stay on the device until read (`synced`), so iterations need no host sync."""
     seen: int = 0
-    correct: int = 0
-    loss_sum: float = 0.0
+    correct: Any = 0
+    loss_sum: Any = 0.0
     seconds: float = 0.0
     spikes: float = 0.0  # spiking networks: spikes of every phase
     synops: float = 0.0  # and their synaptic events
-    updates: float = 0.0  # synapses changed by the weight updates
+    updates: Any = 0.0  # synapses changed by the weight updates
+    steps: int = 0  # relaxation (simulation) steps of every phase
+    batches: int = 0
 
     def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.seen += y.shape[0]
-        self.loss_sum += float(loss.sum())
-        self.correct += int((logits.argmax(1) == y).sum())
+        self.loss_sum = self.loss_sum + loss.sum().double()
+        self.correct = self.correct + (logits.argmax(1) == y).sum()
+
+    def synced(self) -> "EpochStats":
+        """The same numbers as Python values (reads the device)."""
+        return EpochStats(**{f.name: _number(getattr(self, f.name)) for f in fields(self)})
 
     @property
     def acc(self) -> float:
-        return 100 * self.correct / max(self.seen, 1)
+        return 100 * _number(self.correct) / max(self.seen, 1)
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.seen, 1)
+        return _number(self.loss_sum) / max(self.seen, 1)
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self.synced())
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "EpochStats":
@@ -84,7 +116,7 @@ def energy(cfg: Config, spikes_per_inference: float, synops_per_inference: float
     prof = get_profile(cfg.plasticity.profile)
     seen = max(stats.seen, 1)
     inf = energy_estimate(prof, spikes_per_inference, synops_per_inference)
-    learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, stats.updates / seen)
+    learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, _number(stats.updates) / seen)
     return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"]}
 
 

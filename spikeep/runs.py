@@ -34,6 +34,7 @@ from .files import save_figure_atomic, save_torch_atomic, write_json_atomic, wri
 
 CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                 "steps_per_batch",  # relaxation (simulation) steps of all phases, mean per training batch
                  "spikes_per_inference", "synops_per_inference",  # spiking networks
                  "energy_inference_J", "energy_learning_J"]  # spiking networks with a chip profile
 
@@ -129,7 +130,7 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
-    fields = [f for f in METRIC_FIELDS if any(f in h for h in history)] or METRIC_FIELDS[:7]
+    fields = [f for f in METRIC_FIELDS if any(f in h for h in history)] or METRIC_FIELDS[:8]
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)

@@ -27,13 +27,13 @@ from .build import build_network, check_config, config_from_dict, make_learner, 
     make_plasticity, make_scheduler, resolve_device
 from .checkpoint import TrainState
 from .config import Config, read_json_config
-from .data import Split, augment, prepare_data
+from .data import Split, augment, check_labels, prepare_data
 from .distributed import Dist, average_gradients, barrier, init_distributed, share_run_dir, shard, \
     sum_over_processes
 from .evaluation import evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .learners import Learner, SpikingEP
-from .monitor import DivergenceError, EpochStats, check_finite, check_loss, energy, spike_pictures
+from .monitor import DivergenceError, EpochStats, FiniteChecks, energy, spike_pictures
 from .traces import TraceRecorder, layer_specs
 
 
@@ -103,10 +103,15 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
 
 def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
     ds = prepare_data(cfg.data)
+    check_labels(ds, cfg.model.n_classes)
     net = build_network(cfg, device)
+    net.check_labels = False  # checked once for the whole data set above: no device sync per batch
     opt = make_optimizer(net, cfg)
+    step_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    # augmentation and Poisson input draw on the run's device (the same generator on the CPU)
+    device_gen = step_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
-                    torch.Generator().manual_seed(cfg.train.seed + 1), make_plasticity(cfg, net))
+                    step_gen, make_plasticity(cfg, net), device_gen=device_gen)
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
@@ -123,9 +128,10 @@ def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: b
     log.info(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
              f"{ds.test.y.shape[0]} test), device {device}, {ddp.world} process(es), "
              f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
+    train_set = Split(ds.train.x.to(device), ds.train.y.to(device))  # on the device once, not every epoch
     try:
         while st.epoch < cfg.train.epochs:
-            seconds = _train_epoch(cfg, run_dir, ddp, device, progress, ds.train, st, learner, recorder)
+            seconds = _train_epoch(cfg, run_dir, ddp, device, progress, train_set, st, learner, recorder)
             _end_epoch(cfg, run_dir, ddp, log, ds.test, st, learner, recorder, seconds, n_batches)
     finally:
         if recorder is not None:
@@ -167,12 +173,13 @@ def _snapshot(recorder: TraceRecorder, learner: Learner, iteration: int, epoch: 
 
 def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, train_set: Split,
                  st: TrainState, learner: Learner, recorder: Optional[TraceRecorder]) -> float:
-    """The batches of one epoch from where the state stands; returns the epoch's training seconds."""
+    """The batches of one epoch from where the state stands; returns the epoch's training seconds.
+    Nothing is read from the device inside an iteration except every train.sync_every iterations
+    (finite checks, progress bar), before every checkpoint and at the epoch's end."""
     net, opt, d = st.net, st.opt, cfg.data
     epoch = st.epoch + 1
     layer_weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
-    train_x, train_y = train_set.x.to(device), train_set.y.to(device)
-    n_train, B = train_y.shape[0], cfg.train.batch_size
+    n_train, B = train_set.y.shape[0], cfg.train.batch_size
     n_batches = math.ceil(n_train / B)
     if st.batch == 0:
         st.order_state = st.order_gen.get_state()  # what a resume mid-epoch needs to replay the order
@@ -182,12 +189,13 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
     t0 = time.perf_counter() - st.stats.seconds
     bar = tqdm(total=n_batches, initial=st.batch, desc=f"epoch {epoch}/{cfg.train.epochs}",
                disable=not progress, leave=False)
+    checks = FiniteChecks()
     while st.batch < n_batches:
         idx = perm[st.batch * B:(st.batch + 1) * B]
-        x = train_x[idx]
+        x = train_set.x[idx]
         if d.crop_padding or d.hflip:
-            x = augment(x, st.step_gen, d.crop_padding, d.hflip, d.padding_mode)
-        y = train_y[idx]
+            x = augment(x, st.device_gen, d.crop_padding, d.hflip, d.padding_mode)
+        y = train_set.y[idx]
         n_global = y.shape[0]
         part = shard(ddp, n_global)
         if part is not None:
@@ -195,9 +203,10 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
         where = f"epoch {epoch}, iteration {st.batch + 1}"
         opt.zero_grad(set_to_none=False)
         if y.shape[0] > 0:
-            r = learner.estimate(x, y, st.step_gen)
+            r = learner.estimate(x, y, st.step_gen, st.device_gen)
             st.stats.spikes += r.spikes
             st.stats.synops += r.synops
+            st.stats.steps += r.steps
             named_state = list(zip(net.layer_names(), r.state))
         else:  # a short last batch left this process nothing: it contributes zero
             r = None
@@ -205,31 +214,35 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
                 p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
             learner.skip(st.step_gen)  # keep the generators in step
             named_state = [("input", x)]
-        check_finite(named_state, "state", where, ddp)
-        check_loss(r.loss if r is not None else None, where, ddp)
+        checks.add(named_state, "state", where)
+        checks.add_loss(r.loss if r is not None else None, where)
         if ddp.world > 1:
             average_gradients(net, y.shape[0], n_global)
-        check_finite([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
+        checks.add([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
         before = recorder.sample(layer_weights) if recorder is not None else None
         opt.step()
         if st.plasticity is not None:  # each synapse realises its update on its own grid / device
-            st.stats.updates += st.plasticity.apply()
+            st.stats.updates = st.stats.updates + st.plasticity.apply()
         else:
-            st.stats.updates += sum(w.numel() for w in layer_weights.values())
+            st.stats.updates = st.stats.updates + sum(w.numel() for w in layer_weights.values())
         learner.weights_changed()
-        check_finite(list(net.named_parameters()), "weights", where)
+        checks.add(list(net.named_parameters()), "weights", where)
         st.batch += 1
+        st.stats.batches += 1
         it_global = st.epoch * n_batches + st.batch
+        if r is not None:
+            st.stats.add_batch(r.loss, r.logits, y)
+        every = cfg.train.checkpoint_every
+        checkpoint_now = every and st.batch % every == 0 and st.batch < n_batches
+        if checkpoint_now or st.batch % cfg.train.sync_every == 0 or st.batch == n_batches or recorder is not None:
+            checks.check(ddp)  # traces record only checked iterations
+            bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
         if recorder is not None:
             recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()})
             if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
                 _snapshot(recorder, learner, it_global, epoch)
-        if r is not None:
-            st.stats.add_batch(r.loss, r.logits, y)
-            bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
         bar.update()
-        every = cfg.train.checkpoint_every
-        if every and st.batch % every == 0 and st.batch < n_batches and ddp.main:
+        if checkpoint_now and ddp.main:
             st.stats.seconds = time.perf_counter() - t0
             if recorder is not None:
                 recorder.flush()  # traces up to the checkpoint are on disk before it is
@@ -241,7 +254,7 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
 def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: TrainState, learner: Learner,
                recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
     """Evaluate, write the epoch's row, best.pt, traces, the checkpoint and the epoch files."""
-    epoch, stats, opt = st.epoch + 1, st.stats, st.opt
+    epoch, stats, opt = st.epoch + 1, st.stats.synced(), st.opt
     seen, correct, loss_sum = sum_over_processes(ddp, [stats.seen, stats.correct, stats.loss_sum])
     stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
     lr = opt.param_groups[0]["lr"]
@@ -255,7 +268,8 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
             raise DivergenceError(f"the test loss is {ev.loss} after epoch {epoch} (the network's output "
                                   f"overflows: weights too large?)")
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": ev.loss,
-               "test_acc": ev.acc, "lr": lr, "seconds": train_seconds}
+               "test_acc": ev.acc, "lr": lr, "seconds": train_seconds,
+               "steps_per_batch": stats.steps / max(stats.batches, 1)}
         if isinstance(learner, SpikingEP):
             row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
             row.update(energy(cfg, ev.spikes, ev.synops, stats))

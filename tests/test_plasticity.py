@@ -173,19 +173,19 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
         c = layer.weight.detach() / state[name]["scale"]
         assert torch.equal(c, c.round()) and float(c.abs().max()) <= 7
     calls = {"n": 0}
-    real = tr.check_finite
+    real = tr.FiniteChecks.add
 
-    def crash_at_iteration_17(named, what, where, ddp=None):
+    def crash_at_iteration_17(self, named, what, where):
         if what == "weights":
             calls["n"] += 1
             if calls["n"] == 17:
                 raise KeyboardInterrupt("simulated crash")
-        return real(named, what, where, ddp)
+        return real(self, named, what, where)
 
-    monkeypatch.setattr(tr, "check_finite", crash_at_iteration_17)
+    monkeypatch.setattr(tr.FiniteChecks, "add", crash_at_iteration_17)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, tmp_path / "b", progress=False, echo=False)
-    monkeypatch.setattr(tr, "check_finite", real)
+    monkeypatch.setattr(tr.FiniteChecks, "add", real)
     b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
     for p, q in zip(a.net.parameters(), b.net.parameters()):
         assert torch.equal(p, q)

@@ -39,19 +39,19 @@ def interrupted_run(folder, overrides=TRACED, at=7, monkeypatch=None):
     import spikeep.trainer as tr
 
     calls = {"n": 0}
-    real = tr.check_finite
+    real = tr.FiniteChecks.add
 
-    def crash(named, what, where, ddp=None):
+    def crash(self, named, what, where):
         if what == "weights":
             calls["n"] += 1
             if calls["n"] == at:
                 raise KeyboardInterrupt("simulated crash")
-        return real(named, what, where, ddp)
+        return real(self, named, what, where)
 
-    monkeypatch.setattr(tr, "check_finite", crash)
+    monkeypatch.setattr(tr.FiniteChecks, "add", crash)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(QUICK, overrides), folder, progress=False, echo=False)
-    monkeypatch.setattr(tr, "check_finite", real)
+    monkeypatch.setattr(tr.FiniteChecks, "add", real)
 
 
 # 1. resume of a folder without a checkpoint --------------------------------------------------------

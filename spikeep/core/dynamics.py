@@ -24,20 +24,21 @@ def _check_steps(T: int, what: str) -> None:
 
 
 def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
-          tol: float = 0.0) -> Relaxed:
+          tol: float = 0.0, every: int = 1) -> Relaxed:
     """Run s_{t+1} = sigma(dPhi^beta/ds) for at most T steps from `state`.
 
-    With tol > 0 the loop stops at the first step whose largest change is below tol (this reads one
-    number from the device per step). Runs under no_grad unless autograd is wanted by the caller
-    (BPTT relaxes with the same step function).
+    With tol > 0 the loop stops at the first checked step whose largest change is below tol; a check
+    reads one number from the device, and runs every `every` steps (1: each step). Runs under no_grad
+    unless autograd is wanted by the caller (BPTT relaxes with the same step function).
     """
     _check_steps(T, "T")
+    _check_steps(every, "the convergence check interval")
     if beta != 0.0 and inp.target is None:
         raise ValueError("a nudged phase (beta != 0) needs labels y")
     delta = float("nan")
     for t in range(T):
         new = net.step(inp, state, beta)
-        if tol > 0:
+        if tol > 0 and (t + 1) % every == 0:
             delta = float(torch.stack([(a - b).abs().max() for a, b in zip(new, state)]).max())  # one sync
             state = new
             if delta < tol:
@@ -49,18 +50,18 @@ def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
 
 @torch.no_grad()
 def free_phase(net: EqNetwork, inp: Inputs, T1: int, state: State | None = None,
-               tol: float = 0.0) -> Relaxed:
+               tol: float = 0.0, every: int = 1) -> Relaxed:
     """First phase: from `state` (zeros by default) to the free equilibrium s*."""
     _check_steps(T1, "T1")
     state = net.init_state(inp.x.shape[0]) if state is None else state
-    return relax(net, inp, state, T1, 0.0, tol)
+    return relax(net, inp, state, T1, 0.0, tol, every)
 
 
 @torch.no_grad()
 def nudged_phase(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float,
-                 tol: float = 0.0) -> Relaxed:
+                 tol: float = 0.0, every: int = 1) -> Relaxed:
     """Nudged phase: from s* with the loss pulling the output, for any beta != 0 (+ or -)."""
     _check_steps(T2, "T2")
     if beta == 0.0:
         raise ValueError("a nudged phase needs beta != 0")
-    return relax(net, inp, s_free, T2, beta, tol)
+    return relax(net, inp, s_free, T2, beta, tol, every)

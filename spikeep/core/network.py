@@ -76,6 +76,7 @@ class EqNetwork(nn.Module):
         self.layer_shapes = [s.post_shape for s in synapses]
         self.memory_format = torch.contiguous_format
         self.drive_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: drives in it, states as stored
+        self.check_labels = True  # prepare() checks label ranges (one device sync); off once a data set is checked
 
     def use_drive_dtype(self, dtype: Optional[torch.dtype]) -> "EqNetwork":
         """Compute the drives of relaxation steps in `dtype` (autocast; bfloat16 for the bf16 precision)
@@ -136,7 +137,7 @@ class EqNetwork(nn.Module):
             if y.shape != (x.shape[0],):
                 raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
             y = y.to(p.device)
-            if y.numel():
+            if y.numel() and self.check_labels:
                 lo, hi = (int(v) for v in torch.aminmax(y))  # one device sync per batch
                 if lo < 0 or hi >= self.n_classes:
                     raise ValueError(f"labels must lie in [0, {self.n_classes}), got {lo}..{hi}")

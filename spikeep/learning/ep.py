@@ -22,15 +22,17 @@ class EPResult(NamedTuple):
 
 def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
                  beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
-                 generator: Optional[torch.Generator] = None, state: Optional[State] = None) -> EPResult:
-    """Free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen estimate in .grad."""
+                 generator: Optional[torch.Generator] = None, state: Optional[State] = None,
+                 tol_every: int = 1) -> EPResult:
+    """Free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen estimate in .grad; with
+    tol > 0 a phase ends early once converged (checked every `tol_every` steps)."""
     check_estimator(estimator, beta)
     with torch.no_grad():
         inp = net.prepare(x, y)
-        free = free_phase(net, inp, T1, state, tol)
+        free = free_phase(net, inp, T1, state, tol, tol_every)
         beta = nudge_beta(estimator, beta, generator)
-        plus = nudged_phase(net, inp, free.state, T2, beta, tol)
-        minus = nudged_phase(net, inp, free.state, T2, -beta, tol) if estimator == "symmetric" else None
+        plus = nudged_phase(net, inp, free.state, T2, beta, tol, tol_every)
+        minus = nudged_phase(net, inp, free.state, T2, -beta, tol, tol_every) if estimator == "symmetric" else None
         steps = free.steps + plus.steps + (minus.steps if minus is not None else 0)
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
         write_grads(net, estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq))

@@ -151,7 +151,8 @@ class QuantizedSynapses:
         return self.scale * self.codes
 
     def _uniform(self, like: Tensor) -> Tensor:
-        u = torch.rand(like.shape, generator=self.gen, dtype=like.dtype)
+        """Uniform numbers drawn on the generator's device (the weights' device: no host copy)."""
+        u = torch.rand(like.shape, generator=self.gen, dtype=like.dtype, device=self.gen.device)
         return u.to(like.device)
 
     def grid_move(self, delta: Tensor) -> Tensor:
@@ -210,7 +211,7 @@ class QuantizedSynapses:
             g_dn = depression_curve(p_dn, L, spec.nu_d)
             step = torch.where(up, g_up - g, torch.where(down, g_dn - g, torch.zeros_like(g)))
             if spec.noise > 0:
-                n = torch.randn(g.shape, generator=self.gen, dtype=g.dtype).to(g.device)
+                n = torch.randn(g.shape, generator=self.gen, dtype=g.dtype, device=self.gen.device).to(g.device)
                 step = step * (1 + spec.noise * n)
             self.g = (g + step).clamp(0, 1)
             remaining = remaining - up.to(remaining.dtype) + down.to(remaining.dtype)
@@ -224,7 +225,8 @@ class Plasticity:
 
     def __init__(self, net, spec: SynapseSpec, seed: int = 0):
         self.spec = spec
-        self.gen = torch.Generator().manual_seed(seed)
+        # random numbers (stochastic rounding, device noise) are drawn where the weights live
+        self.gen = torch.Generator(device=net.layers[0].weight.device).manual_seed(seed)
         self.layers = {name: QuantizedSynapses(layer.weight, spec, self.gen)
                        for name, layer in zip(net.layer_names(), net.layers)} if spec.bits else {}
         self._weights = {name: layer.weight for name, layer in zip(net.layer_names(), net.layers)}
@@ -237,16 +239,16 @@ class Plasticity:
             self._weights[name].copy_(q.weight())
 
     @torch.no_grad()
-    def apply(self) -> int:
+    def apply(self) -> torch.Tensor:
         """Realise every layer's proposed update; returns how many synapses changed (their count is
-        what a chip pays update energy for)."""
-        changed = torch.zeros((), dtype=torch.int64)
+        what a chip pays update energy for), as a tensor on the weights' device (no host sync)."""
+        changed = torch.zeros((), dtype=torch.int64, device=self.gen.device)
         for name, q in self.layers.items():
             w = self._weights[name]
             old = w.detach().clone()
             q.apply(w, old)
-            changed = changed + (w != old).sum().cpu()
-        return int(changed)
+            changed = changed + (w != old).sum()
+        return changed
 
     def state_dict(self) -> dict:
         """What a checkpoint needs: each layer's scale, codes or conductances, residual; the generator."""

@@ -23,17 +23,20 @@ class SpikingEPResult(NamedTuple):
 
 def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator: str = "symmetric",
                          beta: float = 0.5, T1: int = 200, T2: int = 100,
-                         generator: Optional[torch.Generator] = None) -> SpikingEPResult:
+                         generator: Optional[torch.Generator] = None,
+                         poisson_generator: Optional[torch.Generator] = None) -> SpikingEPResult:
     """Free phase, nudged phase(s) from the free network state, and the local spike-rate estimate
-    written into .grad (same sign convention as the rate network's)."""
+    written into .grad (same sign convention as the rate network's). `generator` draws the random
+    sign, `poisson_generator` (default: `generator`) the Poisson input spikes."""
     check_estimator(estimator, beta)
     net = sim.net
+    pg = poisson_generator if poisson_generator is not None else generator
     with torch.no_grad():
         inp = net.prepare(x, y)
-        free = sim.run_phase(inp, None, T1, 0.0, generator)
+        free = sim.run_phase(inp, None, T1, 0.0, pg)
         beta = nudge_beta(estimator, beta, generator)
-        plus = sim.run_phase(inp, free.state, T2, beta, generator)
-        minus = sim.run_phase(inp, free.state, T2, -beta, generator) if estimator == "symmetric" else None
+        plus = sim.run_phase(inp, free.state, T2, beta, pg)
+        minus = sim.run_phase(inp, free.state, T2, -beta, pg) if estimator == "symmetric" else None
 
         def delta(a: Phase, beta_a: float, b: Phase, beta_b: float) -> Grads:
             # rates of each synapse's two layers (the input's for the first: x itself for constant current)
