@@ -1,5 +1,6 @@
 """The same code on CUDA: explicit drives equal autograd there, and CUDA agrees with CPU.
-Skipped cleanly where no GPU is present (CI has none)."""
+Skipped cleanly where no GPU is present (CI has none). Each test states the precision it checks:
+float64, or float32 with TF32 off (dynamics.precision = "strict"; cuDNN would use TF32 by default)."""
 import pytest
 import torch
 
@@ -30,6 +31,10 @@ def test_cuda_drives_equal_autograd_and_cpu():
 
 
 def test_cuda_ep_step_matches_cpu_float32():
+    """Strict float32 (TF32 off for matmuls and cuDNN) against the CPU, estimate by estimate."""
+    from spikeep.build import set_precision
+
+    set_precision("strict")
     net = small_conv(loss="cross_entropy").float()
     cuda = small_conv(loss="cross_entropy").float().cuda()
     x, y = batch_for(net, 8)
@@ -65,3 +70,61 @@ def test_cuda_spiking_back_ends_and_local_update_match_cpu():
                          60, 40, g_cuda)
     for p, q in zip(net.parameters(), cuda.parameters()):
         torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_cuda_max_pool_tie_rule_and_layouts_match_cpu():
+    """Off the CPU the explicit tie rule runs: same values, same winners and the same unpooling as the
+    CPU kernels, in both memory formats; a tie-heavy ConvNet settles the same in NCHW and NHWC."""
+    from conftest import small_conv
+    from spikeep.core.interactions import max_pool_2x2, max_unpool_2x2
+
+    g = torch.Generator().manual_seed(0)
+    ties = torch.randint(0, 3, (4, 6, 9, 11), generator=g).double()
+    for t in (ties, ties.contiguous(memory_format=torch.channels_last)):
+        v, i = max_pool_2x2(t)
+        vc, ic = max_pool_2x2(t.cuda())
+        assert torch.equal(vc.cpu(), v)
+        assert torch.equal(max_unpool_2x2(vc, ic, t.shape[2:]).cpu(), max_unpool_2x2(v, i, t.shape[2:]))
+    kw = dict(pools="mmm", paddings=(0, 0, 0), strides=(1, 1, 1), channels=(4, 6, 8), loss="cross_entropy",
+              hidden=(), in_shape=(2, 30, 30), scale=2.0)
+    net, nhwc = small_conv(**kw).cuda(), small_conv(**kw).cuda().use_channels_last()
+    x, y = batch_for(net)
+    a = free_phase(net, net.prepare(x.cuda(), y.cuda()), 60).state
+    b = free_phase(nhwc, nhwc.prepare(x.cuda(), y.cuda()), 60).state
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypatch):
+    """20 iterations on CUDA with train.deterministic = true, interrupted after 7 and resumed: the same
+    weights as without the interruption, bit for bit."""
+    from conftest import REPO
+    import spikeep.trainer as tr
+    from spikeep import runs
+    from spikeep.build import load_config
+
+    over = ['dynamics.device="cuda"', "train.deterministic=true", "data.subset=500", "model.hidden=[64]",
+            "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5", "train.checkpoint_every=3", "train.epochs=1",
+            "estimator.name=random_sign", "data.crop_padding=2", "data.hflip=true"]
+    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    try:
+        tr.train(cfg, tmp_path / "a", progress=False, echo=False)
+        calls, real = {"n": 0}, tr.FiniteChecks.add
+
+        def crash(self, named, what, where):
+            if what == "weights":
+                calls["n"] += 1
+                if calls["n"] == 7:
+                    raise KeyboardInterrupt("simulated crash")
+            return real(self, named, what, where)
+
+        monkeypatch.setattr(tr.FiniteChecks, "add", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tr.train(cfg, tmp_path / "b", progress=False, echo=False)
+        monkeypatch.setattr(tr.FiniteChecks, "add", real)
+        tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    wa = runs.load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    wb = runs.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
