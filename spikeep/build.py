@@ -146,10 +146,10 @@ def make_learner(cfg: Config, net: EqNetwork) -> Learner:
     d, e = cfg.dynamics, cfg.estimator
     if cfg.model.neurons == "spiking":
         s = cfg.spiking
-        return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2)
+        return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2, e.kp_leak)
     if e.name == "bptt":
         return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
-    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every)
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:

@@ -45,6 +45,7 @@ class ModelConfig:
     loss: str = "mse"  # "mse" or "cross_entropy"
     init_scale: Union[float, list[float]] = 1.0  # one for all layers or one per layer
     neurons: str = "rate"  # "rate" (Eq. 8 dynamics) or "spiking" (IF / LIF-box twin, see [spiking])
+    unidirectional: bool = False  # separate feedback weights w_b for every synapse but the first (Sec. 2.4)
 
     def validate(self) -> None:
         n = len(self.channels)
@@ -96,15 +97,17 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
 
-ESTIMATORS = ("one_sided", "random_sign", "symmetric", "bptt")
+ESTIMATORS = ("one_sided", "random_sign", "symmetric", "sym_vf", "sym_kp_vf", "bptt")
 
 
 @dataclass
 class EstimatorConfig:
-    """Which gradient: EP one-sided (Eq. 4), random-sign, symmetric (Eq. 12), or BPTT."""
+    """Which gradient: EP one-sided (Eq. 4), random-sign, symmetric (Eq. 12); for unidirectional
+    networks symVF (Eq. 20) or symKP-VF (Eq. 21, with leakage kp_leak); or BPTT."""
     name: str = "symmetric"
     beta: float = 0.5
     truncate: int = 0  # BPTT only: backpropagate through the last `truncate` steps (0: all T1)
+    kp_leak: float = 0.0  # sym_kp_vf: leakage lambda shared by w_f and w_b (Eq. 21)
 
     def validate(self) -> None:
         if self.name not in ESTIMATORS:
@@ -113,6 +116,8 @@ class EstimatorConfig:
             raise ConfigError(f"estimator.beta must be a nonzero finite number for EP, got {self.beta}")
         if self.truncate < 0:
             raise ConfigError(f"estimator.truncate must be >= 0, got {self.truncate}")
+        if self.kp_leak < 0:
+            raise ConfigError(f"estimator.kp_leak must be >= 0, got {self.kp_leak}")
 
 
 @dataclass
@@ -278,6 +283,9 @@ class Config:
         self.data.validate()
         self.traces.validate()
         self.spiking.validate()
+        if self.estimator.name in ("sym_vf", "sym_kp_vf") and not self.model.unidirectional:
+            raise ConfigError(f"estimator.name = {self.estimator.name!r} is for networks with separate feedback "
+                              f"weights: set model.unidirectional = true")
         if self.model.neurons == "spiking" and self.estimator.name == "bptt":
             raise ConfigError("estimator.name = 'bptt' needs model.neurons = 'rate' (spikes have no gradient "
                               "here); spiking networks learn with one_sided, random_sign or symmetric EP")

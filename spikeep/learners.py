@@ -75,13 +75,13 @@ class _RateNetwork(Learner):
 
 class RateEP(_RateNetwork):
     def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0,
-                 tol_every: int = 1):
+                 tol_every: int = 1, kp_leak: float = 0.0):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
-        self.tol, self.tol_every = tol, tol_every
+        self.tol, self.tol_every, self.kp_leak = tol, tol_every, kp_leak
 
     def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
-                         tol_every=self.tol_every)
+                         tol_every=self.tol_every, kp_leak=self.kp_leak)
         return StepResult(r.loss, r.logits, r.s_free, steps=r.steps)
 
     def skip(self, generator=None) -> None:
@@ -102,13 +102,14 @@ class BPTT(_RateNetwork):
 class SpikingEP(Learner):
     """Spiking EP; owns one SpikingSimulator for the network, reused across batches and evaluations."""
 
-    def __init__(self, net: EqNetwork, params: SpikingParams, estimator: str, beta: float, T1: int, T2: int):
-        self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
+    def __init__(self, net: EqNetwork, params: SpikingParams, estimator: str, beta: float, T1: int, T2: int,
+                 kp_leak: float = 0.0):
+        self.net, self.estimator, self.beta, self.T1, self.T2, self.kp_leak = net, estimator, beta, T1, T2, kp_leak
         self.sim = SpikingSimulator(net, params)
 
     def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
         r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator,
-                                 device_generator)
+                                 device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()
         return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps)
 

@@ -108,6 +108,20 @@ class EpochStats:
         return cls(**d)
 
 
+def alignment_angles(net) -> dict[str, torch.Tensor]:
+    """Angle in degrees between the forward and the feedback weights of every layer that has separate
+    feedback weights (Laborieux et al. 2021, Fig. 5): 0 when aligned, about 90 for independent random
+    weights. Computed in float64 on the device (read it when needed)."""
+    out = {}
+    for name, layer in zip(net.layer_names(), net.layers):
+        wb = getattr(layer, "weight_b", None)
+        if wb is not None:
+            f, b = layer.weight.detach().double().flatten(), wb.detach().double().flatten()
+            cos = (f @ b) / (f.norm() * b.norm()).clamp_min(1e-300)
+            out[name] = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    return out
+
+
 def energy(cfg: Config, spikes_per_inference: float, synops_per_inference: float, stats: EpochStats) -> dict:
     """Energy estimates of the chip profile (if any and if it has figures): per inference, and per
     training sample (its three phases plus its share of the iteration's weight updates)."""

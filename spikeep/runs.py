@@ -131,6 +131,7 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
 def write_metrics(path: Path, history: list[dict]) -> None:
     buf = io.StringIO()
     fields = [f for f in METRIC_FIELDS if any(f in h for h in history)] or METRIC_FIELDS[:8]
+    fields += sorted({k for h in history for k in h if k.startswith("angle_")})  # unidirectional layers
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
@@ -152,6 +153,27 @@ def write_epoch_files(run_dir: Path, history: list[dict], epochs: int, title: st
     write_metrics(run_dir / "metrics.csv", history)
     write_json_atomic(run_dir / "summary.json", summary(history, sum(h["seconds"] for h in history), epochs))
     plot_curves(run_dir / "curves.png", history, title)
+    if any(k.startswith("angle_") for k in history[-1]):
+        plot_angles(run_dir / "angles.png", history, title)
+
+
+def plot_angles(path: Path, history: list[dict], title: str) -> None:
+    """Angle between forward and feedback weights per layer and epoch (Laborieux et al. 2021, Fig. 5)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key in sorted(k for k in history[-1] if k.startswith("angle_")):
+        ax.plot(ep, [h.get(key, float("nan")) for h in history], "o-", label=key[len("angle_"):])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("angle(w_f, w_b) (degrees)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:

@@ -33,7 +33,7 @@ from .distributed import Dist, average_gradients, barrier, init_distributed, sha
 from .evaluation import evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .learners import Learner, SpikingEP
-from .monitor import DivergenceError, EpochStats, FiniteChecks, energy, spike_pictures
+from .monitor import DivergenceError, EpochStats, FiniteChecks, alignment_angles, energy, spike_pictures
 from .traces import TraceRecorder, layer_specs
 
 
@@ -269,7 +269,8 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
                                   f"overflows: weights too large?)")
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": ev.loss,
                "test_acc": ev.acc, "lr": lr, "seconds": train_seconds,
-               "steps_per_batch": stats.steps / max(stats.batches, 1)}
+               "steps_per_batch": stats.steps / max(stats.batches, 1),
+               **{f"angle_{n}": float(a) for n, a in alignment_angles(net).items()}}
         if isinstance(learner, SpikingEP):
             row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
             row.update(energy(cfg, ev.spikes, ev.synops, stats))

@@ -8,7 +8,7 @@ from conftest import batch_for, small_conv, small_mlp
 from spikeep.learning.bptt import bptt_gradients
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.learning.ep import ep_gradients
-from spikeep.core.interactions import Dense
+from spikeep.core.interactions import UniDense
 from spikeep.learning.estimators import one_sided_estimate, symmetric_estimate, write_grads
 
 BETAS = (0.4, 0.2, 0.1, 0.05)
@@ -154,34 +154,12 @@ def test_tolerance_ends_a_phase_early():
         assert float((a - b).abs().max()) < 1e-4
 
 
-class _OwnFeedback(Dense):
-    """A new kind of interaction with feedback weights of its own (the unidirectional synapse of the
-    paper's section 2.4, in its simplest form): nothing in the estimators or the network changes."""
-    param_names = ("weight", "bias", "weight_b")
-
-    def __init__(self, pre_shape, n_out):
-        super().__init__(pre_shape, n_out)
-        self.weight_b = torch.nn.Parameter(self.weight.detach().clone())
-
-    @property
-    def feedback_weight(self):
-        return self.weight_b
-
-    def local_update(self, pre, post):
-        g = super().local_update(pre, post)
-        return {**g, "weight_b": g["weight"]}
-
-    def local_update_delta(self, pre_a, post_a, pre_b, post_b):
-        g = super().local_update_delta(pre_a, post_a, pre_b, post_b)
-        return {**g, "weight_b": g["weight"]}
-
-
 def test_a_new_interaction_kind_needs_no_change_elsewhere():
     net = small_mlp(hidden=(12, 9), in_shape=(1, 5, 5), n_classes=4)
     x, y = batch_for(net, 6)
     ep_gradients(net, x, y, "symmetric", 0.2, 40, 20)
     ref = {n: p.grad.clone() for n, p in net.named_parameters()}
-    own = _OwnFeedback((12,), 9).double()
+    own = UniDense((12,), 9).double()  # a kind with feedback weights of its own (section 2.4)
     with torch.no_grad():
         own.weight.copy_(net.synapses[1].weight)
         own.bias.copy_(net.synapses[1].bias)

@@ -309,3 +309,49 @@ class Conv(Interaction):
     def extra_repr(self) -> str:
         return (f"{self.pre_shape} -> {self.post_shape}, kernel={self.kernel}, stride={self.stride}, "
                 f"padding={self.padding}, pool={self.pool_kind!r}")
+
+
+class _Unidirectional:
+    """Separate feedback weights w_b (no bias), initialised independently of the forward weights w_f
+    (Laborieux et al. 2021, section 2.4): the feedback drive goes through w_b. A max-pool synapse
+    unpools its feedback with the indices of its forward pooling, the only information w_f and w_b
+    share. The local update of w_b is its vector-field term (Eq. 20), dF/dw_b . s = the correlation of
+    the same two layers as for w_f (pre, unpooled post): equal to w_f's, so the estimators need no
+    change; `kolen_pollack` (learning.estimators) adds the shared update with leakage (Eq. 21).
+    There is no energy when w_b != w_f: `phi` is the forward terms (Phi of the tied network)."""
+    param_names = ("weight", "bias", "weight_b")
+
+    def _init_feedback(self, fan_in: int, scale: float) -> None:
+        self.weight_b = nn.Parameter(torch.empty_like(self.weight))
+        _standard_init(self.weight_b, None, fan_in, scale)
+
+    @property
+    def feedback_weight(self) -> Tensor:
+        return self.weight_b
+
+    def local_update(self, pre: Tensor, post: Tensor) -> Grads:
+        g = super().local_update(pre, post)
+        return {**g, "weight_b": g["weight"]}
+
+    def local_update_delta(self, pre_a: Tensor, post_a: Tensor, pre_b: Tensor, post_b: Tensor) -> Grads:
+        g = super().local_update_delta(pre_a, post_a, pre_b, post_b)
+        return {**g, "weight_b": g["weight"]}
+
+
+class UniDense(_Unidirectional, Dense):
+    """Dense synapses with separate feedback weights w_b (same layout as W)."""
+    kind = "unidense"
+
+    def __init__(self, pre_shape: tuple[int, ...], n_out: int, scale: float = 1.0):
+        super().__init__(pre_shape, n_out, scale)
+        self._init_feedback(math.prod(self.pre_shape), scale)
+
+
+class UniConv(_Unidirectional, Conv):
+    """Convolutional synapses with separate feedback kernels w_b (same layout as w, used transposed)."""
+    kind = "uniconv"
+
+    def __init__(self, pre_shape: tuple[int, int, int], out_channels: int, kernel: int,
+                 stride: int = 1, padding: int = 0, pool: str = "m", scale: float = 1.0):
+        super().__init__(pre_shape, out_channels, kernel, stride, padding, pool, scale)
+        self._init_feedback(pre_shape[0] * kernel * kernel, scale)

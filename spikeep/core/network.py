@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout
+from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout, UniConv, UniDense
 from .neurons import get_activation
 
 Tensor = torch.Tensor
@@ -55,18 +55,22 @@ class EqNetwork(nn.Module):
 
         synapses: list[nn.Module] = []
         shape: tuple[int, ...] = self.input_shape
+        # unidirectional networks: separate feedback weights for every synapse but the first (its
+        # input is clamped, nothing is fed back to it)
+        conv_kind = lambda i: UniConv if cfg.unidirectional and i > 0 else Conv  # noqa: E731
+        dense_kind = lambda i: UniDense if cfg.unidirectional and i > 0 else Dense  # noqa: E731
         for i, ch in enumerate(cfg.channels):
             if len(shape) != 3:
                 raise ValueError(f"conv layer {i} needs a (channels, height, width) input, got {shape}")
-            conv = Conv(shape, ch, cfg.kernels[i], cfg.strides[i], cfg.paddings[i], cfg.pools[i],
-                        scales[i])
+            conv = conv_kind(i)(shape, ch, cfg.kernels[i], cfg.strides[i], cfg.paddings[i], cfg.pools[i],
+                                scales[i])
             synapses.append(conv)
             shape = conv.post_shape
         for j, n in enumerate(cfg.hidden):
-            synapses.append(Dense(shape, n, scales[len(cfg.channels) + j]))
+            synapses.append(dense_kind(len(synapses))(shape, n, scales[len(cfg.channels) + j]))
             shape = (n,)
         if cfg.loss == "mse":  # the output layer is a layer of the dynamics (Eq. 16)
-            synapses.append(Dense(shape, cfg.n_classes, scales[-1]))
+            synapses.append(dense_kind(len(synapses))(shape, cfg.n_classes, scales[-1]))
             readout = None
         else:  # w_out: softmax readout outside the dynamics (Eq. 17)
             readout = SoftmaxReadout(shape, cfg.n_classes, scales[-1])
@@ -90,7 +94,9 @@ class EqNetwork(nn.Module):
         self.memory_format = torch.channels_last if enable else torch.contiguous_format
         for syn in self.synapses:
             if isinstance(syn, Conv):
-                syn.weight.data = syn.weight.data.contiguous(memory_format=self.memory_format)
+                for p in (syn.weight, getattr(syn, "weight_b", None)):
+                    if p is not None:
+                        p.data = p.data.contiguous(memory_format=self.memory_format)
         return self
 
     def _layout(self, t: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from ..core.dynamics import free_phase, nudged_phase
 from ..core.network import EqNetwork, State
-from .estimators import Equilibria, check_estimator, estimate, nudge_beta, write_grads
+from .estimators import Equilibria, check_estimator, estimate, finish, needs_minus, nudge_beta, write_grads
 
 Tensor = torch.Tensor
 
@@ -23,7 +23,7 @@ class EPResult(NamedTuple):
 def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
                  beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
                  generator: Optional[torch.Generator] = None, state: Optional[State] = None,
-                 tol_every: int = 1) -> EPResult:
+                 tol_every: int = 1, kp_leak: float = 0.0) -> EPResult:
     """Free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen estimate in .grad; with
     tol > 0 a phase ends early once converged (checked every `tol_every` steps)."""
     check_estimator(estimator, beta)
@@ -32,8 +32,9 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
         free = free_phase(net, inp, T1, state, tol, tol_every)
         beta = nudge_beta(estimator, beta, generator)
         plus = nudged_phase(net, inp, free.state, T2, beta, tol, tol_every)
-        minus = nudged_phase(net, inp, free.state, T2, -beta, tol, tol_every) if estimator == "symmetric" else None
+        minus = nudged_phase(net, inp, free.state, T2, -beta, tol, tol_every) if needs_minus(estimator) else None
         steps = free.steps + plus.steps + (minus.steps if minus is not None else 0)
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
-        write_grads(net, estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq))
+        g = estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq)
+        write_grads(net, finish(estimator, g, net, kp_leak))
         return EPResult(free.state, net.loss(free.state, inp.y), net.logits(free.state), steps, beta)

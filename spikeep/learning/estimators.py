@@ -9,6 +9,10 @@ the gradient of the loss), so any torch.optim optimizer applies it once it is wr
     one-sided   (Eq. 4):  g = -1/beta       (dPhi^beta/dtheta(s^beta) - dPhi/dtheta(s*))
     random-sign:          the one-sided estimate with beta -> +-beta drawn at random per batch
     symmetric   (Eq. 12): g = -1/(2 beta)   (dPhi^beta/dtheta(s^beta) - dPhi^-beta/dtheta(s^-beta))
+    symVF       (Eq. 20): the symmetric difference of the vector-field terms dF/dtheta . s, each of w_f
+                          and w_b its own (unidirectional networks: the interactions' local updates)
+    symKP-VF    (Eq. 21): w_f and w_b both get the mean of their two symVF estimates, each with the same
+                          leakage lambda theta (Kolen-Pollack), so independent w_f, w_b converge
 
 The two terms of each difference are nearly equal (for the first conv layer of the paper's ConvNet
 their difference is ~3e5 times smaller than they are), so `delta` differences the phases' states
@@ -24,7 +28,8 @@ import torch.nn as nn
 
 Tensor = torch.Tensor
 Grads = dict[str, Tensor]
-EP_ESTIMATORS = ("one_sided", "random_sign", "symmetric")
+EP_ESTIMATORS = ("one_sided", "random_sign", "symmetric", "sym_vf", "sym_kp_vf")
+FEEDBACK = "weight_b"  # the parameter name of an interaction's own feedback weights
 
 
 def check_estimator(name: str, beta: float) -> None:
@@ -32,6 +37,11 @@ def check_estimator(name: str, beta: float) -> None:
         raise ValueError(f"unknown EP estimator {name!r}; use one of {', '.join(EP_ESTIMATORS)}")
     if beta == 0.0:
         raise ValueError("EP needs a nonzero beta for its nudged phase")
+
+
+def needs_minus(name: str) -> bool:
+    """Whether the estimator uses a -beta phase (the symmetric family)."""
+    return name in ("symmetric", "sym_vf", "sym_kp_vf")
 
 
 def draw_sign(beta: float, generator: Optional[torch.Generator] = None) -> float:
@@ -72,11 +82,30 @@ class Equilibria(NamedTuple):
 
 def estimate(name: str, delta: Delta, eq: Equilibria) -> Grads:
     """The named estimate from equilibria (see the module docstring for `delta`)."""
-    if name == "symmetric":
+    if name in ("symmetric", "sym_vf", "sym_kp_vf"):
         return symmetric_estimate(delta, eq.plus, eq.minus, eq.beta)
     if name in ("one_sided", "random_sign"):
         return one_sided_estimate(delta, eq.free, eq.plus, eq.beta)
     raise ValueError(f"unknown EP estimator {name!r}; use one of {', '.join(EP_ESTIMATORS)}")
+
+
+def kolen_pollack(grads: Grads, params: dict[str, Tensor], leak: float) -> Grads:
+    """Eq. 21 for every pair (w_f, w_b): both get (g_f + g_b) / 2 plus the same leakage leak * theta
+    (in .grad's sign convention, the gradient of the loss: the update -lr * g shrinks each weight)."""
+    out = dict(grads)
+    for name_b in (n for n in grads if n.rsplit(".", 1)[-1] == FEEDBACK):
+        name_f = name_b[: -len(FEEDBACK)] + "weight"
+        mean = (grads[name_f] + grads[name_b]) * 0.5
+        out[name_f] = mean + leak * params[name_f].detach()
+        out[name_b] = mean + leak * params[name_b].detach()
+    return out
+
+
+def finish(name: str, grads: Grads, module: nn.Module, kp_leak: float = 0.0) -> Grads:
+    """The estimator's last touch before .grad: Kolen-Pollack's shared update for sym_kp_vf."""
+    if name == "sym_kp_vf":
+        return kolen_pollack(grads, dict(module.named_parameters()), kp_leak)
+    return grads
 
 
 def write_grads(module: nn.Module, grads: Grads) -> None:

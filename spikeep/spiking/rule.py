@@ -8,7 +8,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..learning.ep import EPResult
-from ..learning.estimators import Equilibria, Grads, check_estimator, estimate, nudge_beta, write_grads
+from ..learning.estimators import (Equilibria, Grads, check_estimator, estimate, finish, needs_minus, nudge_beta,
+                                  write_grads)
 from .metrics import Counts
 from .simulator import Phase, SpikingSimulator
 
@@ -24,7 +25,8 @@ class SpikingEPResult(NamedTuple):
 def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator: str = "symmetric",
                          beta: float = 0.5, T1: int = 200, T2: int = 100,
                          generator: Optional[torch.Generator] = None,
-                         poisson_generator: Optional[torch.Generator] = None) -> SpikingEPResult:
+                         poisson_generator: Optional[torch.Generator] = None,
+                         kp_leak: float = 0.0) -> SpikingEPResult:
     """Free phase, nudged phase(s) from the free network state, and the local spike-rate estimate
     written into .grad (same sign convention as the rate network's). `generator` draws the random
     sign, `poisson_generator` (default: `generator`) the Poisson input spikes."""
@@ -36,14 +38,15 @@ def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator:
         free = sim.run_phase(inp, None, T1, 0.0, pg)
         beta = nudge_beta(estimator, beta, generator)
         plus = sim.run_phase(inp, free.state, T2, beta, pg)
-        minus = sim.run_phase(inp, free.state, T2, -beta, pg) if estimator == "symmetric" else None
+        minus = sim.run_phase(inp, free.state, T2, -beta, pg) if needs_minus(estimator) else None
 
         def delta(a: Phase, beta_a: float, b: Phase, beta_b: float) -> Grads:
             # rates of each synapse's two layers (the input's for the first: x itself for constant current)
             return net.dphi_dtheta_delta(inp._replace(x=a.input_rate), a.rates, beta_a,
                                          inp._replace(x=b.input_rate), b.rates, beta_b)
 
-        write_grads(net, estimate(estimator, delta, Equilibria(free, plus, minus, beta)))
+        g = estimate(estimator, delta, Equilibria(free, plus, minus, beta))
+        write_grads(net, finish(estimator, g, net, kp_leak))
         counts, steps = free.counts + plus.counts, free.steps + plus.steps
         if minus is not None:
             counts, steps = counts + minus.counts, steps + minus.steps
