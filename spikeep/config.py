@@ -46,6 +46,7 @@ class ModelConfig:
     init_scale: Union[float, list[float]] = 1.0  # one for all layers or one per layer
     neurons: str = "rate"  # "rate" (Eq. 8 dynamics) or "spiking" (IF / LIF-box twin, see [spiking])
     unidirectional: bool = False  # separate feedback weights w_b for every synapse but the first (Sec. 2.4)
+    dropout: float = 0.0  # probability, on the last conv layer's neurons (first hidden layer without convs)
 
     def validate(self) -> None:
         n = len(self.channels)
@@ -55,6 +56,10 @@ class ModelConfig:
                                   f"model.channels has {n}: give one per conv layer")
         if len(self.pools) != n:
             raise ConfigError(f"model.pools {self.pools!r} has {len(self.pools)} letters for {n} conv layers")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.dropout > 0 and self.neurons == "spiking":
+            raise ConfigError("model.dropout is for rate networks (model.neurons = 'rate')")
         if self.neurons not in ("rate", "spiking"):
             raise ConfigError(f"model.neurons must be 'rate' or 'spiking', got {self.neurons!r}")
         if self.loss not in ("mse", "cross_entropy"):

@@ -46,10 +46,11 @@ class Learner:
     net: EqNetwork
 
     def estimate(self, x: Tensor, y: Tensor, generator: Optional[torch.Generator] = None,
-                 device_generator: Optional[torch.Generator] = None) -> StepResult:
+                 device_generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None) -> StepResult:
         """Write the batch's gradient estimate into .grad. `generator` (CPU) draws per-batch numbers
         such as random signs; `device_generator` (the run's device) draws per-step ones such as
-        Poisson input spikes (default: `generator`)."""
+        Poisson input spikes (default: `generator`); `mask` is the batch's dropout mask
+        (EqNetwork.draw_mask; the trainer draws it for the global batch)."""
         raise NotImplementedError
 
     def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Equilibrium:
@@ -79,9 +80,9 @@ class RateEP(_RateNetwork):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
         self.tol, self.tol_every, self.kp_leak = tol, tol_every, kp_leak
 
-    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
-                         tol_every=self.tol_every, kp_leak=self.kp_leak)
+                         tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask)
         return StepResult(r.loss, r.logits, r.s_free, steps=r.steps)
 
     def skip(self, generator=None) -> None:
@@ -94,8 +95,8 @@ class BPTT(_RateNetwork):
     def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0, tol_every: int = 1):
         self.net, self.T1, self.truncate, self.tol, self.tol_every = net, T1, truncate, tol, tol_every
 
-    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
-        r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate)
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
+        r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate, mask=mask)
         return StepResult(r.loss, r.logits, r.s_last, steps=self.T1)
 
 
@@ -107,7 +108,7 @@ class SpikingEP(Learner):
         self.net, self.estimator, self.beta, self.T1, self.T2, self.kp_leak = net, estimator, beta, T1, T2, kp_leak
         self.sim = SpikingSimulator(net, params)
 
-    def estimate(self, x, y, generator=None, device_generator=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
         r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator,
                                  device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()

@@ -197,13 +197,15 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             x = augment(x, st.device_gen, d.crop_padding, d.hflip, d.padding_mode)
         y = train_set.y[idx]
         n_global = y.shape[0]
+        mask = net.draw_mask(n_global, st.device_gen)  # dropout: one mask per (global) batch
         part = shard(ddp, n_global)
         if part is not None:
             x, y = x[part], y[part]
+            mask = mask[part] if mask is not None else None
         where = f"epoch {epoch}, iteration {st.batch + 1}"
         opt.zero_grad(set_to_none=False)
         if y.shape[0] > 0:
-            r = learner.estimate(x, y, st.step_gen, st.device_gen)
+            r = learner.estimate(x, y, st.step_gen, st.device_gen, mask)
             st.stats.spikes += r.spikes
             st.stats.synops += r.synops
             st.stats.steps += r.steps

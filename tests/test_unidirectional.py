@@ -101,3 +101,53 @@ def test_config_checks_and_angles_in_metrics(tmp_path):
     assert [h for h in header if h.startswith("angle_")] == ["angle_unidense1"]  # the readout stays symmetric
     assert r.history[-1]["angle_unidense1"] < r.history[0]["angle_unidense1"] < 90  # leakage aligns them
     assert (tmp_path / "run" / "angles.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- dropout (the paper's supplementary 4.5) ----------------------------------------------------------
+
+def test_dropout_mask_is_the_same_in_every_phase_and_off_in_evaluation(monkeypatch):
+    import spikeep.core.network as network
+
+    torch.manual_seed(0)
+    net = EqNetwork(ModelConfig(**CONV, loss="cross_entropy", dropout=0.3)).double()
+    assert net.dropout_layer == 1  # the last conv layer's neurons
+    x, y = batch_for(net, 6)
+    mask = net.draw_mask(6, torch.Generator().manual_seed(1))
+    assert mask.shape == (6, *net.layer_shapes[1]) and set(mask.unique().tolist()) == {0.0, 1 / 0.7}
+    seen = []
+    real = network.EqNetwork.drives
+
+    def spy(self, inp, state, beta=0.0):
+        seen.append(inp.mask)
+        return real(self, inp, state, beta)
+
+    monkeypatch.setattr(network.EqNetwork, "drives", spy)
+    ep_gradients(net, x, y, "symmetric", 0.5, 10, 4, mask=mask)
+    assert len(seen) == 18 and all(m is mask for m in seen)  # free, +beta, -beta: one mask
+    seen.clear()
+    from spikeep.learners import RateEP
+    RateEP(net, "symmetric", 0.5, 10, 4).free_equilibrium(x)
+    assert seen and all(m is None for m in seen)  # evaluation: no dropout
+    monkeypatch.undo()
+    # masked neurons neither drive the layers above nor learn through them, and the drives are still
+    # the gradient of the masked Phi
+    s = random_state(net, 6)
+    inp = net.prepare(x, y)._replace(mask=mask)
+    with torch.no_grad():
+        explicit = net.drives(inp, s, 0.4)
+    st = tuple(v.clone().requires_grad_(True) for v in s)
+    auto = torch.autograd.grad(net.phi(x, st, 0.4, y, mask).sum(), st)
+    for e, a in zip(explicit, auto):
+        torch.testing.assert_close(e, a, rtol=1e-10, atol=1e-12)
+    g = net.dphi_dtheta(inp, s, 0.0)
+    g0 = net.dphi_dtheta(inp._replace(mask=None), tuple(v if k != 1 else v * mask for k, v in enumerate(s)), 0.0)
+    torch.testing.assert_close(g["synapses.2.weight"], g0["synapses.2.weight"])
+
+
+def test_dropout_trains_and_bptt_unrolls_with_one_mask(tmp_path):
+    over = ["model.dropout=0.1", "model.hidden=[32]", "data.subset=300", "train.batch_size=25", "dynamics.T1=15",
+            "dynamics.T2=5", "train.epochs=2"]
+    for est in ("symmetric", "bptt"):
+        r = train(load_config(REPO / "models" / "quickstart.toml", over + [f"estimator.name={est}"]), tmp_path / est,
+                  progress=False, echo=False)
+        assert r.history[-1]["test_acc"] > 40

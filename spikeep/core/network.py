@@ -37,6 +37,7 @@ class Inputs(NamedTuple):
     drive: Tensor  # forward drive of the first layer, P(w_1 * x + b_1): x never changes
     target: Optional[Tensor]  # one-hot y (float), None when no label is given
     y: Optional[Tensor]  # integer labels
+    mask: Optional[Tensor] = None  # dropout mask (0 or 1/(1-p)) of layer EqNetwork.dropout_layer, per batch
 
 
 class EqNetwork(nn.Module):
@@ -81,6 +82,30 @@ class EqNetwork(nn.Module):
         self.memory_format = torch.contiguous_format
         self.drive_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: drives in it, states as stored
         self.check_labels = True  # prepare() checks label ranges (one device sync); off once a data set is checked
+        # dropout (the paper's supplementary 4.5): the neurons of one layer, the last conv layer (the
+        # first hidden layer without convolutions), are seen by the interactions above them through a
+        # mask drawn once per batch, the same in every phase and unrolled step; off in evaluation
+        self.dropout = cfg.dropout
+        self.dropout_layer = (len(cfg.channels) - 1 if cfg.channels else 0) if cfg.dropout > 0 else None
+        if self.dropout_layer is not None and self.dropout_layer == len(synapses) - 1 and self.readout is None:
+            raise ValueError("model.dropout needs a layer whose neurons feed another layer or a readout")
+
+    def draw_mask(self, batch: int, generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+        """A dropout mask for a batch: 0 with probability p, else 1/(1-p) (None without dropout)."""
+        if self.dropout_layer is None:
+            return None
+        p = self.synapses[0].weight
+        gdev = generator.device if generator is not None else p.device
+        keep = torch.rand(batch, *self.layer_shapes[self.dropout_layer], generator=generator, device=gdev) >= self.dropout
+        return self._layout(keep.to(device=p.device, dtype=p.dtype).div_(1 - self.dropout))
+
+    def _as_seen_above(self, layers: tuple, mask: Optional[Tensor], offset: int = 0) -> tuple:
+        """The layers as the interactions above them see them: the dropout layer masked (`offset` 1
+        when layers[0] is the input)."""
+        if mask is None:
+            return layers
+        k = self.dropout_layer + offset
+        return layers[:k] + (layers[k] * mask,) + layers[k + 1:]
 
     def use_drive_dtype(self, dtype: Optional[torch.dtype]) -> "EqNetwork":
         """Compute the drives of relaxation steps in `dtype` (autocast; bfloat16 for the bf16 precision)
@@ -152,37 +177,41 @@ class EqNetwork(nn.Module):
         return Inputs(x, drive, target, y)
 
     # -- Phi and the loss (reference definitions, differentiable) --------------------------------
-    def logits(self, state: State) -> Tensor:
+    def logits(self, state: State, mask: Optional[Tensor] = None) -> Tensor:
         """Network output: s_N for squared error, the readout's logits w_out s_N for cross-entropy."""
         if self.readout is None:
             return state[-1]
-        return self.readout.forward_drive(state[-1])[0]
+        return self.readout.forward_drive(self._as_seen_above(tuple(state), mask)[-1])[0]
 
-    def loss(self, state: State, y: Tensor) -> Tensor:
+    def loss(self, state: State, y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Per-sample loss: 1/2 ||s_N - y||^2 (Eq. 16) or CE(w_out s_N, y) (Eq. 18)."""
         if self.readout is None:
             t = F.one_hot(y, self.n_classes).to(state[-1].dtype)
             return 0.5 * ((state[-1] - t) ** 2).sum(1)
-        return F.cross_entropy(self.logits(state), y, reduction="none")
+        return F.cross_entropy(self.logits(state, mask), y, reduction="none")
 
-    def phi(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None) -> Tensor:
+    def phi(self, x: Tensor, state: State, beta: float = 0.0, y: Optional[Tensor] = None,
+            mask: Optional[Tensor] = None) -> Tensor:
         """Per-sample Phi^beta(x, s) = sum_k s_k . P(w_k * s_{k-1}) - beta L(s, y) (Eqs. 7, 16, 18)."""
         layers = (x,) + tuple(state)
-        phi = sum(syn.phi(layers[k], layers[k + 1]) for k, syn in enumerate(self.synapses))
+        seen = self._as_seen_above(layers, mask, offset=1)
+        phi = sum(syn.phi(seen[k], layers[k + 1]) for k, syn in enumerate(self.synapses))
         if beta != 0.0:
-            phi = phi - beta * self.loss(state, y)
+            phi = phi - beta * self.loss(state, y, mask)
         return phi
 
     # -- explicit dynamics --------------------------------------------------------------------------
-    def nudge(self, s_last: Tensor, target: Tensor) -> Tensor:
-        """-dL/ds_N, the direction the nudge pushes the last layer (times beta in the drive)."""
+    def nudge(self, s_last: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """-dL/ds_N, the direction the nudge pushes the last layer (times beta in the drive). `mask`:
+        the dropout mask when the last layer is the dropout layer (the readout sees it masked)."""
         if self.readout is None:
             return target - s_last  # Eq. 16
-        p = torch.softmax(self.readout.forward_drive(s_last)[0], dim=1)
-        return self.readout.feedback_drive(target - p)  # Eq. 19: w_out^T (y - softmax)
+        p = torch.softmax(self.readout.forward_drive(s_last if mask is None else s_last * mask)[0], dim=1)
+        g = self.readout.feedback_drive(target - p)  # Eq. 19: w_out^T (y - softmax)
+        return g if mask is None else g * mask
 
     def total_drives(self, fwd: list[Tensor], fb: list[Tensor], s_last: Optional[Tensor],
-                     target: Optional[Tensor], beta: float = 0.0) -> list[Tensor]:
+                     target: Optional[Tensor], beta: float = 0.0, nudge_mask: Optional[Tensor] = None) -> list[Tensor]:
         """dPhi^beta/ds_k = forward drive fwd[k] + feedback drive fb[k] (k < N) + beta * nudge (k = N).
 
         Shared by the rate and the spiking networks (which pass drives built from synaptic currents
@@ -195,7 +224,7 @@ class EqNetwork(nn.Module):
         if n > 1:
             out.append(fwd[-1])
         if beta != 0.0:
-            out[-1] = out[-1].add_(self.nudge(s_last, target), alpha=beta)
+            out[-1] = out[-1].add_(self.nudge(s_last, target, nudge_mask), alpha=beta)
         return out
 
     def drives(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
@@ -204,14 +233,18 @@ class EqNetwork(nn.Module):
         The max-pool indices of synapse k+1 found in its forward pass (on s_k of this step) route
         its feedback to s_k, exactly as autograd would differentiate Phi.
         """
-        syn, n = self.synapses, len(self.synapses)
+        syn, n, mask = self.synapses, len(self.synapses), inp.mask
+        seen = self._as_seen_above(tuple(state), mask)
         fwd, idx = [inp.drive], [None]
         for k in range(1, n):
-            d, i = syn[k].forward_drive(state[k - 1])
+            d, i = syn[k].forward_drive(seen[k - 1])
             fwd.append(d)
             idx.append(i)
         fb = [syn[k + 1].feedback_drive(state[k + 1], idx[k + 1]) for k in range(n - 1)]
-        return self.total_drives(fwd, fb, state[-1], inp.target, beta)
+        if mask is not None and self.dropout_layer < n - 1:  # the feedback reaches dropped neurons masked
+            fb[self.dropout_layer] = fb[self.dropout_layer] * mask
+        last_mask = mask if mask is not None and self.dropout_layer == n - 1 else None
+        return self.total_drives(fwd, fb, state[-1], inp.target, beta, last_mask)
 
     def step(self, inp: Inputs, state: State, beta: float = 0.0) -> State:
         """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)) (Eq. 8).
@@ -236,11 +269,12 @@ class EqNetwork(nn.Module):
         -beta dL/dw_out (Eq. 18), which depends on s_N and the label.
         """
         layers = (inp.x,) + tuple(state)
+        seen = self._as_seen_above(layers, inp.mask, offset=1)  # pre as the interactions above see it
         grads: Grads = {}
         for k, syn in enumerate(self.synapses):
-            grads.update({f"synapses.{k}.{n}": g for n, g in syn.local_update(layers[k], layers[k + 1]).items()})
+            grads.update({f"synapses.{k}.{n}": g for n, g in syn.local_update(seen[k], layers[k + 1]).items()})
         if self.readout is not None:
-            upd = self.readout.cost_update(state[-1], inp.target, beta)
+            upd = self.readout.cost_update(seen[-1], inp.target, beta)
             grads.update({f"readout.{n}": g for n, g in upd.items()})
         return grads
 
@@ -251,13 +285,15 @@ class EqNetwork(nn.Module):
         differencing the two phases' states before correlating them (no cancellation of nearly equal
         terms). inp_a.x is inp_b.x for a clamped input; spiking phases bring their own input rates."""
         layers_a, layers_b = (inp_a.x,) + tuple(state_a), (inp_b.x,) + tuple(state_b)
+        seen_a = self._as_seen_above(layers_a, inp_a.mask, offset=1)
+        seen_b = self._as_seen_above(layers_b, inp_b.mask, offset=1)
         grads: Grads = {}
         for k, syn in enumerate(self.synapses):
-            d = syn.local_update_delta(layers_a[k], layers_a[k + 1], layers_b[k], layers_b[k + 1])
+            d = syn.local_update_delta(seen_a[k], layers_a[k + 1], seen_b[k], layers_b[k + 1])
             grads.update({f"synapses.{k}.{n}": g for n, g in d.items()})
         if self.readout is not None:  # -beta dCE/dw_out: of opposite signs in the two phases, no cancellation
-            ua = self.readout.cost_update(state_a[-1], inp_a.target, beta_a)
-            ub = self.readout.cost_update(state_b[-1], inp_b.target, beta_b)
+            ua = self.readout.cost_update(seen_a[-1], inp_a.target, beta_a)
+            ub = self.readout.cost_update(seen_b[-1], inp_b.target, beta_b)
             grads.update({f"readout.{n}": ua[n] - ub[n] for n in ua})
         return grads
 

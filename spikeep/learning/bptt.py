@@ -25,27 +25,28 @@ class BPTTResult(NamedTuple):
 
 
 def bptt_gradients(net: EqNetwork, x: Tensor, y: Tensor, T: int, truncate: int = 0,
-                   state: Optional[State] = None, write: bool = True) -> tuple[BPTTResult, Grads]:
+                   state: Optional[State] = None, write: bool = True,
+                   mask: Optional[Tensor] = None) -> tuple[BPTTResult, Grads]:
     """dL(s_T)/dtheta for L the batch-mean loss after T free steps; written into .grad if `write`."""
     if T <= 0:
         raise ValueError(f"T must be a positive number of steps, got {T!r}")
     K = T if truncate <= 0 else min(truncate, T)
     with torch.no_grad():
-        inp = net.prepare(x, y)
+        inp = net.prepare(x, y)._replace(mask=mask)  # one dropout mask for every unrolled step
         s = free_phase(net, inp, T - K, state).state if T > K else (
             net.init_state(x.shape[0]) if state is None else state)
     with torch.enable_grad():
-        inp = net.prepare(x, y)  # the first layer's drive depends on w_1: build it in the graph
+        inp = net.prepare(x, y)._replace(mask=mask)  # the first layer's drive depends on w_1: in the graph
         for _ in range(K):
             s = net.step(inp, s, 0.0)
-        per_sample = net.loss(s, inp.y)
+        per_sample = net.loss(s, inp.y, mask)
         names, params = zip(*net.named_parameters())
         grads = torch.autograd.grad(per_sample.mean(), params, allow_unused=True)
     grads = {n: torch.zeros_like(p) if g is None else g for n, p, g in zip(names, params, grads)}
     if write:
         write_grads(net, grads)
     s = tuple(v.detach() for v in s)
-    return BPTTResult(s, per_sample.detach(), net.logits(s).detach()), grads
+    return BPTTResult(s, per_sample.detach(), net.logits(s, mask).detach()), grads
 
 
 def bptt_per_step(net: EqNetwork, x: Tensor, y: Tensor, s_start: State, K: int) -> list[Grads]:

@@ -23,12 +23,13 @@ class EPResult(NamedTuple):
 def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
                  beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
                  generator: Optional[torch.Generator] = None, state: Optional[State] = None,
-                 tol_every: int = 1, kp_leak: float = 0.0) -> EPResult:
+                 tol_every: int = 1, kp_leak: float = 0.0, mask: Optional[Tensor] = None) -> EPResult:
     """Free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen estimate in .grad; with
-    tol > 0 a phase ends early once converged (checked every `tol_every` steps)."""
+    tol > 0 a phase ends early once converged (checked every `tol_every` steps); `mask` is the batch's
+    dropout mask (EqNetwork.draw_mask), the same in every phase."""
     check_estimator(estimator, beta)
     with torch.no_grad():
-        inp = net.prepare(x, y)
+        inp = net.prepare(x, y)._replace(mask=mask)
         free = free_phase(net, inp, T1, state, tol, tol_every)
         beta = nudge_beta(estimator, beta, generator)
         plus = nudged_phase(net, inp, free.state, T2, beta, tol, tol_every)
@@ -37,4 +38,4 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
         g = estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq)
         write_grads(net, finish(estimator, g, net, kp_leak))
-        return EPResult(free.state, net.loss(free.state, inp.y), net.logits(free.state), steps, beta)
+        return EPResult(free.state, net.loss(free.state, inp.y, mask), net.logits(free.state, mask), steps, beta)
