@@ -240,7 +240,8 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             checks.check(ddp)  # traces record only checked iterations
             bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
         if recorder is not None:
-            recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()})
+            recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()},
+                            alignment_angles(net))
             if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
                 _snapshot(recorder, learner, it_global, epoch)
         bar.update()

@@ -151,3 +151,18 @@ def test_dropout_trains_and_bptt_unrolls_with_one_mask(tmp_path):
         r = train(load_config(REPO / "models" / "quickstart.toml", over + [f"estimator.name={est}"]), tmp_path / est,
                   progress=False, echo=False)
         assert r.history[-1]["test_acc"] > 40
+
+
+def test_angles_in_the_weight_traces(tmp_path):
+    from spikeep import traces
+
+    over = ["model.unidirectional=true", "estimator.name=sym_kp_vf", "estimator.kp_leak=0.05", "model.hidden=[32,16]",
+            "train.lrs=[0.1,0.05,0.05]", "data.subset=200", "train.batch_size=25", "dynamics.T1=15",
+            "dynamics.T2=5", "train.epochs=1", "traces.enabled=true", "traces.sample=10", "plasticity.bits=8",
+            "plasticity.rounding=stochastic", "plasticity.headroom=4.0"]
+    r = train(load_config(REPO / "models" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
+    with traces.open(tmp_path / "run" / "traces.h5") as t:
+        lt = t["unidense1"]
+        assert lt.angle.shape == (t.n_rows(),) and not hasattr(t["dense0"], "angle")
+        assert abs(float(lt.angle[-1]) - r.history[-1]["angle_unidense1"]) < 1e-3
+        assert lt.sample_code.dtype.kind == "i" and (lt.sample_code[:] != 0).any()  # codes unharmed by the angle

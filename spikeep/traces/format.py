@@ -28,6 +28,7 @@ class LayerSpec:
     state_shape: Optional[tuple[int, ...]] = None  # for probe states (None: not a neuron layer)
     scale: Optional[float] = None  # quantized layer: weight = scale x integer code (None: float weights)
     bits: int = 0
+    feedback: bool = False  # the layer has its own feedback weights: an `angle` dataset (degrees, w_f vs w_b)
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -30,7 +30,7 @@ class LayerTraces:
         return self.weight[index]
 
     def __getattr__(self, item: str) -> h5py.Dataset:
-        if item in PER_ITERATION + PER_SNAPSHOT + ("sample_code", "weight_code") and item in self.group:
+        if item in PER_ITERATION + PER_SNAPSHOT + ("sample_code", "weight_code", "angle") and item in self.group:
             d = self.group[item]
             d.refresh()  # see what a live writer has flushed since
             return d

@@ -108,6 +108,8 @@ class TraceRecorder:
             else:
                 timed(g, "weight", spec.weight_shape, "f4", per_snapshot=True)
             timed(g, "bias", spec.bias_shape, "f4", per_snapshot=True)
+            if spec.feedback:
+                timed(g, "angle", (), "f4").attrs["units"] = "degrees between forward and feedback weights"
         if self.probe is not None:
             pg = f.create_group("probe")
             pg.create_dataset("x", data=self.probe[0])
@@ -137,7 +139,7 @@ class TraceRecorder:
             for layer in self.layers:
                 if f"layers/{layer}" not in old:
                     raise TracesError(f"{self.path}: has no layer {layer!r}; it was written for another network")
-                for name in PER_ITERATION + ("sample_code",):
+                for name in PER_ITERATION + ("sample_code", "angle"):
                     if f"layers/{layer}/{name}" in self.f:
                         self._append(self.f[f"layers/{layer}/{name}"], old[f"layers/{layer}/{name}"][:n_it])
                 for name in PER_SNAPSHOT + ("weight_code",):
@@ -165,9 +167,10 @@ class TraceRecorder:
 
     # -- recording -------------------------------------------------------------------------------------
     def record(self, iteration: int, epoch: int, weights: dict[str, torch.Tensor], before: dict[str, np.ndarray],
-               grads: dict[str, torch.Tensor]) -> None:
+               grads: dict[str, torch.Tensor], angles: Optional[dict[str, torch.Tensor]] = None) -> None:
         """One iteration: the sampled synapses (after the update), their change and their gradient,
-        and the per-layer summary. `before` comes from `sample` called before the update.
+        the per-layer summary and, for layers with feedback weights, the angle between forward and
+        feedback weights (`angles`, degrees). `before` comes from `sample` called before the update.
         Costs a gather of K values and two passes over each weight tensor, no copy of it."""
         parts = []
         for name, w in weights.items():
@@ -183,11 +186,14 @@ class TraceRecorder:
                       lo[None], hi[None]]
             if self.layers[name].scale is not None:  # integer codes (exact in float32 up to 2^24)
                 parts.append(torch.round(w.detach()[idx] / self.layers[name].scale))
+            if self.layers[name].feedback:
+                parts.append(angles[name].reshape(1).to(w.device))
         flat = torch.cat([p.float() for p in parts]).cpu().numpy()  # one transfer per iteration
         row, off = {}, 0
         for name in weights:
             k = len(self.layers[name].sample_index)
-            width = 2 * k + len(SUMMARY_COLUMNS) + (k if self.layers[name].scale is not None else 0)
+            width = (2 * k + len(SUMMARY_COLUMNS) + (k if self.layers[name].scale is not None else 0)
+                     + int(self.layers[name].feedback))
             row[name] = flat[off:off + width]
             off += width
         self._rows.append((iteration, epoch, before, row))
@@ -282,8 +288,11 @@ class TraceRecorder:
                 after, grad = rows[:, :k], rows[:, k:2 * k]
                 summ = rows[:, 2 * k:2 * k + len(SUMMARY_COLUMNS)]
                 g = self.f[f"layers/{name}"]
+                codes = 2 * k + len(SUMMARY_COLUMNS)
                 if self.layers[name].scale is not None:
-                    self._append(g["sample_code"], rows[:, 2 * k + len(SUMMARY_COLUMNS):].astype(np.int16))
+                    self._append(g["sample_code"], rows[:, codes:codes + k].astype(np.int16))
+                if self.layers[name].feedback:
+                    self._append(g["angle"], rows[:, -1])
                 self._append(g["sample_weight"], after)
                 self._append(g["sample_delta"], after - before)
                 self._append(g["sample_grad"], grad)
@@ -329,7 +338,8 @@ def layer_specs(net, k: int, seed: int, quantized: Optional[dict[str, tuple[floa
         scale, bits = quantized.get(name, (None, 0))
         specs.append(LayerSpec(name, layer.kind, tuple(layer.weight.shape),
                                tuple(layer.bias.shape), idx,
-                               tuple(net.layer_shapes[i]) if i < n_state else None, scale, bits))
+                               tuple(net.layer_shapes[i]) if i < n_state else None, scale, bits,
+                               hasattr(layer, "weight_b")))
     return specs
 
 
