@@ -166,3 +166,22 @@ def test_angles_in_the_weight_traces(tmp_path):
         assert lt.angle.shape == (t.n_rows(),) and not hasattr(t["dense0"], "angle")
         assert abs(float(lt.angle[-1]) - r.history[-1]["angle_unidense1"]) < 1e-3
         assert lt.sample_code.dtype.kind == "i" and (lt.sample_code[:] != 0).any()  # codes unharmed by the angle
+
+
+def test_table2_script_places_runs_in_their_rows(tmp_path):
+    import subprocess
+    import sys
+
+    base = ["model.hidden=[32,16]", "train.lrs=[0.1,0.05,0.05]", "data.subset=200", "train.batch_size=25",
+            "dynamics.T1=15", "dynamics.T2=5", "train.epochs=2"]
+    for name, extra in (("bi", []), ("kp", ["model.unidirectional=true", "estimator.name=sym_kp_vf",
+                                           "estimator.kp_leak=0.05"])):
+        train(load_config(REPO / "models" / "quickstart.toml", base + extra), tmp_path / name, progress=False, echo=False)
+    r = subprocess.run([sys.executable, str(REPO / "analysis" / "table2.py"), str(tmp_path / "bi"), str(tmp_path / "kp"),
+                        "--out", str(tmp_path / "t2")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "t2" / "table2.md").read_text()
+    assert "| EP symmetric, cross-entropy | quickstart | mnist-quickstart | 2 |" in table and "| 11.68 % |" in table
+    assert "| unidirectional, EP symKP-VF |" in table and "| 13.18 % |" in table
+    for f in ("figure4.png", "figure5.png"):
+        assert (tmp_path / "t2" / f).read_bytes()[:4] == b"\x89PNG"
