@@ -17,22 +17,6 @@ class DivergenceError(FloatingPointError):
     """NaN or inf in states, gradients or weights; the message names the layer and iteration."""
 
 
-def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> Optional[str]:
-    """Name of the first tensor holding NaN or inf, or None (one device sync in the normal case)."""
-    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
-    return None if bool(ok.all()) else named[int((~ok).nonzero()[0])][0]
-
-
-def check_finite(named: list[tuple[str, torch.Tensor]], what: str, where: str, ddp: Optional[Dist] = None) -> None:
-    """Raise DivergenceError naming the layer and iteration. In a distributed run every process
-    learns of it (one tiny all-reduce), so none is left waiting in a collective."""
-    bad = first_nonfinite(named)
-    if ddp is not None and any_process(ddp, bad is not None) and bad is None:
-        raise DivergenceError(f"NaN or inf in the {what} of another process at {where}")
-    if bad is not None:
-        raise DivergenceError(f"NaN or inf in the {what} of layer {bad} at {where}")
-
-
 class FiniteChecks:
     """Finite checks of an iteration recorded as flags on the device and read in one go every few
     iterations (`check`), so iterations run without host-device synchronisation; the error still

@@ -236,8 +236,8 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             st.stats.add_batch(r.loss, r.logits, y)
         every = cfg.train.checkpoint_every
         checkpoint_now = every and st.batch % every == 0 and st.batch < n_batches
-        if checkpoint_now or st.batch % cfg.train.sync_every == 0 or st.batch == n_batches or recorder is not None:
-            checks.check(ddp)  # traces record only checked iterations
+        if checkpoint_now or st.batch % cfg.train.sync_every == 0 or st.batch == n_batches or cfg.traces.enabled:
+            checks.check(ddp)  # every process at the same iterations; traces record only checked ones
             bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
         if recorder is not None:
             recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()},
