@@ -1,0 +1,150 @@
+"""Typed reading: a dict (from TOML, --set items or a run folder's config.json) into the sections'
+dataclasses; unknown keys, wrong types, non-finite numbers and out-of-range integers are errors that
+name the key and where it came from."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+from .sections import Config, ConfigError
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for alt in typing.get_args(tp):
+            try:
+                return _check_type(value, alt, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _from_dict(tp, value, where)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -2**63 <= value < 2**63:
+                raise ConfigError(f"{where}: {value} is out of range (a 64-bit integer is needed)")
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", validate: bool = True) -> Config:
+    """A typed Config from a dict, with the checks plain data allows; errors name `source`."""
+    try:
+        cfg = _from_dict(Config, data, "")
+        return cfg.validate() if validate else cfg
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """'section.key=value' as (path, value): the value is read as TOML, a bare word as a string."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: Union[str, Path]) -> dict[str, Any]:
+    """A TOML config file as a dict, `name` defaulting to the file's stem (spikeep.build.load_config
+    turns it into a validated Config)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file (give a .toml file, e.g. models/quickstart.toml)")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    return data
+
+
+def with_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply --set items one at a time; an item that names an unknown key or has a wrong type is
+    blamed on itself, not on the file."""
+    import copy
+
+    try:
+        _from_dict(Config, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for item in overrides:
+        trial = apply_overrides(copy.deepcopy(data), [item])
+        try:
+            _from_dict(Config, trial, "")
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+        data = trial
+    return data
+
+
+def read_json_config(path: Union[str, Path]) -> dict[str, Any]:
+    """A run folder's config.json as a dict; a damaged file is an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path.parent} is not a spikeep run folder (no config.json)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: damaged (not valid JSON: {e}); the run's config cannot be read") from None
