@@ -64,3 +64,22 @@ def kill_when(proc, cond, timeout: float = 120.0, poll: float = 0.005) -> bool:
         time.sleep(poll)
     proc.wait()
     return False
+
+
+def crash_at_update(monkeypatch, n: int):
+    """Make training raise KeyboardInterrupt (a simulated crash) at its n-th optimizer step, right after
+    the update; returns the function that puts things back."""
+    import spikeep.trainer as tr
+
+    calls = {"n": 0}
+    real = tr.FiniteChecks.add
+
+    def add(self, named, what, where):
+        if what == "weights":
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("simulated crash")
+        return real(self, named, what, where)
+
+    monkeypatch.setattr(tr.FiniteChecks, "add", add)
+    return lambda: monkeypatch.setattr(tr.FiniteChecks, "add", real)

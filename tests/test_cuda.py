@@ -98,8 +98,8 @@ def test_cuda_max_pool_tie_rule_and_layouts_match_cpu():
 def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypatch):
     """20 iterations on CUDA with train.deterministic = true, interrupted after 7 and resumed: the same
     weights as without the interruption, bit for bit."""
-    from conftest import REPO
     import spikeep.trainer as tr
+    from conftest import REPO, crash_at_update
     from spikeep import runs
     from spikeep.build import load_config
 
@@ -109,19 +109,10 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
     cfg = load_config(REPO / "models" / "quickstart.toml", over)
     try:
         tr.train(cfg, tmp_path / "a", progress=False, echo=False)
-        calls, real = {"n": 0}, tr.FiniteChecks.add
-
-        def crash(self, named, what, where):
-            if what == "weights":
-                calls["n"] += 1
-                if calls["n"] == 7:
-                    raise KeyboardInterrupt("simulated crash")
-            return real(self, named, what, where)
-
-        monkeypatch.setattr(tr.FiniteChecks, "add", crash)
+        restore = crash_at_update(monkeypatch, 7)
         with pytest.raises(KeyboardInterrupt):
             tr.train(cfg, tmp_path / "b", progress=False, echo=False)
-        monkeypatch.setattr(tr.FiniteChecks, "add", real)
+        restore()
         tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
     finally:
         torch.use_deterministic_algorithms(False)

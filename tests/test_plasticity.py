@@ -159,7 +159,7 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     """Training keeps every weight on its layer's grid; a run interrupted mid-epoch resumes to the
     same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
     import spikeep.trainer as tr
-    from conftest import REPO
+    from conftest import REPO, crash_at_update
     from spikeep.build import load_config
     from spikeep.runs import load_checkpoint
 
@@ -172,20 +172,10 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     for name, layer in zip(a.net.layer_names(), a.net.layers):
         c = layer.weight.detach() / state[name]["scale"]
         assert torch.equal(c, c.round()) and float(c.abs().max()) <= 7
-    calls = {"n": 0}
-    real = tr.FiniteChecks.add
-
-    def crash_at_iteration_17(self, named, what, where):
-        if what == "weights":
-            calls["n"] += 1
-            if calls["n"] == 17:
-                raise KeyboardInterrupt("simulated crash")
-        return real(self, named, what, where)
-
-    monkeypatch.setattr(tr.FiniteChecks, "add", crash_at_iteration_17)
+    restore = crash_at_update(monkeypatch, 17)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, tmp_path / "b", progress=False, echo=False)
-    monkeypatch.setattr(tr.FiniteChecks, "add", real)
+    restore()
     b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
     for p, q in zip(a.net.parameters(), b.net.parameters()):
         assert torch.equal(p, q)

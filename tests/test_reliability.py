@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import REPO
+from conftest import REPO, crash_at_update
 from spikeep import runs
 from spikeep import traces
 from spikeep.build import load_config
@@ -36,22 +36,10 @@ def hashes(folder, skip=()):
 def interrupted_run(folder, overrides=TRACED, at=7, monkeypatch=None):
     """A run stopped by a crash (KeyboardInterrupt) after `at` optimizer steps: checkpoints and traces
     are on disk, the run is not finished."""
-    import spikeep.trainer as tr
-
-    calls = {"n": 0}
-    real = tr.FiniteChecks.add
-
-    def crash(self, named, what, where):
-        if what == "weights":
-            calls["n"] += 1
-            if calls["n"] == at:
-                raise KeyboardInterrupt("simulated crash")
-        return real(self, named, what, where)
-
-    monkeypatch.setattr(tr.FiniteChecks, "add", crash)
+    restore = crash_at_update(monkeypatch, at)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(QUICK, overrides), folder, progress=False, echo=False)
-    monkeypatch.setattr(tr.FiniteChecks, "add", real)
+    restore()
 
 
 # 1. resume of a folder without a checkpoint --------------------------------------------------------
