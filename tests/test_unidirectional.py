@@ -93,6 +93,8 @@ def test_alignment_angle():
 def test_config_checks_and_angles_in_metrics(tmp_path):
     with pytest.raises(ConfigError, match="set model.unidirectional = true"):
         config_from_dict({"estimator": {"name": "sym_kp_vf"}, "train": {"lrs": [0.1, 0.1]}})
+    with pytest.raises(ConfigError, match="feedback weights would stay in float"):
+        config_from_dict({"model": {"unidirectional": True}, "plasticity": {"bits": 8}, "train": {"lrs": [0.1, 0.1]}})
     over = ["model.unidirectional=true", "estimator.name=sym_kp_vf", "estimator.kp_leak=0.05", "model.hidden=[32,16]",
             "train.lrs=[0.1,0.05,0.05]", "data.subset=300", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.epochs=2"]
@@ -158,14 +160,13 @@ def test_angles_in_the_weight_traces(tmp_path):
 
     over = ["model.unidirectional=true", "estimator.name=sym_kp_vf", "estimator.kp_leak=0.05", "model.hidden=[32,16]",
             "train.lrs=[0.1,0.05,0.05]", "data.subset=200", "train.batch_size=25", "dynamics.T1=15",
-            "dynamics.T2=5", "train.epochs=1", "traces.enabled=true", "traces.sample=10", "plasticity.bits=8",
-            "plasticity.rounding=stochastic", "plasticity.headroom=4.0"]
+            "dynamics.T2=5", "train.epochs=1", "traces.enabled=true", "traces.sample=10"]
     r = train(load_config(REPO / "models" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
     with traces.open(tmp_path / "run" / "traces.h5") as t:
         lt = t["unidense1"]
         assert lt.angle.shape == (t.n_rows(),) and not hasattr(t["dense0"], "angle")
         assert abs(float(lt.angle[-1]) - r.history[-1]["angle_unidense1"]) < 1e-3
-        assert lt.sample_code.dtype.kind == "i" and (lt.sample_code[:] != 0).any()  # codes unharmed by the angle
+        assert (lt.sample_weight[-1] != 0).all()
 
 
 def test_table2_script_places_runs_in_their_rows(tmp_path):

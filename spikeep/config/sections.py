@@ -275,6 +275,9 @@ class Config:
         self.data.validate()
         self.traces.validate()
         self.spiking.validate()
+        if self.model.unidirectional and self.plasticity.bits:
+            raise ConfigError("plasticity.bits with model.unidirectional: chip-like synapses quantize forward "
+                              "weights only so far; feedback weights would stay in float")
         if self.estimator.name in ("sym_vf", "sym_kp_vf") and not self.model.unidirectional:
             raise ConfigError(f"estimator.name = {self.estimator.name!r} is for networks with separate feedback "
                               f"weights: set model.unidirectional = true")
