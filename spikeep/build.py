@@ -34,7 +34,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def spiking_params(s: SpikingConfig) -> SpikingParams:
     return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, s.v_min), s.syn_alpha, s.trace_tau,
-                         s.window, s.rate_tol, s.encoding, s.backend,
+                         s.window, s.rate_tol, s.settle_statistic, s.settle_quantile, s.encoding, s.backend,
                          DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover)
 
 

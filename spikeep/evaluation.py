@@ -18,6 +18,7 @@ class Evaluation(NamedTuple):
     acc: float  # accuracy in %
     spikes: float  # spiking networks: spikes per inference (free phase, one sample); nan for rates
     synops: float  # synaptic events per inference (input spikes' included); nan for rates
+    steps: float = 0.0  # mean steps of the free phase (per batch of eval_batch_size)
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
     net = learner.net
     dev = net.synapses[0].weight.device
     gen = torch.Generator(device=dev).manual_seed(cfg.train.seed) if cfg.spiking.encoding == "poisson" else None
-    total, loss_sum, correct, spikes, synops = 0, 0.0, 0, 0.0, 0.0
+    total, loss_sum, correct, spikes, synops, steps, n_batches = 0, 0.0, 0, 0.0, 0.0, 0, 0
     for x, y in batches(split, cfg.train.eval_batch_size):
         x, y = x.to(dev), y.to(dev)
         eq = learner.free_equilibrium(x, gen)
@@ -35,7 +36,9 @@ def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
         correct += int((net.logits(eq.state).argmax(1) == y).sum())
         total += y.shape[0]
         spikes, synops = spikes + eq.spikes, synops + eq.synops
-    return Evaluation(loss_sum / total, 100.0 * correct / total, spikes / total, synops / total)
+        steps, n_batches = steps + eq.steps, n_batches + 1
+    return Evaluation(loss_sum / total, 100.0 * correct / total, spikes / total, synops / total,
+                      steps / max(n_batches, 1))
 
 
 def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None,
@@ -62,7 +65,7 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
     ds = prepare_data(cfg.data)
     ev = evaluate(make_learner(cfg, net), ds.test, cfg)
     out = {"run_dir": str(run_dir), "weights": path.name, "data": ds.name, "neurons": cfg.model.neurons,
-           "test_loss": ev.loss, "test_acc": ev.acc}
+           "test_loss": ev.loss, "test_acc": ev.acc, "steps_inference": ev.steps}
     if cfg.model.neurons == "spiking":
         out.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
     return out

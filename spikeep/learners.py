@@ -33,12 +33,15 @@ class StepResult(NamedTuple):
     spikes: float = 0.0  # spiking networks: spikes of all phases of the batch
     synops: float = 0.0  # and their synaptic events (input spikes' included)
     steps: int = 0  # relaxation (simulation) steps of all phases of the batch
+    free_steps: int = 0  # of which the free phase ran these
+    nudged_phases: int = 0  # how many nudged phases shared the rest (0: none, BPTT)
 
 
 class Equilibrium(NamedTuple):
     state: State  # free equilibrium (spike rates for spiking networks)
     spikes: float = float("nan")  # spiking networks: spikes and synaptic events of the free phase
     synops: float = float("nan")
+    steps: int = 0  # steps the free phase ran
 
 
 class Learner:
@@ -71,7 +74,8 @@ class _RateNetwork(Learner):
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> Equilibrium:
-        return Equilibrium(free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every).state)
+        r = free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every)
+        return Equilibrium(r.state, steps=r.steps)
 
 
 class RateEP(_RateNetwork):
@@ -83,7 +87,8 @@ class RateEP(_RateNetwork):
     def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
                          tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask)
-        return StepResult(r.loss, r.logits, r.s_free, steps=r.steps)
+        return StepResult(r.loss, r.logits, r.s_free, steps=r.steps, free_steps=r.free_steps,
+                          nudged_phases=r.nudged_phases)
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)
@@ -97,7 +102,7 @@ class BPTT(_RateNetwork):
 
     def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
         r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate, mask=mask)
-        return StepResult(r.loss, r.logits, r.s_last, steps=self.T1)
+        return StepResult(r.loss, r.logits, r.s_last, steps=self.T1, free_steps=self.T1)
 
 
 class SpikingEP(Learner):
@@ -112,12 +117,13 @@ class SpikingEP(Learner):
         r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator,
                                  device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()
-        return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps)
+        return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps, r.ep.free_steps,
+                          r.ep.nudged_phases)
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> Equilibrium:
         ph = self.sim.run_phase(self.net.prepare(x), None, self.T1, 0.0, generator)
-        return Equilibrium(ph.rates, *ph.counts.totals())
+        return Equilibrium(ph.rates, *ph.counts.totals(), ph.steps)
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)

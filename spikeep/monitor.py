@@ -65,6 +65,8 @@ class EpochStats:
     synops: float = 0.0  # and their synaptic events
     updates: Any = 0.0  # synapses changed by the weight updates
     steps: int = 0  # relaxation (simulation) steps of every phase
+    steps_free: int = 0  # of which the free phases ran these
+    nudged_phases: int = 0  # nudged phases run (the other steps' count)
     batches: int = 0
 
     def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:

@@ -35,6 +35,8 @@ from .files import save_figure_atomic, save_torch_atomic, write_json_atomic, wri
 CHECKPOINT_FORMAT = "spikeep-checkpoint/1"
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
                  "steps_per_batch",  # relaxation (simulation) steps of all phases, mean per training batch
+                 "steps_free", "steps_nudged",  # mean steps of a free / of one nudged phase in training
+                 "steps_inference",  # mean steps of the free phase at test time
                  "spikes_per_inference", "synops_per_inference",  # spiking networks
                  "energy_inference_J", "energy_learning_J"]  # spiking networks with a chip profile
 

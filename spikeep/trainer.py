@@ -209,6 +209,8 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             st.stats.spikes += r.spikes
             st.stats.synops += r.synops
             st.stats.steps += r.steps
+            st.stats.steps_free += r.free_steps
+            st.stats.nudged_phases += r.nudged_phases
             named_state = list(zip(net.layer_names(), r.state))
         else:  # a short last batch left this process nothing: it contributes zero
             r = None
@@ -273,6 +275,9 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": ev.loss,
                "test_acc": ev.acc, "lr": lr, "seconds": train_seconds,
                "steps_per_batch": stats.steps / max(stats.batches, 1),
+               "steps_free": stats.steps_free / max(stats.batches, 1),
+               "steps_nudged": (stats.steps - stats.steps_free) / max(stats.nudged_phases, 1),
+               "steps_inference": ev.steps,
                **{f"angle_{n}": float(a) for n, a in alignment_angles(net).items()}}
         if isinstance(learner, SpikingEP):
             row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
@@ -300,5 +305,6 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
             spk += (f" | {cfg.plasticity.profile}: {row['energy_inference_J']:.3g} J per inference, "
                     f"{row['energy_learning_J']:.3g} J per training sample")
         log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
-                 f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s{spk}")
+                 f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s | steps per phase: free "
+                 f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")
     barrier(ddp)

@@ -57,8 +57,11 @@ def test_steps_per_batch_reported_and_fewer_with_early_stopping(tmp_path):
     early = train(load_config(QUICK, sym + ["dynamics.tol=1e-4", "dynamics.tol_every=5"]), tmp_path / "early",
                   progress=False, echo=False)
     assert [h["steps_per_batch"] for h in full.history] == [300.0, 300.0]  # T1 + 2 T2
+    assert [(h["steps_free"], h["steps_nudged"], h["steps_inference"]) for h in full.history] == [(200, 50, 200)] * 2
+    assert all(h["steps_free"] < 100 and h["steps_inference"] < 100 for h in early.history), early.history
     assert all(h["steps_per_batch"] < 150 for h in early.history), early.history
-    assert "steps_per_batch" in (tmp_path / "early" / "metrics.csv").read_text().splitlines()[0]
+    assert "steps_per_batch,steps_free,steps_nudged" in (tmp_path / "early" / "metrics.csv").read_text().splitlines()[0]
+    assert "steps per phase: free" in (tmp_path / "early" / "train.log").read_text()
     a, b = early.history[-1]["test_acc"], full.history[-1]["test_acc"]
     assert a > 40 and abs(a - b) < 3, (a, b)  # 300 training images, 2 epochs: well above chance, as without
 
@@ -84,3 +87,17 @@ def test_deterministic_mode_trains_to_the_same_weights_on_the_cpu(tmp_path):
     train(load_config(QUICK, TINY), tmp_path / "n", progress=False, echo=False)
     wa, wb = _weights(tmp_path / "d"), _weights(tmp_path / "n")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_spiking_phases_end_when_settled_and_report_their_steps(tmp_path):
+    spk = ["data.subset=200", "model.hidden=[32,32]", "train.lrs=[0.1,0.1,0.05]", "train.batch_size=50", "train.epochs=1",
+           'model.neurons="spiking"', "spiking.T1=300", "spiking.T2=100", "spiking.window=20",
+           "estimator.name=symmetric", "train.eval_batch_size=500"]
+    full = train(load_config(QUICK, spk), tmp_path / "full", progress=False, echo=False)
+    early = train(load_config(QUICK, spk + ["spiking.rate_tol=0.004"]), tmp_path / "early", progress=False,
+                  echo=False)
+    f, e = full.history[-1], early.history[-1]
+    assert (f["steps_free"], f["steps_nudged"], f["steps_inference"]) == (300, 100, 300)
+    assert e["steps_free"] < 200 and e["steps_inference"] < 200, e
+    assert (e["steps_free"] * 4) % 20 == 0  # 4 batches, each phase whole windows
+    assert abs(e["test_acc"] - f["test_acc"]) < 5, (e["test_acc"], f["test_acc"])

@@ -35,8 +35,9 @@ def test_run_folder_has_every_file(tmp_path):
     r = train(tiny_config("train.epochs=2"), tmp_path / "run", progress=False, echo=False)
     assert RUN_FILES <= {p.name for p in (tmp_path / "run").iterdir()}
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,steps_per_batch" and len(lines) == 3
-    assert float(lines[1].split(",")[-1]) == 25 + 2 * 8  # T1 + 2 T2 (symmetric EP, no early stop)
+    assert lines[0] == "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,steps_per_batch,steps_free,steps_nudged,steps_inference" and len(lines) == 3
+    steps = [float(v) for v in lines[1].split(",")[-4:]]
+    assert steps == [25 + 2 * 8, 25, 8, 25]  # per batch T1 + 2 T2 (symmetric EP, no early stop); free; nudged; test
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["finished"] and summary["epochs_done"] == 2
     assert summary["best_test_acc"] == max(h["test_acc"] for h in r.history)

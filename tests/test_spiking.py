@@ -206,14 +206,64 @@ def test_bad_input_gives_clear_errors():
         config_from_dict({**base, "estimator": {"name": "bptt"}})
 
 
-def test_rate_tol_stops_a_converged_phase_early():
-    net = small_mlp(hidden=(16,), scale=2.0)
-    x, _ = batch_for(net, 4)
-    sim = SpikingSimulator(net, SpikingParams(window=50, rate_tol=0.05))
-    ph = sim.run_phase(net.prepare(x), None, 1000)
-    assert ph.steps < 1000 and ph.delta <= 0.05
-    full = SpikingSimulator(net, SpikingParams(window=50)).run_phase(net.prepare(x), None, 1000)
-    assert full.steps == 1000 and not math.isnan(full.delta)
+def test_settling_ends_a_converged_phase_and_its_rates_are_the_equilibrium():
+    net = small_mlp(hidden=(32, 32), in_shape=(1, 8, 8), scale=2.0)  # two hidden layers with feedback
+    x, _ = batch_for(net, 16)
+    inp = net.prepare(x)
+    full = SpikingSimulator(net, SpikingParams(window=50)).run_phase(inp, None, 2000)
+    assert full.steps == 2000  # rate_tol = 0: the budget is spent
+    early = SpikingSimulator(net, SpikingParams(window=50, rate_tol=0.002)).run_phase(inp, None, 2000)
+    assert 100 <= early.steps <= 400 and early.delta <= 0.002
+    # the rates it stopped on are the equilibrium: within the one-spike resolution of a window
+    for r, q in zip(early.rates, full.rates):
+        assert float((r - q).abs().mean()) <= 1 / 50, float((r - q).abs().mean())
+    # a phase started from that equilibrium (a nudged phase with beta = 0) ends after two windows
+    again = SpikingSimulator(net, SpikingParams(window=50, rate_tol=0.002)).run_phase(inp, early.state, 2000)
+    assert again.steps == 100
+
+
+def test_settling_does_not_end_an_unconverged_phase():
+    net = small_mlp(hidden=(32, 32), in_shape=(1, 8, 8), scale=2.0)
+    x, _ = batch_for(net, 16)
+    inp = net.prepare(x)
+    # 40 steps of windows of 10: the deep layers are still rising when the budget ends
+    ph = SpikingSimulator(net, SpikingParams(window=10, rate_tol=0.002)).run_phase(inp, None, 40)
+    assert ph.steps == 40 and ph.delta > 0.002
+    # Poisson input: the rates fluctuate by more than one spike per window and never settle
+    noisy = SpikingSimulator(net, SpikingParams(window=20, rate_tol=0.002, encoding="poisson"))
+    ph = noisy.run_phase(inp, None, 400, generator=torch.Generator().manual_seed(0))
+    assert ph.steps == 400 and ph.delta > 0.002
+
+
+def test_settle_statistic_per_sample_and_quantile():
+    from spikeep.spiking.simulator import settle_statistic
+
+    w = 10
+    prev = (torch.zeros(4, 6, dtype=torch.float64),)
+    now = prev[0].clone()
+    now[0, 0] = 1 / w  # sample 0: one neuron flickers by one spike: settled (excess 0)
+    now[1, :] = 3 / w  # sample 1: every neuron moved by three spikes
+    assert float(settle_statistic((now,), prev, w, "excess")) == pytest.approx(2 / w)
+    assert float(settle_statistic((now,), prev, w, "mean")) == pytest.approx(3 / w)
+    assert float(settle_statistic((now,), prev, w, "max")) == pytest.approx(3 / w)
+    # three of four samples settled: the median is 0, the 1.0 quantile (every sample) is not
+    assert float(settle_statistic((now,), prev, w, "excess", 0.5)) == 0.0
+    assert float(settle_statistic((now,), prev, w, "max", 0.25)) == 0.0
+    # the worst layer of a sample counts
+    two = (now, now[:, :2].clone() * 0)
+    assert float(settle_statistic(two, (prev[0], prev[0][:, :2]), w, "excess")) == pytest.approx(2 / w)
+
+
+def test_settling_options_are_checked():
+    with pytest.raises(ValueError, match="settle_statistic"):
+        SpikingParams(settle_statistic="median")
+    with pytest.raises(ValueError, match="settle_quantile"):
+        SpikingParams(settle_quantile=0.0)
+    with pytest.raises(ValueError, match="window >= 20"):
+        SpikingParams(window=10, syn_alpha=0.05, rate_tol=0.01)
+    base = {"model": {"neurons": "spiking"}, "train": {"lrs": [0.1, 0.1]}}
+    with pytest.raises(ConfigError, match="settle_statistic"):
+        config_from_dict({**base, "spiking": {"settle_statistic": "median"}})
 
 
 def test_probe_pictures(tmp_path):

@@ -233,7 +233,9 @@ class SpikingConfig:
     T1: int = 200  # free-phase step budget
     T2: int = 100  # step budget of each nudged phase
     window: int = 50  # steps per rate window (rates = spike counts of the last window / window)
-    rate_tol: float = 0.0  # stop a phase when two successive windows' rates differ by <= this
+    rate_tol: float = 0.0  # end a phase once the settle statistic of two successive windows is <= this (0: off)
+    settle_statistic: str = "excess"  # per sample and layer: "excess" (mean of (|dr| - 1/window)+), "mean" or "max" |dr|
+    settle_quantile: float = 1.0  # fraction of the batch's samples that must have settled (1: all)
     theta: float = 2.0
     leak: float = 0.0  # dt / tau_mem (0: integrate-and-fire; > 0: Norse's LIF box)
     refractory: int = 0  # steps

@@ -18,6 +18,8 @@ class EPResult(NamedTuple):
     logits: Tensor  # output at the free equilibrium
     steps: int  # total relaxation steps run for this batch
     beta: float  # the beta of the first nudged phase (its sign, for random-sign)
+    free_steps: int = 0  # steps of the free phase alone (the rest went to the nudged phase(s))
+    nudged_phases: int = 1  # 2 for the symmetric estimators
 
 
 def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
@@ -38,4 +40,5 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
         g = estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq)
         write_grads(net, finish(estimator, g, net, kp_leak))
-        return EPResult(free.state, net.loss(free.state, inp.y, mask), net.logits(free.state, mask), steps, beta)
+        return EPResult(free.state, net.loss(free.state, inp.y, mask), net.logits(free.state, mask), steps, beta,
+                        free.steps, 1 if minus is None else 2)

@@ -50,5 +50,6 @@ def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator:
         counts, steps = free.counts + plus.counts, free.steps + plus.steps
         if minus is not None:
             counts, steps = counts + minus.counts, steps + minus.steps
-        ep = EPResult(free.rates, net.loss(free.rates, inp.y), net.logits(free.rates), steps, beta)
+        ep = EPResult(free.rates, net.loss(free.rates, inp.y), net.logits(free.rates), steps, beta, free.steps,
+                      1 if minus is None else 2)
         return SpikingEPResult(ep, counts, free.counts)

@@ -15,7 +15,12 @@ through the dense or the event back end (spikeep.spiking.propagation); `auto` pi
 once per window, from the activity measured in the window before (no per-step device sync).
 
 Phases (free, +beta, -beta) run in windows of `window` steps; a window's spike counts give the
-rates, and a phase stops early once two successive windows' rates differ by at most `rate_tol`.
+rates. Settling: an IF neuron at equilibrium still flickers by one spike between windows (its rate
+is resolved to 1 / window), so a per-neuron max never falls below 1 / window. The default statistic
+is therefore the excess: per sample, the largest over layers of the mean over the layer's neurons of
+(|r(w) - r(w-1)| - 1 / window)+, which is 0 at equilibrium and positive while rates still drift;
+a phase ends once its `settle_quantile` quantile over the batch is <= `rate_tol` (0: never; spend
+the budget) or when the step budget is spent.
 The nudge is a current into the last layer computed from an exponential trace of its spikes:
 beta (y - rho_N) for squared error (Eq. 16), beta w_out^T (y - softmax(w_out rho_N)) through the
 softmax readout (Eq. 19).
@@ -37,6 +42,7 @@ from .propagation import Tables, check_spikes, fan_out_tables, propagate
 Tensor = torch.Tensor
 BACKENDS = ("auto", "dense", "event")
 ENCODINGS = ("current", "poisson")
+SETTLE_STATISTICS = ("excess", "mean", "max")
 # Activity (fraction of a layer's neurons spiking in a step) below which `auto` propagates events.
 # analysis/bench_spiking.py, 784-1024-1024-10 on 2 CPU cores: event and dense cost the same at 28 %
 # activity with batch 32; with batch 1 and 8 events stay faster up to 50 %. 0.25 sits just below.
@@ -50,7 +56,9 @@ class SpikingParams:
     syn_alpha: float = 1.0  # synaptic current filter: u <- u + alpha (W z - u); 1 = no filter
     trace_tau: float = 10.0  # steps: exponential trace of output spikes that feeds the nudge
     window: int = 50  # steps per rate window
-    rate_tol: float = 0.0  # stop a phase once two successive windows differ by <= this (0: use budget)
+    rate_tol: float = 0.0  # end a phase once the settle statistic is <= this (0: always spend the budget)
+    settle_statistic: str = "excess"  # per sample and layer (see settle_statistic): "excess", "mean" or "max"
+    settle_quantile: float = 1.0  # fraction of the batch's samples that must have settled
     encoding: str = "current"  # "current" (x as a constant current) or "poisson" (Bernoulli spikes, p = x)
     backend: str = "auto"
     crossover: float = DEFAULT_CROSSOVER
@@ -65,6 +73,16 @@ class SpikingParams:
             raise ValueError(f"spiking window must be a positive number of steps, got {self.window!r}")
         if not self.rate_tol >= 0:
             raise ValueError(f"spiking rate_tol must be >= 0, got {self.rate_tol!r}")
+        if self.settle_statistic not in SETTLE_STATISTICS:
+            raise ValueError(f"spiking settle_statistic must be one of {', '.join(SETTLE_STATISTICS)}, "
+                             f"got {self.settle_statistic!r}")
+        if self.rate_tol > 0 and self.window * self.syn_alpha < 1:
+            raise ValueError(f"spiking window ({self.window} steps) is shorter than the synaptic filter's time "
+                             f"constant 1 / syn_alpha = {1 / self.syn_alpha:g} steps: rates drift by less than "
+                             f"one spike per window and rate_tol would end phases before they settle; "
+                             f"use window >= {math.ceil(1 / self.syn_alpha)}")
+        if not 0 < self.settle_quantile <= 1:
+            raise ValueError(f"spiking settle_quantile must lie in (0, 1], got {self.settle_quantile!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"spiking encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         if self.backend not in BACKENDS:
@@ -88,9 +106,26 @@ class Phase(NamedTuple):
     rates: tuple[Tensor, ...]  # per layer, from the spike counts of the last window
     input_rate: Tensor  # x itself for constant current, the Poisson spike rate otherwise
     steps: int
-    delta: float  # max |rate change| between the last two windows (nan after one window)
+    delta: float  # settle statistic of the last two windows (quantile over samples; nan after one window)
     counts: Counts
     raster: Optional[tuple[Tensor, ...]] = None  # per layer: (steps, record, neurons) spikes, time first
+
+
+def settle_statistic(rates: tuple[Tensor, ...], prev: tuple[Tensor, ...], window: int, statistic: str = "excess",
+                     quantile: float = 1.0) -> Tensor:
+    """How far a batch is from its equilibrium after two windows of `window` steps: per sample, the
+    largest over layers of a layer statistic of the rate changes dr = r(w) - r(w-1); then the
+    `quantile` over samples. Layer statistics: "excess" the mean over neurons of (|dr| - 1 / window)+
+    (what exceeds the one-spike flicker of a neuron at equilibrium), "mean" |dr|, "max" |dr|."""
+    d = []
+    for r, q in zip(rates, prev):
+        dr = (r - q).abs().flatten(1)
+        if statistic == "excess":
+            d.append((dr - 1.0 / window).clamp_(min=0).mean(1))
+        else:
+            d.append(dr.mean(1) if statistic == "mean" else dr.amax(1))
+    per_sample = torch.stack(d).amax(0)  # (B,)
+    return per_sample.amax() if quantile >= 1 else torch.quantile(per_sample.double(), quantile)
 
 
 def poisson_input(x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -287,7 +322,7 @@ class SpikingSimulator:
                 in_synops += float((x_count * fo_in).sum())
                 activity[0] = window_in / (p.window * x_count.numel())
             if prev is not None:
-                delta = max(float((r - q).abs().max()) for r, q in zip(rates, prev))
+                delta = float(settle_statistic(rates, prev, p.window, p.settle_statistic, p.settle_quantile))
                 if p.rate_tol > 0 and delta <= p.rate_tol:
                     break
             prev = rates
