@@ -25,7 +25,7 @@ from .hardware.chips import apply_profile
 from .learners import BPTT, Learner, RateEP, SpikingEP
 from .learning.plasticity import Plasticity, SynapseSpec
 from .spiking.neurons import NeuronParams
-from .spiking.simulator import DEFAULT_CROSSOVER, SpikingParams
+from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -35,7 +35,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def spiking_params(s: SpikingConfig) -> SpikingParams:
     return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, s.v_min), s.syn_alpha, s.trace_tau,
                          s.window, s.rate_tol, s.settle_statistic, s.settle_quantile, s.encoding, s.backend,
-                         DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover)
+                         DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover,
+                         DEFAULT_CONV_CROSSOVER if s.conv_crossover < 0 else s.conv_crossover)
 
 
 def synapse_spec(p: PlasticityConfig) -> SynapseSpec:

@@ -112,6 +112,52 @@ def test_dense_and_event_back_ends_agree(encoding):
     assert float(free.counts.spikes.sum()) == sum(float(r.sum()) for r in free.raster)
 
 
+@pytest.mark.parametrize("pools,strides,paddings", [("mm", (1, 1), (1, 1)), ("aa", (1, 1), (0, 2)),
+                                                     ("ai", (2, 1), (1, 0)), ("ia", (1, 2), (2, 1))])
+def test_conv_events_are_kernel_slices(pools, strides, paddings):
+    """A spike at (c, i, j) adds its kernel slice: the same currents as conv2d / the transposed
+    feedback through the pooling, in float64, at 1 %, 10 % and 50 % activity."""
+    from spikeep.spiking.propagation import conv_feedback_events, conv_forward_events
+
+    net = small_conv(pools=pools, strides=strides, paddings=paddings, in_shape=(2, 11, 11), channels=(3, 4))
+    g = torch.Generator().manual_seed(0)
+    for syn in net.synapses[:2]:
+        for p in (0.01, 0.1, 0.5):
+            z = (torch.rand(5, *syn.pre_shape, generator=g) < p).double()
+            assert torch.allclose(conv_forward_events(syn, z), syn.forward_current(z), rtol=0, atol=1e-12)
+            post = (torch.rand(5, *syn.post_shape, generator=g) < p).double()
+            idx = syn.pool(syn.forward_current(z))[1]  # this step's max-pool winners
+            dense = syn.feedback_drive(post, idx)
+            assert torch.allclose(conv_feedback_events(syn, post, idx), dense, rtol=0, atol=1e-12)
+    silent = torch.zeros(3, *net.synapses[0].pre_shape, dtype=torch.float64)
+    assert torch.equal(conv_forward_events(net.synapses[0], silent), net.synapses[0].forward_current(silent))
+
+
+@pytest.mark.parametrize("encoding", ["current", "poisson"])
+@pytest.mark.parametrize("pools", ["mm", "aa"])
+def test_dense_and_event_back_ends_agree_on_convnets(encoding, pools):
+    # two conv layers, then a dense hidden layer: conv fan-out both ways and a layer with both kinds
+    net = small_conv(pools=pools, hidden=(12,), scale=3.0, in_shape=(1, 10, 10), channels=(4, 5))
+    x, y = batch_for(net, 4)
+    inp = net.prepare(x, y)
+    out = {}
+    for backend in ("dense", "event", "auto"):
+        sim = SpikingSimulator(net, SpikingParams(window=20, backend=backend, encoding=encoding, crossover=0.3,
+                                                  conv_crossover=0.2))
+        g = torch.Generator().manual_seed(3)
+        free = sim.run_phase(inp, None, 60, 0.0, g, record=4)
+        plus = sim.run_phase(inp, free.state, 40, 0.7, g, record=4)
+        out[backend] = (free, plus)
+    assert float(out["dense"][0].counts.spikes.min()) > 0  # every layer spikes
+    for backend in ("event", "auto"):
+        for a, b in zip(out["dense"], out[backend]):
+            assert all(torch.equal(r, q) for r, q in zip(a.raster, b.raster))  # identical spikes, every step
+            assert torch.equal(a.counts.spikes, b.counts.spikes) and torch.equal(a.counts.synops, b.counts.synops)
+            for u, v in zip(a.state.u + a.state.f + tuple(n.v for n in a.state.neurons),
+                            b.state.u + b.state.f + tuple(n.v for n in b.state.neurons)):
+                assert torch.allclose(u, v, rtol=0, atol=1e-12)
+
+
 def test_synops_are_spikes_times_fan_out():
     net = small_mlp(loss="cross_entropy", hidden=(12, 7), in_shape=(1, 3, 3), n_classes=4, scale=2.0)
     x, _ = batch_for(net, 3)
@@ -121,6 +167,34 @@ def test_synops_are_spikes_times_fan_out():
     # layer 0 drives 7 neurons forward and 9 inputs... no: the input takes no feedback -> 7;
     # layer 1 drives 12 neurons back and the 4-class readout
     assert ph.counts.synops.tolist() == [s0 * 7, s1 * (12 + 4)]
+
+
+def test_conv_synops_count_kernel_slice_additions():
+    """SynOps of a conv layer's spikes = the synapses its kernel slices reach (forward) plus, through
+    an average pooling, those of the 4 routed events (feedback): counted by brute force."""
+    from spikeep.spiking.metrics import fan_out
+
+    net = small_conv(pools="ia", paddings=(1, 0), in_shape=(1, 6, 6), channels=(2, 3), hidden=(5,))
+    fo_in, fo = fan_out(net)
+    c1, c2 = net.synapses[0], net.synapses[1]  # 1x6x6 -> 2x6x6 (no pool) -> 3x4x4 -> avg pool 3x2x2
+
+    def reached(syn, z):  # synapses the kernel slices of the spikes in z reach
+        return float(F.conv2d(z, torch.ones_like(syn.weight), None, syn.stride, syn.padding).sum())
+
+    def impulse(shape, c, i, j):
+        z = torch.zeros(1, *shape, dtype=torch.float64)
+        z[0, c, i, j] = 1
+        return z
+
+    for c, i, j in [(0, 0, 0), (0, 2, 3), (0, 5, 5)]:  # the input: forward only
+        assert float(fo_in[c, i, j]) == reached(c1, impulse(c1.pre_shape, c, i, j))
+    for c, i, j in [(0, 0, 0), (1, 3, 5)]:  # layer 0: forward through c2 (it sends no feedback to the input)
+        assert float(fo[0][c, i, j]) == reached(c2, impulse(c2.pre_shape, c, i, j))
+    for c, i, j in [(0, 0, 0), (2, 1, 0)]:  # layer 1: 5 dense targets + feedback of 4 routed events through c2
+        routed = c2.unpool(impulse(c2.post_shape, c, i, j), None)
+        back = F.conv_transpose2d((routed != 0).double(), torch.ones_like(c2.weight), None, c2.stride,
+                                  c2.padding, c2.output_padding)
+        assert float(fo[1][c, i, j]) == 5 + float(back.sum()) and float(back.sum()) == 4 * 2 * 9
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])

@@ -245,6 +245,7 @@ class SpikingConfig:
     encoding: str = "current"  # "current" or "poisson"
     backend: str = "auto"  # "auto", "dense" or "event"
     crossover: float = -1.0  # activity below which "auto" uses events (< 0: spikeep's measured default)
+    conv_crossover: float = -1.0  # the same for layers that drive conv synapses (< 0: measured default)
 
     def validate(self) -> None:
         if self.T1 <= 0 or self.T2 <= 0:

@@ -41,8 +41,12 @@ def _feedback_fan_out(s: Interaction, dtype, device) -> Tensor:
     if isinstance(s, Dense):
         return torch.full(s.post_shape, float(math.prod(s.pre_shape)), dtype=dtype, device=device)
     ones = torch.ones(1, *s.pre_shape, dtype=dtype, device=device)
-    cnt = F.conv2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding)
-    return (F.max_pool2d(cnt, 2, 2) if s.pool_kind != "i" else cnt)[0]
+    cnt = F.conv2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding)  # per conv output position
+    if s.pool_kind == "a":  # a spike goes back to all 4 positions of its window (1/4 each)
+        return (4 * F.avg_pool2d(cnt, 2, 2))[0]
+    if s.pool_kind == "m":  # to the window's winner: counted as the window's largest fan-out (an upper bound)
+        return F.max_pool2d(cnt, 2, 2)[0]
+    return cnt[0]
 
 
 def fan_out(net: EqNetwork) -> tuple[Tensor, list[Tensor]]:

@@ -34,10 +34,11 @@ from typing import NamedTuple, Optional
 import torch
 from norse.torch.functional.encode import poisson_encode_step
 
+from ..core.interactions import Conv
 from ..core.network import EqNetwork, Inputs
 from .metrics import Counts, fan_out
 from .neurons import NeuronParams, NeuronState, check_neuron_params, lif_box_step
-from .propagation import Tables, check_spikes, fan_out_tables, propagate
+from .propagation import Tables, check_spikes, conv_feedback_events, fan_out_tables, propagate
 
 Tensor = torch.Tensor
 BACKENDS = ("auto", "dense", "event")
@@ -47,6 +48,9 @@ SETTLE_STATISTICS = ("excess", "mean", "max")
 # analysis/bench_spiking.py, 784-1024-1024-10 on 2 CPU cores: event and dense cost the same at 28 %
 # activity with batch 32; with batch 1 and 8 events stay faster up to 50 %. 0.25 sits just below.
 DEFAULT_CROSSOVER = 0.25
+# The same for layers that drive conv synapses (kernel-slice events against F.conv2d / conv_transpose2d):
+# measured by analysis/bench_spiking.py --conv (see DEFAULT_CONV_CROSSOVER's note there).
+DEFAULT_CONV_CROSSOVER = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class SpikingParams:
     encoding: str = "current"  # "current" (x as a constant current) or "poisson" (Bernoulli spikes, p = x)
     backend: str = "auto"
     crossover: float = DEFAULT_CROSSOVER
+    conv_crossover: float = DEFAULT_CONV_CROSSOVER  # the same for layers that drive conv synapses
 
     def __post_init__(self):
         check_neuron_params(self.neuron)
@@ -89,6 +94,8 @@ class SpikingParams:
             raise ValueError(f"spiking backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.crossover <= 1:
             raise ValueError(f"spiking crossover must be an activity in [0, 1], got {self.crossover!r}")
+        if not 0 <= self.conv_crossover <= 1:
+            raise ValueError(f"spiking conv_crossover must be an activity in [0, 1], got {self.conv_crossover!r}")
 
 
 class SimState(NamedTuple):
@@ -179,21 +186,28 @@ class SpikingSimulator:
         f = tuple(z.clone() for z in zeros[:-1])
         return SimState(neurons, tuple(zeros), u, f, zeros[-1].clone())
 
-    def _use_events(self, z: Tensor) -> bool:
+    @property
+    def crossovers(self) -> list[float]:
+        """Per source layer (input first): the activity below which `auto` sends its spikes as events,
+        `conv_crossover` for a layer that drives a conv synapse (forward or feedback), else `crossover`."""
+        syn, n = self.net.synapses, len(self.net.synapses)
+        return [self.p.conv_crossover if any(isinstance(syn[j], Conv) for j in (k, k + 1) if 0 <= j < n)
+                else self.p.crossover for k in range(-1, n)]
+
+    def _use_events(self, z: Tensor, k: int) -> bool:
         if self.p.backend != "auto":
             return self.p.backend == "event"
-        return float(z.count_nonzero()) < self.p.crossover * z.numel()
+        return float(z.count_nonzero()) < self.crossovers[k + 1] * z.numel()
 
     def _window_events(self, activity: list[float]) -> list[bool]:
         """Back end per source layer (input first) for the next window, from measured activities."""
         if self.p.backend != "auto":
             return [self.p.backend == "event"] * len(activity)
-        return [a < self.p.crossover for a in activity]
+        return [a < c for a, c in zip(activity, self.crossovers)]
 
     def _send(self, z: Tensor, k: int, tables: Optional[Tables], event: Optional[bool]):
-        table = tables[k + 1] if tables is not None else None
-        use = table is not None and (self._use_events(z) if event is None else event)
-        return propagate(self.net, z, k, table, use)
+        use = tables is not None and (self._use_events(z, k) if event is None else event)
+        return propagate(self.net, z, k, tables[k + 1] if tables is not None else None, use)
 
     def step(self, inp: Inputs, st: SimState, beta: float = 0.0, x_spikes: Optional[Tensor] = None,
              tables: Optional[Tables] = None, events: Optional[list[bool]] = None) -> SimState:
@@ -234,7 +248,10 @@ class SpikingSimulator:
         for k in range(n - 1):
             fb = sent_down[k + 1]
             if fb is None:  # conv synapse: unpool with this step's max-pool indices, then transposed conv
-                fb = syn[k + 1].feedback_drive(st.z[k + 1], idx[k + 1])
+                if tables is not None and (self._use_events(st.z[k + 1], k + 1) if ev[k + 2] is None else ev[k + 2]):
+                    fb = conv_feedback_events(syn[k + 1], st.z[k + 1], idx[k + 1])
+                else:
+                    fb = syn[k + 1].feedback_drive(st.z[k + 1], idx[k + 1])
             f.append(filt(st.f[k], fb))
         current = net.total_drives(drive, f, st.rho, inp.target, beta)
         zs, neurons = [], []
