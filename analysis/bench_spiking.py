@@ -1,13 +1,16 @@
-"""Event vs dense spike propagation: time per simulated step of a 784-1024-1024-10 spiking network.
+"""Event vs dense spike propagation: time per simulated step of a 784-1024-1024-10 spiking network
+(or, with --conv, of the MNIST ConvNet 1x28x28-32c5-avg-64c5-avg-10: conv synapses, kernel-slice events).
 
 Every layer (input included, as Poisson spikes) is given spikes at the chosen activity; one
 `SpikingSimulator.step` (currents from those spikes, then every neuron) is timed for the dense back
 end (matrix products over the spike tensor) and the event back end (embedding_bag over the fan-out
 table rows, [W_{k+1}^T | W_k], of the neurons that spiked), in the same process, on the same state. Both results are
 compared (they must agree). Prints a table of ms per step and the event speed-up, and the crossover
-activity where the two cost the same (what `backend = "auto"` uses: spikeep.spiking.simulator.DEFAULT_CROSSOVER).
+activity where the two cost the same (what `backend = "auto"` uses: spikeep.spiking.simulator.DEFAULT_CROSSOVER,
+and DEFAULT_CONV_CROSSOVER for layers that drive conv synapses).
 
     python analysis/bench_spiking.py [--batch 1 8 32] [--activity 0.01 0.05 0.2 0.5] [--json FILE]
+    python analysis/bench_spiking.py --conv [--batch 1 8 32] [--activity 0.01 0.05 0.2]
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--activity", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5])
     ap.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024])
+    ap.add_argument("--conv", action="store_true", help="the MNIST ConvNet (32c5-avg-64c5-avg-10) instead")
     ap.add_argument("--repeats", type=int, default=50, help="steps per timed block")
     ap.add_argument("--rounds", type=int, default=7, help="alternating dense/event blocks; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -66,8 +70,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = EqNetwork(ModelConfig(input_shape=[1, 28, 28], hidden=args.hidden, n_classes=10, loss="mse"))
-    arch = "-".join(map(str, [784, *args.hidden, 10]))
+    if args.conv:
+        net = EqNetwork(ModelConfig(input_shape=[1, 28, 28], channels=[32, 64], kernels=[5, 5], strides=[1, 1],
+                                    paddings=[0, 0], pools="aa", n_classes=10, loss="mse"))
+        arch = "1x28x28-32c5-avg-64c5-avg-10"
+    else:
+        net = EqNetwork(ModelConfig(input_shape=[1, 28, 28], hidden=args.hidden, n_classes=10, loss="mse"))
+        arch = "-".join(map(str, [784, *args.hidden, 10]))
     print(f"{arch} spiking network, float32, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}")
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -98,7 +107,8 @@ def main() -> None:
             r["crossover"] = cross
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": arch, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+            json.dump({"arch": arch, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

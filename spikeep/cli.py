@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError
@@ -99,6 +100,19 @@ def cmd_traces(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .nir_export import export_run
+
+    out = Path(args.out)
+    if out.suffix != ".nir":
+        raise ValueError(f"the output file must end in .nir, got {out}")
+    r = export_run(args.run_dir, out, args.weights, args.approximate)
+    print(f"wrote {r['out']}: NIR graph of {r['nodes']} nodes and {r['edges']} edges")
+    for d in r["dropped"]:
+        print(f"  not in the graph (listed in its metadata): {d}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -136,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=["csv", "npz"], default="npz", help="export format (default npz)")
     p.add_argument("--out", help="output file (default: next to FILE)")
     p.set_defaults(fn=cmd_traces)
+    p = sub.add_parser("export", help="write a trained spiking network as a NIR graph (needs spikeep[nir])",
+                       description="Write a spiking run's trained network (the free phase) as a NIR graph: IF "
+                                   "nodes, Affine / Conv2d / SumPool2d + Scale, dense feedback as Linear(W^T).")
+    p.add_argument("run_dir", help="a run folder written by spikeep train with model.neurons = 'spiking'")
+    p.add_argument("out", help="the .nir file to write")
+    p.add_argument("--weights", choices=["best", "last"], default="best")
+    p.add_argument("--approximate", action="store_true",
+                   help="leave out what NIR cannot express (reset by subtraction, the membrane clamp, conv feedback) "
+                        "and list it in the graph's metadata, instead of refusing")
+    p.set_defaults(fn=cmd_export)
     args = ap.parse_args(argv)
     from .files import StorageError
     from .monitor import DivergenceError

@@ -16,7 +16,7 @@ LAYERS = [
     ["spikeep.data", "spikeep.runs", "spikeep.traces", "spikeep.distributed"],  # run machinery
     ["spikeep.learners", "spikeep.monitor"],  # one learner per method; finite checks, metrics
     ["spikeep.build", "spikeep.checkpoint"],  # config -> objects; training state
-    ["spikeep.evaluation"],
+    ["spikeep.evaluation", "spikeep.nir_export"],
     ["spikeep.trainer"],
     ["spikeep.cli"],
 ]

@@ -49,8 +49,10 @@ SETTLE_STATISTICS = ("excess", "mean", "max")
 # activity with batch 32; with batch 1 and 8 events stay faster up to 50 %. 0.25 sits just below.
 DEFAULT_CROSSOVER = 0.25
 # The same for layers that drive conv synapses (kernel-slice events against F.conv2d / conv_transpose2d):
-# measured by analysis/bench_spiking.py --conv (see DEFAULT_CONV_CROSSOVER's note there).
-DEFAULT_CONV_CROSSOVER = 0.05
+# analysis/bench_spiking.py --conv, MNIST ConvNet 32c5-64c5 on 2 CPU cores: events cost the same as
+# dense at 0.3-0.4 % activity (batch 8, 32), 0.6-0.7x at 1 %, 0.1-0.5x at 5 %, 0.02-0.2x at 20 %;
+# PyTorch's CPU convolutions are hard to beat on 12x12 and 8x8 maps. 0.003 sits at the crossover.
+DEFAULT_CONV_CROSSOVER = 0.003
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,152 @@
+"""Export to NIR: the graph nir.read type-checks, holds the trained weights, refuses what NIR cannot
+express (nothing written), and, imported into Norse (norse.torch.from_nir), spikes as spikeep's twin."""
+import hashlib
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, batch_for, small_conv, small_mlp
+from spikeep.build import load_config
+from spikeep.cli import main
+from spikeep.nir_export import ExportError, to_nir
+from spikeep.spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
+from spikeep.trainer import train
+
+nir = pytest.importorskip("nir")
+QUICK = REPO / "models" / "quickstart.toml"
+
+
+def folder_hash(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def spiking_run(tmp_path, name, extra=()):
+    sets = ["data.subset=100", "train.epochs=1", "train.batch_size=50", 'model.neurons="spiking"', "spiking.T1=20",
+            "spiking.T2=10", "spiking.window=10", "estimator.name=symmetric", *extra]
+    train(load_config(QUICK, sets), tmp_path / name, progress=False, echo=False)
+    return tmp_path / name
+
+
+def test_export_writes_a_graph_nir_reads_and_type_checks(tmp_path, capsys):
+    run = spiking_run(tmp_path, "mlp", ["model.hidden=[20,12]", "train.lrs=[0.1,0.1,0.05]"])
+    out = tmp_path / "mlp.nir"
+    assert main(["export", str(run), str(out), "--approximate"]) == 0
+    assert "reset by subtraction" in capsys.readouterr().out
+    g = nir.read(str(out))
+    g = nir.NIRGraph(g.nodes, g.edges, g.metadata, type_check=True)  # raises on a type mismatch
+    ckpt = torch.load(run / "best.pt", weights_only=True)["model"]
+    names = {k for k in ckpt}
+    w = {n: v.numpy() for n, v in ckpt.items()}
+    dense = sorted(k for k in names if k.endswith(".weight") and "readout" not in k)
+    assert dense == ["synapses.0.weight", "synapses.1.weight"]  # 784-20-12; the readout apart
+    assert np.array_equal(g.nodes["affine_0"].weight, w[dense[0]])
+    assert np.array_equal(g.nodes["affine_1"].weight, w[dense[1]])
+    assert np.array_equal(g.nodes["feedback_1"].weight, w[dense[1]].T)  # feedback edge: Linear(W^T)
+    assert np.array_equal(g.nodes["readout"].weight, w["readout.weight"])
+    assert ("if_1", "feedback_1") in g.edges and ("feedback_1", "if_0") in g.edges  # a cycle
+    assert g.nodes["if_0"].v_threshold.shape == (20,) and np.all(g.nodes["if_0"].v_threshold == 2.0)
+    meta = g.metadata["spikeep"]
+    dropped = [d.decode() if isinstance(d, bytes) else str(d) for d in np.atleast_1d(meta["dropped"])]
+    assert any("reset by subtraction" in d for d in dropped) and any("clamp" in d for d in dropped)
+
+
+def test_export_refuses_and_writes_nothing(tmp_path, capsys):
+    run = spiking_run(tmp_path, "mlp", ["model.hidden=[16]"])
+    before = folder_hash(tmp_path)
+    out = tmp_path / "out.nir"
+    assert main(["export", str(run), str(out)]) == 2  # reset by subtraction needs --approximate
+    assert "--approximate" in capsys.readouterr().err
+    assert main(["export", str(run), str(tmp_path / "out.h5"), "--approximate"]) == 2
+    assert ".nir" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nowhere"), str(out), "--approximate"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert folder_hash(tmp_path) == before and not out.exists()
+
+
+def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
+    with pytest.raises(ExportError, match="max-pool"):
+        to_nir(small_conv(pools="ma"), SpikingParams(), approximate=True)
+    with pytest.raises(ExportError, match="syn_alpha"):
+        to_nir(small_mlp(), SpikingParams(syn_alpha=0.5), approximate=True)
+    g = to_nir(small_conv(pools="aa", hidden=(8,), loss="cross_entropy").float(), SpikingParams(), approximate=True)
+    g = nir.NIRGraph(g.nodes, g.edges, g.metadata, type_check=True)
+    kinds = [type(g.nodes[n]).__name__ for n in ("conv_0", "sumpool_0", "scale_0", "if_0", "flatten_2", "affine_2")]
+    assert kinds == ["Conv2d", "SumPool2d", "Scale", "IF", "Flatten", "Affine"]
+    assert np.all(g.nodes["scale_0"].scale == 0.25)
+    assert not any(n.startswith("feedback") for n in g.nodes)
+    assert sum("feedback of synapse" in d for d in g.metadata["spikeep"]["dropped"]) == 2
+
+
+class SubtractIF(torch.nn.Module):
+    """spikeep's IF (Norse's heaviside and subtractive reset, membrane clamp) as a stateful module for
+    nirtorch's executor: swapped in for Norse's IAFCell, which resets to zero."""
+
+    def __init__(self, p: NeuronParams):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x, state=None):
+        if state is None:
+            state = NeuronState(torch.zeros_like(x), torch.zeros_like(x, dtype=torch.int32))
+        return lif_box_step(x, state, self.p)
+
+
+def norse_counts(graph, x, T, subtract: bool):
+    """Simulate the graph imported by norse.torch.from_nir for T steps on a constant input; spike
+    counts per IF node."""
+    import norse.torch as nt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nt.from_nir(graph)
+    if subtract:
+        for node in m.execution_order:
+            if node.name.startswith("if_"):
+                node.elem = SubtractIF(NeuronParams())  # one module per node: nirtorch tells nodes by module
+    counts, state = {}, None
+    for _ in range(T):
+        _, state = m(x) if state is None else m(x, state)
+        for name, v in state.cache.items():
+            if name.startswith("if_"):
+                counts[name] = counts.get(name, 0) + v
+    return counts
+
+
+@pytest.mark.parametrize("hidden", [(16,), (24, 16)])
+def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
+    net = small_mlp(loss="cross_entropy", hidden=hidden, scale=2.0).float()
+    x, _ = batch_for(net, 8)
+    x = x.float()
+    path = tmp_path / "g.nir"
+    nir.write(str(path), to_nir(net, SpikingParams(), approximate=True))
+    graph = nir.read(str(path))
+    T = 400
+    twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
+    ours = [(r * T).round() for r in twin.rates]  # spike counts of the one window
+    sub = norse_counts(graph, x.flatten(1), T, subtract=True)
+    for k, c in enumerate(ours):
+        d = (sub[f"if_{k}"] - c).abs()
+        if len(hidden) == 1:  # one spiking layer driven by a constant current: the very same spikes
+            assert float(d.max()) == 0.0
+        else:  # nirtorch runs forward edges within a step, spikeep one step later: at most one spike apart
+            assert float(d.max()) <= 1.0 and float(d.mean()) <= 0.1, (k, float(d.max()), float(d.mean()))
+    # Norse's own IF (reset to zero) loses the charge above threshold at every spike: for the first
+    # layer (constant current I = W x + b) it fires every floor(theta / I) + 1 steps, never faster
+    # than the twin's clip(I / theta, 0, 1) (the explained, bounded difference)
+    if len(hidden) == 1:
+        zero = norse_counts(graph, x.flatten(1), T, subtract=False)["if_0"]
+        with torch.no_grad():
+            current = net.prepare(x).drive  # (B, 16): W_1 x + b_1
+        period = torch.where(current > 0, torch.floor(2.0 / current.clamp(min=1e-9)) + 1,
+                             torch.full_like(current, math.inf))
+        assert torch.equal(zero.detach(), torch.floor(T / period))
+        assert bool((zero <= ours[0] + 1).all())
