@@ -117,7 +117,8 @@ def energy(cfg: Config, spikes_per_inference: float, synops_per_inference: float
     seen = max(stats.seen, 1)
     inf = energy_estimate(prof, spikes_per_inference, synops_per_inference)
     learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, _number(stats.updates) / seen)
-    return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"]}
+    return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"],
+            "energy_figures_verified": inf["verified"]}
 
 
 def spike_pictures(sim, x: torch.Tensor, y: torch.Tensor, T1: int, T2: int, beta: float, names: list[str],

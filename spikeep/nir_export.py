@@ -78,7 +78,7 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
             refused.append(f"synapse {k} is a {type(s).__name__}, which export does not know")
     if refused:
         raise ExportError("cannot export to NIR: " + "; ".join(refused))
-    dropped.append(f"reset by subtraction (v <- v - theta z): NIR's IF resets to v_reset = 0")
+    dropped.append("reset by subtraction (v <- v - theta z): NIR's IF resets to v_reset = 0")
     dropped.append(f"the membrane clamp to [v_min, theta] = [{p.v_min}, {p.theta}]")
 
     syn, n = net.synapses, len(net.synapses)

@@ -38,7 +38,8 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "l
                  "steps_free", "steps_nudged",  # mean steps of a free / of one nudged phase in training
                  "steps_inference",  # mean steps of the free phase at test time
                  "spikes_per_inference", "synops_per_inference",  # spiking networks
-                 "energy_inference_J", "energy_learning_J"]  # spiking networks with a chip profile
+                 "energy_inference_J", "energy_learning_J",  # spiking networks with a chip profile
+                 "energy_figures_verified"]  # False: the profile's figures include one not found in its source
 
 
 class CheckpointError(RuntimeError):

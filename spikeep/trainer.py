@@ -303,7 +303,8 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
                if isinstance(learner, SpikingEP) else "")
         if row.get("energy_inference_J") is not None:
             spk += (f" | {cfg.plasticity.profile}: {row['energy_inference_J']:.3g} J per inference, "
-                    f"{row['energy_learning_J']:.3g} J per training sample")
+                    f"{row['energy_learning_J']:.3g} J per training sample"
+                    f"{'' if row['energy_figures_verified'] else ' (UNVERIFIED energy figure, see chips.py)'}")
         log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
                  f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s | steps per phase: free "
                  f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")

@@ -237,6 +237,25 @@ def test_energy_estimate_counts_and_unknown_figures():
     assert energy_estimate(get_profile("brainscales2"), 100, 1e4)["total"] is None
 
 
+def test_every_energy_figure_has_its_provenance():
+    from spikeep.hardware.chips import PROFILES, ChipProfile, Energy, Source, get_profile, provenance
+
+    rows = provenance()
+    for p in PROFILES.values():  # each figure given has exactly one source, and none is invented
+        given = {k for k in ("synop", "spike", "update") if getattr(p.energy, k) is not None}
+        assert {r["figure"] for r in rows if r["profile"] == p.name} == given
+    loihi = {r["figure"]: r for r in provenance("loihi2")}
+    assert loihi["synop"]["joules"] == pytest.approx(23.6e-12) and "Table 2" in loihi["synop"]["where"]
+    assert all(r["kind"].startswith("pre-silicon estimate") and "0.75 V" in r["kind"] for r in loihi.values())
+    spin = provenance("spinnaker")
+    assert len(spin) == 1 and spin[0]["verified"] is False
+    assert get_profile("spinnaker").energy.verified is False and get_profile("loihi2").energy.verified
+    with pytest.raises(ValueError, match="exactly one Source"):
+        ChipProfile("nosource", {"bits": 4}, energy=Energy(synop=1e-12))
+    with pytest.raises(ValueError, match="kind"):
+        Source("synop", "someone", "Table 1", "a guess", True)
+
+
 def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp_path):
     import numpy as np
 
@@ -255,6 +274,7 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
     expected = row["synops_per_inference"] * 23.6e-12 + row["spikes_per_inference"] * 1.7e-12
     assert row["energy_inference_J"] == pytest.approx(expected)
     assert row["energy_learning_J"] > row["energy_inference_J"]
+    assert row["energy_figures_verified"] is True  # loihi2: every figure found in Davies et al. 2018, Table 2
     assert "energy_inference_J" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert (tmp_path / "raster.png").stat().st_size > 0 and (tmp_path / "rate_convergence.png").stat().st_size > 0
     with traces.open(tmp_path / "traces.h5") as t:

@@ -16,8 +16,9 @@ loihi2        8-bit signed weights with one shared power-of-two exponent per lay
               2", IEEE SiPS), stochastic rounding of updates (Loihi's learning engine rounds
               stochastically). Energy: Loihi (14 nm) figures of Davies et al. 2018, Table 2:
               23.6 pJ per synaptic spike operation, 1.7 pJ within-tile spike energy, 120 pJ per
-              synaptic update. Loihi 2 has no per-operation table of its own in print; these are
-              Loihi's.
+              synaptic update. They are pre-silicon estimates (SPICE-level simulation of the circuits
+              at 0.75 V), not measurements of a chip. Loihi 2 has no per-operation table of its own
+              in print; these are Loihi's.
 brainscales2  signed 6-bit weights (magnitude 0..63, the sign from an excitatory or inhibitory synapse
               row: codes -63..63, spikeep's 7-bit grid); Pehle et al. 2022, "The BrainScaleS-2
               accelerated neuromorphic system with hybrid plasticity", Front. Neurosci. 16:795876.
@@ -25,9 +26,11 @@ brainscales2  signed 6-bit weights (magnitude 0..63, the sign from an excitatory
               not a chip constant). Updates are computed by the embedded SIMD processors (stochastic
               rounding in software). No per-event energy figure is used (none we could verify).
 spinnaker     16-bit fixed-point weights (power-of-two scale: a fixed binary point), round to nearest
-              (integer arithmetic on ARM cores). Energy: ~8 nJ per synaptic event from the SpiNNaker
-              power model of Stromatias et al. 2013, "Power analysis of large-scale, real-time neural
-              networks on SpiNNaker", IJCNN (48-chip board); no per-spike or per-update figure.
+              (integer arithmetic on ARM cores). Energy: ~8 nJ per synaptic event, attributed to the
+              SpiNNaker power model of Stromatias et al. 2013, "Power analysis of large-scale,
+              real-time neural networks on SpiNNaker", IJCNN (48-chip board). UNVERIFIED: a review
+              (issue 14) could not find this figure in that paper; it is kept, flagged, so that runs
+              stay comparable, and every report that uses it says so. No per-spike or per-update figure.
 memristor     analog conductances with 32 levels, nonlinear asymmetric potentiation / depression
               (nu_p = 3, nu_d = 3) and 1 % cycle-to-cycle noise, in the range of the reported RRAM
               devices (tens of levels, nonlinear updates: e.g. Yao et al. 2020, Nature 577:641-646).
@@ -37,6 +40,8 @@ memristor     analog conductances with 32 levels, nonlinear asymmetric potentiat
 
 These figures are literature values for orders of magnitude, not measurements of spikeep's
 networks on those chips: a chip's real cost also depends on mapping, routing and static power.
+Each figure carries its provenance (`Source`: citation, where in it, what kind of number, whether it
+was found there); `provenance()` lists them and the README table shows them.
 """
 from __future__ import annotations
 
@@ -47,11 +52,37 @@ PJ = 1e-12
 NJ = 1e-9
 
 
+KINDS = ("measurement", "derived from a measurement", "pre-silicon estimate", "model estimate")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an energy figure comes from."""
+    figure: str  # which figure of Energy: "synop", "spike" or "update"
+    citation: str  # authors, year, title, venue
+    where: str  # table, figure or section of the citation
+    kind: str  # one of KINDS, with detail after a colon (e.g. "pre-silicon estimate: SPICE, 0.75 V")
+    verified: bool  # the figure was found at `where` in the citation
+    note: str = ""
+
+    def __post_init__(self):
+        if self.figure not in ("synop", "spike", "update"):
+            raise ValueError(f"an energy source names the figure synop, spike or update, got {self.figure!r}")
+        if self.kind.split(":")[0] not in KINDS:
+            raise ValueError(f"energy source kind must start with one of {KINDS}, got {self.kind!r}")
+
+
 @dataclass(frozen=True)
 class Energy:
     synop: Optional[float] = None  # joules per synaptic event (a spike reaching one synapse)
     spike: Optional[float] = None  # joules per spike emitted (generation and routing)
     update: Optional[float] = None  # joules per synaptic weight update (one synapse changed)
+    sources: tuple[Source, ...] = ()  # one per figure given
+
+    @property
+    def verified(self) -> bool:
+        """Every figure was found in its source."""
+        return all(s.verified for s in self.sources)
 
 
 @dataclass(frozen=True)
@@ -71,9 +102,15 @@ class ChipProfile:
         scale = self.synapse.get("scale", "init")
         if isinstance(scale, (int, float)) and not scale > 0:
             raise ValueError(f"chip profile {self.name!r}: a fixed weight scale must be > 0, got {scale!r}")
-        for k, v in vars(self.energy).items():
+        e = self.energy
+        for k in ("synop", "spike", "update"):
+            v = getattr(e, k)
             if v is not None and not v > 0:
                 raise ValueError(f"chip profile {self.name!r}: energy per {k} must be > 0 joules or None, got {v!r}")
+            n_src = sum(s.figure == k for s in e.sources)
+            if (v is None and n_src) or (v is not None and n_src != 1):
+                raise ValueError(f"chip profile {self.name!r}: energy per {k} needs exactly one Source "
+                                 f"(its provenance), and none without a figure; got {n_src}")
         known_syn = {"bits", "scale", "rounding", "threshold", "device", "levels", "nu_p", "nu_d", "noise", "headroom"}
         known_neu = {"theta", "leak", "refractory", "v_min"}
         for keys, known, what in ((self.synapse, known_syn, "synapse"), (self.neuron, known_neu, "neuron")):
@@ -101,20 +138,46 @@ def get_profile(name: str) -> ChipProfile:
 
 
 register_profile(ChipProfile("ideal", {"bits": 0}, {"leak": 0.0}, Energy(), "float32 weights, IF neurons"))
+DAVIES_2018 = ("Davies et al. 2018, Loihi: a neuromorphic manycore processor with on-chip learning, "
+               "IEEE Micro 38(1):82-99")
+_LOIHI = "pre-silicon estimate: SPICE-level simulation of Loihi's 14 nm circuits at 0.75 V"
 register_profile(ChipProfile(
     "loihi2", {"bits": 8, "scale": "pow2", "rounding": "stochastic", "device": "linear", "headroom": 8.0},
-    {"leak": 0.0}, Energy(synop=23.6 * PJ, spike=1.7 * PJ, update=120 * PJ),
+    {"leak": 0.0}, Energy(synop=23.6 * PJ, spike=1.7 * PJ, update=120 * PJ, sources=(
+        Source("synop", DAVIES_2018, "Table 2, synaptic spike operation", _LOIHI, True, "Loihi (not Loihi 2)"),
+        Source("spike", DAVIES_2018, "Table 2, within-tile spike energy", _LOIHI, True, "Loihi (not Loihi 2)"),
+        Source("update", DAVIES_2018, "Table 2, synaptic update", _LOIHI, True, "Loihi (not Loihi 2)"))),
     "8-bit weights, shared power-of-two exponent, stochastic rounding; Loihi energy figures"))
 register_profile(ChipProfile(
     "brainscales2", {"bits": 7, "scale": "init", "rounding": "stochastic", "device": "linear", "headroom": 4.0},
     {"leak": 0.01}, Energy(), "signed 6-bit weights (+-63), leaky analog neurons"))
 register_profile(ChipProfile(
     "spinnaker", {"bits": 16, "scale": "pow2", "rounding": "nearest", "device": "linear", "headroom": 16.0},
-    {"leak": 0.0}, Energy(synop=8 * NJ), "16-bit fixed-point weights; SpiNNaker power model"))
+    {"leak": 0.0}, Energy(synop=8 * NJ, sources=(Source(
+        "synop", "Stromatias et al. 2013, Power analysis of large-scale, real-time neural networks on SpiNNaker, "
+        "IJCNN", "not found (attributed to its power model)", "model estimate: board-level power model",
+        False, "could not be found in the cited source; kept for comparability, flagged as unverified"),)),
+    "16-bit fixed-point weights; SpiNNaker power model (unverified energy figure)"))
 register_profile(ChipProfile(
     "memristor", {"bits": 8, "scale": "init", "rounding": "stochastic", "device": "memristor", "levels": 32,
                   "nu_p": 3.0, "nu_d": 3.0, "noise": 0.01, "headroom": 4.0},
-    {}, Energy(synop=0.18 * PJ), "32-level nonlinear noisy conductances"))
+    {}, Energy(synop=0.18 * PJ, sources=(Source(
+        "synop", "Yao et al. 2020, Fully hardware-implemented memristor convolutional neural network, "
+        "Nature 577:641-646", "abstract: 11,014 GOP/s/W of the memristor CNN",
+        "derived from a measurement: 1 / 11,014 GOP/s/W = 0.091 pJ per operation, x 2 operations per "
+        "multiply-accumulate (our conversion)", True, "not re-checked against the paper in this session"),)),
+    "32-level nonlinear noisy conductances"))
+
+
+def provenance(name: Optional[str] = None) -> list[dict[str, Any]]:
+    """The energy figures of one profile (or of all) with their sources, for tables and reports."""
+    rows = []
+    for p in ([get_profile(name)] if name else PROFILES.values()):
+        for s in p.energy.sources:
+            rows.append({"profile": p.name, "figure": s.figure, "joules": getattr(p.energy, s.figure),
+                         "citation": s.citation, "where": s.where, "kind": s.kind, "verified": s.verified,
+                         "note": s.note})
+    return rows
 
 
 def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
@@ -140,4 +203,4 @@ def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float
     known = [v for v in parts.values() if v is not None]
     no_figures = e.synop is None and e.spike is None and e.update is None
     return {**parts, "total": None if no_figures else sum(known),
-            "complete": all(v is not None for v in parts.values())}
+            "complete": all(v is not None for v in parts.values()), "verified": e.verified}
