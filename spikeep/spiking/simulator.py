@@ -301,9 +301,10 @@ class SpikingSimulator:
         n = len(net.synapses)
         tables = self.tables()
         # activity per source layer (input first) decides the back end of each window: the last
-        # window's spike counts after the first (no per-step device sync)
+        # window's spike counts after the first (no per-step device sync). The first window of a
+        # phase from rest goes dense: a silent network says nothing about the activity to come
         activity = [float(input_spikes[0].mean()) if input_spikes is not None else float(inp.x.mean())]
-        activity += [float(z.count_nonzero()) / max(z.numel(), 1) for z in st.z]
+        activity += [float(z.count_nonzero()) / max(z.numel(), 1) if state is not None else 1.0 for z in st.z]
         fo_in, fo = self.fan_out
         spikes = torch.zeros(n, dtype=torch.float64)
         synops = torch.zeros(n, dtype=torch.float64)
