@@ -39,6 +39,7 @@ from .config import read_json_config
 from .core.interactions import Conv, Dense
 from .core.network import EqNetwork
 from .files import replace_atomically
+from .spiking.neurons import NeuronParams, NeuronState, lif_box_step
 from .spiking.simulator import SpikingParams
 
 
@@ -159,6 +160,23 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
         **(extra_metadata or {}),
     }}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
+
+
+class SubtractiveIF(torch.nn.Module):
+    """spikeep's IF neuron (Norse's heaviside and subtractive reset, membrane clamp) as a stateful
+    module for nirtorch's GraphExecutor (`forward(input, state) -> (spikes, state)`): swap it in for
+    the IAFCell that norse.torch.from_nir makes of an IF node (which resets to zero) to run an exported
+    graph with the neurons it was trained with. Use one instance per node (nirtorch tells nodes apart
+    by their modules)."""
+
+    def __init__(self, p: NeuronParams = NeuronParams()):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, state: Optional[NeuronState] = None):
+        if state is None:
+            state = NeuronState(torch.zeros_like(x), torch.zeros_like(x, dtype=torch.int32))
+        return lif_box_step(x, state, self.p)
 
 
 def export_run(run_dir: str | Path, out: str | Path, which: str = "best", approximate: bool = False) -> dict:

@@ -11,8 +11,8 @@ import torch
 from conftest import REPO, batch_for, small_conv, small_mlp
 from spikeep.build import load_config
 from spikeep.cli import main
-from spikeep.nir_export import ExportError, to_nir
-from spikeep.spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from spikeep.nir_export import ExportError, SubtractiveIF, to_nir
+from spikeep.spiking.neurons import NeuronParams
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 from spikeep.trainer import train
 
@@ -86,20 +86,6 @@ def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
     assert sum("feedback of synapse" in d for d in g.metadata["spikeep"]["dropped"]) == 2
 
 
-class SubtractIF(torch.nn.Module):
-    """spikeep's IF (Norse's heaviside and subtractive reset, membrane clamp) as a stateful module for
-    nirtorch's executor: swapped in for Norse's IAFCell, which resets to zero."""
-
-    def __init__(self, p: NeuronParams):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x, state=None):
-        if state is None:
-            state = NeuronState(torch.zeros_like(x), torch.zeros_like(x, dtype=torch.int32))
-        return lif_box_step(x, state, self.p)
-
-
 def norse_counts(graph, x, T, subtract: bool):
     """Simulate the graph imported by norse.torch.from_nir for T steps on a constant input; spike
     counts per IF node."""
@@ -111,7 +97,7 @@ def norse_counts(graph, x, T, subtract: bool):
     if subtract:
         for node in m.execution_order:
             if node.name.startswith("if_"):
-                node.elem = SubtractIF(NeuronParams())  # one module per node: nirtorch tells nodes by module
+                node.elem = SubtractiveIF(NeuronParams())  # one module per node: nirtorch tells nodes by module
     counts, state = {}, None
     for _ in range(T):
         _, state = m(x) if state is None else m(x, state)

@@ -1,0 +1,101 @@
+"""A trained spiking run exported to NIR, read back and run in Norse, against spikeep's own twin.
+
+Exports the run (spikeep export --approximate), reads the file with nir.read, imports it with
+norse.torch.from_nir, swaps Norse's IF (reset to zero) for spikeep's subtractive IF
+(spikeep.nir_export.SubtractiveIF) and simulates T steps of the first test images with the input as a
+constant current. Compares per layer the spike counts with spikeep's spiking twin over the same T
+steps, and the predictions (argmax of the readout of the mean spike rates) with the twin's and the
+labels; also with Norse's own reset to zero.
+
+    python analysis/nir_check.py RUN_DIR --out analysis/results/spiking_deep/mlp2/nir_check.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from spikeep import runs
+from spikeep.build import build_network, config_from_dict, spiking_params
+from spikeep.config import read_json_config
+from spikeep.data import prepare_data
+from spikeep.nir_export import SubtractiveIF, export_run
+from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
+
+
+def simulate(graph, x: torch.Tensor, T: int, subtract: bool, theta_params) -> dict:
+    import norse.torch as nt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = nt.from_nir(graph)
+    if subtract:
+        for node in m.execution_order:
+            if node.name.startswith("if_"):
+                node.elem = SubtractiveIF(theta_params)
+    counts, state, readout = {}, None, 0
+    with torch.no_grad():
+        for _ in range(T):
+            _, state = m(x) if state is None else m(x, state)
+            for name, v in state.cache.items():
+                if name.startswith("if_"):
+                    counts[name] = counts.get(name, 0) + v
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--T", type=int, default=150, help="steps (the run's free-phase budget by default)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    import nir
+
+    run = Path(args.run_dir)
+    cfg = config_from_dict(read_json_config(run / "config.json"))
+    net = build_network(cfg)
+    net.load_state_dict(runs.load_checkpoint(run / "best.pt", "weights")["model"])
+    ds = prepare_data(cfg.data)
+    x, y = ds.test.x[:args.images], ds.test.y[:args.images]
+    with tempfile.TemporaryDirectory() as tmp:
+        info = export_run(run, Path(tmp) / "net.nir", approximate=True)
+        size = (Path(tmp) / "net.nir").stat().st_size
+        graph = nir.read(str(Path(tmp) / "net.nir"))
+    params = spiking_params(cfg.spiking)
+    twin = SpikingSimulator(net, SpikingParams(params.neuron, window=args.T)).run_phase(net.prepare(x), None, args.T)
+    ours = [(r * args.T).round() for r in twin.rates]
+    out = {"run": str(run), "images": args.images, "T": args.T, "nir_nodes": info["nodes"], "nir_edges": info["edges"],
+           "nir_bytes": size, "dropped": info["dropped"], "layers": {}}
+    with torch.no_grad():
+        pred_twin = net.logits(twin.rates).argmax(1)
+    out["acc_twin"] = 100.0 * float((pred_twin == y).float().mean())
+    for subtract in (True, False):
+        key = "subtractive" if subtract else "norse_reset_to_zero"
+        counts = simulate(graph, x.flatten(1) if len(graph.nodes["input"].output_type["output"]) == 1 else x,
+                          args.T, subtract, params.neuron)
+        rates = tuple(counts[f"if_{k}"] / args.T for k in range(len(ours)))
+        with torch.no_grad():
+            pred = net.logits(rates).argmax(1)
+        out[key] = {"acc": 100.0 * float((pred == y).float().mean()),
+                    "same_prediction_as_twin": 100.0 * float((pred == pred_twin).float().mean()),
+                    "layers": {f"if_{k}": {"max_abs_count_diff": float((counts[f"if_{k}"] - c).abs().max()),
+                                           "mean_abs_count_diff": float((counts[f"if_{k}"] - c).abs().mean()),
+                                           "mean_count_twin": float(c.mean()),
+                                           "mean_count_norse": float(counts[f"if_{k}"].mean())}
+                               for k, c in enumerate(ours)}}
+        print(f"{key}: accuracy {out[key]['acc']:.2f} % (twin {out['acc_twin']:.2f} %), same prediction as the twin "
+              f"for {out[key]['same_prediction_as_twin']:.2f} % of images; per layer "
+              + "; ".join(f"{n}: mean |count diff| {v['mean_abs_count_diff']:.3f}, max {v['max_abs_count_diff']:.0f} "
+                          f"(mean count {v['mean_count_twin']:.1f} twin, {v['mean_count_norse']:.1f} Norse)"
+                          for n, v in out[key]["layers"].items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
