@@ -128,6 +128,11 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
                            f"unflatten W^T z)")
     if net.readout is not None:
         r = net.readout
+        if len(syn[-1].post_shape) > 1:  # a conv layer last: the readout sees it flattened (C, H, W order)
+            nodes["flatten_readout"] = nir.Flatten(input_type={"input": np.array(syn[-1].post_shape)},
+                                                   start_dim=0, end_dim=-1)
+            edges.append((prev, "flatten_readout"))
+            prev = "flatten_readout"
         nodes["readout"] = nir.Affine(weight=_arr(r.weight), bias=_arr(r.bias))
         edges.append((prev, "readout"))
         prev = "readout"

@@ -82,6 +82,10 @@ def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
     kinds = [type(g.nodes[n]).__name__ for n in ("conv_0", "sumpool_0", "scale_0", "if_0", "flatten_2", "affine_2")]
     assert kinds == ["Conv2d", "SumPool2d", "Scale", "IF", "Flatten", "Affine"]
     assert np.all(g.nodes["scale_0"].scale == 0.25)
+    # a ConvNet with the readout straight after the last conv layer: flattened before the readout
+    g2 = to_nir(small_conv(pools="aa", loss="cross_entropy").float(), SpikingParams(), approximate=True)
+    g2 = nir.NIRGraph(g2.nodes, g2.edges, g2.metadata, type_check=True)
+    assert ("if_1", "flatten_readout") in g2.edges and ("flatten_readout", "readout") in g2.edges
     assert not any(n.startswith("feedback") for n in g.nodes)
     assert sum("feedback of synapse" in d for d in g.metadata["spikeep"]["dropped"]) == 2
 
