@@ -14,37 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
-from spikeep import runs
-from spikeep.build import build_network, config_from_dict, spiking_params
-from spikeep.config import read_json_config
+from spikeep.build import spiking_params
 from spikeep.data import prepare_data
-from spikeep.nir_export import SubtractiveIF, export_run
+from spikeep.evaluation import load_run
+from spikeep.nir_export import export_run, norse_spike_counts
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
-
-
-def simulate(graph, x: torch.Tensor, T: int, subtract: bool, theta_params) -> dict:
-    import norse.torch as nt
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = nt.from_nir(graph)
-    if subtract:
-        for node in m.execution_order:
-            if node.name.startswith("if_"):
-                node.elem = SubtractiveIF(theta_params)
-    counts, state, readout = {}, None, 0
-    with torch.no_grad():
-        for _ in range(T):
-            _, state = m(x) if state is None else m(x, state)
-            for name, v in state.cache.items():
-                if name.startswith("if_"):
-                    counts[name] = counts.get(name, 0) + v
-    return counts
 
 
 def main() -> None:
@@ -57,9 +35,7 @@ def main() -> None:
     import nir
 
     run = Path(args.run_dir)
-    cfg = config_from_dict(read_json_config(run / "config.json"))
-    net = build_network(cfg)
-    net.load_state_dict(runs.load_checkpoint(run / "best.pt", "weights")["model"])
+    cfg, net, _ = load_run(run)
     ds = prepare_data(cfg.data)
     x, y = ds.test.x[:args.images], ds.test.y[:args.images]
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +52,8 @@ def main() -> None:
     out["acc_twin"] = 100.0 * float((pred_twin == y).float().mean())
     for subtract in (True, False):
         key = "subtractive" if subtract else "norse_reset_to_zero"
-        counts = simulate(graph, x.flatten(1) if len(graph.nodes["input"].output_type["output"]) == 1 else x,
-                          args.T, subtract, params.neuron)
+        counts = norse_spike_counts(graph, x.flatten(1) if len(graph.nodes["input"].output_type["output"]) == 1
+                                    else x, args.T, params.neuron if subtract else None)
         rates = tuple(counts[f"if_{k}"] / args.T for k in range(len(ours)))
         with torch.no_grad():
             pred = net.logits(rates).argmax(1)

@@ -8,6 +8,7 @@ import torch
 
 from . import runs
 from .build import build_network, config_from_dict, make_learner
+from .core.network import EqNetwork
 from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
 from .learners import Learner
@@ -41,10 +42,11 @@ def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
                       steps / max(n_batches, 1))
 
 
-def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None,
-                 neurons: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
-    """Evaluate a run folder's best (or last) weights on its test set; `neurons` runs them in the
-    other neuron model (e.g. rate-trained weights in the spiking twin), `overrides` are --set items."""
+def load_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None, neurons: Optional[str] = None,
+             overrides: Optional[list[str]] = None) -> tuple[Config, EqNetwork, Path]:
+    """A run folder's config and network with its best (or last) weights, checked against the run
+    (run id, parameter names and shapes): (config, network, weights file). `neurons` swaps the neuron
+    model, `overrides` are --set items."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -62,6 +64,14 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
     net = build_network(cfg)
     runs.check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])
+    return cfg, net, path
+
+
+def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None,
+                 neurons: Optional[str] = None, overrides: Optional[list[str]] = None) -> dict:
+    """Evaluate a run folder's best (or last) weights on its test set; `neurons` runs them in the
+    other neuron model (e.g. rate-trained weights in the spiking twin), `overrides` are --set items."""
+    cfg, net, path = load_run(run_dir, which, device, neurons, overrides)
     ds = prepare_data(cfg.data)
     ev = evaluate(make_learner(cfg, net), ds.test, cfg)
     out = {"run_dir": str(run_dir), "weights": path.name, "data": ds.name, "neurons": cfg.model.neurons,

@@ -33,13 +33,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import runs
-from .build import build_network, config_from_dict
-from .config import read_json_config
+from .build import spiking_params
 from .core.interactions import Conv, Dense
 from .core.network import EqNetwork
 from .files import replace_atomically
 from .spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from .evaluation import load_run
 from .spiking.simulator import SpikingParams
 
 
@@ -184,25 +183,39 @@ class SubtractiveIF(torch.nn.Module):
         return lif_box_step(x, state, self.p)
 
 
+def norse_spike_counts(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None) -> dict:
+    """Import a NIR graph with norse.torch.from_nir, run it for `steps` steps on the constant input x
+    and return each IF node's spike counts {name: (B, *shape)}. With `neuron`, spikeep's IF
+    (SubtractiveIF) replaces the IAFCell Norse makes of each IF node (reset to zero)."""
+    import warnings
+
+    import norse.torch as nt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Norse and nirtorch deprecation warnings
+        m = nt.from_nir(graph)
+    if neuron is not None:
+        for node in m.execution_order:
+            if node.name.startswith("if_"):
+                node.elem = SubtractiveIF(neuron)  # one module per node: nirtorch tells nodes by module
+    counts, state = {}, None
+    with torch.no_grad():
+        for _ in range(steps):
+            _, state = m(x) if state is None else m(x, state)
+            for name, v in state.cache.items():
+                if name.startswith("if_"):
+                    counts[name] = counts.get(name, 0) + v
+    return counts
+
+
 def export_run(run_dir: str | Path, out: str | Path, which: str = "best", approximate: bool = False) -> dict:
     """Write a spiking run's trained network (best.pt or checkpoint.pt) to `out` as a NIR file."""
-    from .build import spiking_params
-
     nir = _nir()
     run_dir, out = Path(run_dir), Path(out)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-    cfg = config_from_dict(read_json_config(cfg_path), str(cfg_path))
+    cfg, net, path = load_run(run_dir, which)
     if cfg.model.neurons != "spiking":
         raise ExportError(f"{run_dir} trained a rate network (model.neurons = {cfg.model.neurons!r}); NIR export "
                           f"writes spiking networks: train with model.neurons = 'spiking'")
-    path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
-    ckpt = runs.load_checkpoint(path, "weights")
-    runs.check_run_id(path, ckpt, cfg.run_id, run_dir)
-    net = build_network(cfg)
-    runs.check_state_dict(path, ckpt["model"], net)
-    net.load_state_dict(ckpt["model"])
     graph = to_nir(net, spiking_params(cfg.spiking), approximate, cfg.spiking.encoding,
                    {"run_id": cfg.run_id, "weights": path.name, "T1": cfg.spiking.T1, "window": cfg.spiking.window})
     with tempfile.TemporaryDirectory() as tmp:  # nir.write needs a file name: write, then replace atomically

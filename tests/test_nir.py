@@ -2,7 +2,6 @@
 express (nothing written), and, imported into Norse (norse.torch.from_nir), spikes as spikeep's twin."""
 import hashlib
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from conftest import REPO, batch_for, small_conv, small_mlp
 from spikeep.build import load_config
 from spikeep.cli import main
-from spikeep.nir_export import ExportError, SubtractiveIF, to_nir
+from spikeep.nir_export import ExportError, norse_spike_counts, to_nir
 from spikeep.spiking.neurons import NeuronParams
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 from spikeep.trainer import train
@@ -90,27 +89,6 @@ def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
     assert sum("feedback of synapse" in d for d in g.metadata["spikeep"]["dropped"]) == 2
 
 
-def norse_counts(graph, x, T, subtract: bool):
-    """Simulate the graph imported by norse.torch.from_nir for T steps on a constant input; spike
-    counts per IF node."""
-    import norse.torch as nt
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = nt.from_nir(graph)
-    if subtract:
-        for node in m.execution_order:
-            if node.name.startswith("if_"):
-                node.elem = SubtractiveIF(NeuronParams())  # one module per node: nirtorch tells nodes by module
-    counts, state = {}, None
-    for _ in range(T):
-        _, state = m(x) if state is None else m(x, state)
-        for name, v in state.cache.items():
-            if name.startswith("if_"):
-                counts[name] = counts.get(name, 0) + v
-    return counts
-
-
 @pytest.mark.parametrize("hidden", [(16,), (24, 16)])
 def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
     net = small_mlp(loss="cross_entropy", hidden=hidden, scale=2.0).float()
@@ -122,7 +100,7 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
     T = 400
     twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
     ours = [(r * T).round() for r in twin.rates]  # spike counts of the one window
-    sub = norse_counts(graph, x.flatten(1), T, subtract=True)
+    sub = norse_spike_counts(graph, x.flatten(1), T, NeuronParams())
     for k, c in enumerate(ours):
         d = (sub[f"if_{k}"] - c).abs()
         if len(hidden) == 1:  # one spiking layer driven by a constant current: the very same spikes
@@ -133,7 +111,7 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
     # layer (constant current I = W x + b) it fires every floor(theta / I) + 1 steps, never faster
     # than the twin's clip(I / theta, 0, 1) (the explained, bounded difference)
     if len(hidden) == 1:
-        zero = norse_counts(graph, x.flatten(1), T, subtract=False)["if_0"]
+        zero = norse_spike_counts(graph, x.flatten(1), T)["if_0"]
         with torch.no_grad():
             current = net.prepare(x).drive  # (B, 16): W_1 x + b_1
         period = torch.where(current > 0, torch.floor(2.0 / current.clamp(min=1e-9)) + 1,

@@ -159,6 +159,11 @@ class SpikingSimulator:
         self.net, self.p = net, params
         self._fan_out: Optional[tuple[Tensor, list[Tensor]]] = None
         self._tables: Optional[Tables] = None
+        # per source layer (input first): the activity below which `auto` sends its spikes as events,
+        # conv_crossover for a layer that drives a conv synapse (forward or feedback), else crossover
+        syn, n = net.synapses, len(net.synapses)
+        self.crossovers = [params.conv_crossover if any(isinstance(syn[j], Conv) for j in (k, k + 1) if 0 <= j < n)
+                           else params.crossover for k in range(-1, n)]
 
     @property
     def fan_out(self) -> tuple[Tensor, list[Tensor]]:
@@ -187,14 +192,6 @@ class SpikingSimulator:
         u = tuple(torch.zeros(b, *syn.current_shape, **c) for syn in net.synapses)
         f = tuple(z.clone() for z in zeros[:-1])
         return SimState(neurons, tuple(zeros), u, f, zeros[-1].clone())
-
-    @property
-    def crossovers(self) -> list[float]:
-        """Per source layer (input first): the activity below which `auto` sends its spikes as events,
-        `conv_crossover` for a layer that drives a conv synapse (forward or feedback), else `crossover`."""
-        syn, n = self.net.synapses, len(self.net.synapses)
-        return [self.p.conv_crossover if any(isinstance(syn[j], Conv) for j in (k, k + 1) if 0 <= j < n)
-                else self.p.crossover for k in range(-1, n)]
 
     def _use_events(self, z: Tensor, k: int) -> bool:
         if self.p.backend != "auto":
