@@ -17,12 +17,14 @@ from typing import Any, Optional, Union
 import torch
 
 from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
+from .core.engine import FusedEngine
+from .core.fused import triton_available
 from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.neurons import get_activation
 from .data import DATA_SHAPES
 from .hardware.chips import apply_profile
-from .learners import BPTT, Learner, RateEP, SpikingEP
+from .learners import BPTT, Learner, RateEP, SpikingEP, WarmStarts
 from .learning.plasticity import Plasticity, SynapseSpec
 from .spiking.neurons import NeuronParams
 from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
@@ -67,6 +69,11 @@ def check_config(cfg: Config) -> Config:
         except (RuntimeError, ValueError):
             raise ConfigError(f"dynamics.device: {cfg.dynamics.device!r} is not a device; use 'cpu', 'cuda', "
                               f"'cuda:N' or 'auto'") from None
+    if cfg.dynamics.warm_start != "none" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
+        raise ConfigError("dynamics.warm_start is for rate EP (model.neurons = 'rate', an EP estimator)")
+    if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):
+        raise ConfigError("dynamics.schedule and precision = 'bf16_incremental' are for rate networks; spiking "
+                          "networks run the [spiking] simulator")
     want = DATA_SHAPES.get(cfg.data.name)
     if want is not None and tuple(cfg.model.input_shape) != want:
         raise ConfigError(f"model.input_shape {cfg.model.input_shape} does not match the images of data.name = "
@@ -115,7 +122,7 @@ def resolve_device(name: str) -> torch.device:
 def set_precision(precision: str) -> None:
     """Process-wide CUDA matmul / cuDNN settings of a precision: TF32 only for "tf32" (PyTorch lets
     cuDNN convolutions use TF32 by default; "strict" turns that off). No effect on CPU."""
-    tf32 = precision == "tf32"
+    tf32 = precision == "tf32"  # bf16_incremental: its exact recomputations are float32, TF32 off
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
 
@@ -139,18 +146,43 @@ def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwo
     set_precision(cfg.dynamics.precision)
     set_deterministic(cfg.train.deterministic)
     net.use_drive_dtype(torch.bfloat16 if cfg.dynamics.precision == "bf16" else None)
-    return net.use_channels_last(cfg.dynamics.channels_last)
+    net.use_channels_last(cfg.dynamics.channels_last)
+    return attach_engine(net, cfg)
 
 
-def make_learner(cfg: Config, net: EqNetwork) -> Learner:
-    """The learner of cfg: spiking EP for spiking neurons, else BPTT or rate EP by estimator.name."""
+def engine_name(d, device: torch.device) -> str:
+    """The engine dynamics.engine asks for on `device`: 'auto' is eager on the CPU (measured as fast as
+    the fused layer updates there, analysis/bench_gpu.py) unless the schedule or precision needs a fused
+    engine, and the Triton kernels on CUDA where Triton imports."""
+    if d.engine != "auto":
+        return d.engine
+    if device.type == "cuda":
+        return "triton" if triton_available() else "fused"
+    return "fused" if d.schedule != "sync" or d.precision == "bf16_incremental" else "eager"
+
+
+def attach_engine(net: EqNetwork, cfg: Config) -> EqNetwork:
+    """Give a rate network the relaxation engine of cfg.dynamics (spiking networks run their own simulator)."""
+    d = cfg.dynamics
+    name = engine_name(d, net.synapses[0].weight.device)
+    if name == "eager" or cfg.model.neurons != "rate":
+        return net.use_engine(None)
+    if name == "triton" and not triton_available():
+        raise ConfigError("dynamics.engine = 'triton' needs the triton package; use engine = 'fused' or 'auto'")
+    return net.use_engine(FusedEngine(net, "triton" if name == "triton" else "torch", d.schedule,
+                                      d.precision == "bf16_incremental", d.recompute_every, graphs=d.graphs))
+
+
+def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None) -> Learner:
+    """The learner of cfg: spiking EP for spiking neurons, else BPTT or rate EP by estimator.name;
+    `warm`: where rate EP's free phases start (dynamics.warm_start)."""
     d, e = cfg.dynamics, cfg.estimator
     if cfg.model.neurons == "spiking":
         s = cfg.spiking
         return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2, e.kp_leak)
     if e.name == "bptt":
         return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
-    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak)
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:

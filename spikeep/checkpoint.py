@@ -10,6 +10,7 @@ import torch
 from . import runs
 from .config import Config
 from .core.network import EqNetwork
+from .learners import WarmStarts
 from .learning.plasticity import Plasticity
 from .monitor import EpochStats
 
@@ -31,6 +32,7 @@ class TrainState:
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
     device_gen: Optional[torch.Generator] = None  # augmentation, Poisson input on the run's device (CPU: step_gen)
+    warm: Optional[WarmStarts] = None  # dynamics.warm_start states (None: "none")
 
     def __post_init__(self):
         if self.device_gen is None:
@@ -46,6 +48,7 @@ class TrainState:
                 **({"device_rng": self.device_gen.get_state()} if self.device_gen is not self.step_gen else {}),
                 "epoch_stats": self.stats.state_dict(), "history": self.history, "best": dict(self.best),
                 "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
+                **({"warm_start": self.warm.state_dict()} if self.warm is not None else {}),
                 "config": cfg.to_dict()}
 
     def restore(self, ckpt: dict, path: Path) -> None:
@@ -66,6 +69,8 @@ class TrainState:
             self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
             if self.plasticity is not None:
                 self.plasticity.load_state_dict(ckpt["plasticity"])
+            if self.warm is not None:
+                self.warm.load_state_dict(ckpt["warm_start"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise runs.CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 

@@ -44,16 +44,70 @@ class Equilibrium(NamedTuple):
     steps: int = 0  # steps the free phase ran
 
 
+class WarmStarts:
+    """Where the free phase of a training batch starts (dynamics.warm_start):
+
+    "none"            zeros (the paper);
+    "previous_batch"  the free equilibrium of the batch before (its first rows if this one is larger: zeros);
+    "per_sample"      each training sample's own last free equilibrium (zeros until it has one), kept on
+                      the device in bfloat16, n_train x (neurons per sample) x 2 bytes (the paper ConvNet
+                      on CIFAR-10: 5.8 GB), and saved in checkpoints so a resumed run starts where it was.
+    """
+
+    def __init__(self, mode: str, net: EqNetwork, n_train: int):
+        self.mode, self.net, self.n_train = mode, net, n_train
+        self.last: Optional[State] = None
+        self.store: Optional[list[Tensor]] = None
+
+    def start(self, index: Optional[Tensor], batch: int) -> Optional[State]:
+        if self.mode == "previous_batch" and self.last is not None and self.last[0].shape[0] >= batch:
+            return tuple(s[:batch].clone() for s in self.last)
+        if self.mode == "per_sample" and self.store is not None and index is not None:
+            dtype = self.net.synapses[0].weight.dtype
+            return tuple(self.net._layout(t[index].to(dtype)) for t in self.store)
+        return None
+
+    def keep(self, index: Optional[Tensor], state: State) -> None:
+        if self.mode == "previous_batch":
+            self.last = tuple(s.detach() for s in state)
+        elif self.mode == "per_sample" and index is not None:
+            if self.store is None:
+                self.store = [torch.zeros(self.n_train, *s.shape[1:], dtype=torch.bfloat16, device=s.device)
+                              for s in state]
+            for t, s in zip(self.store, state):
+                t[index] = s.detach().to(torch.bfloat16)
+
+    def state_dict(self) -> dict:
+        if self.mode == "per_sample":
+            return {"mode": self.mode, "store": [t.cpu() for t in self.store] if self.store is not None else None}
+        return {"mode": self.mode, "last": [t.cpu() for t in self.last] if self.last is not None else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("mode") != self.mode:
+            raise ValueError(f"the checkpoint's warm starts are {d.get('mode')!r}, the config's {self.mode!r}")
+        dev = self.net.synapses[0].weight.device
+        if self.mode == "per_sample":
+            st = d.get("store")
+            if st is not None and (len(st) != len(self.net.layer_shapes) or st[0].shape[0] != self.n_train):
+                raise ValueError("the checkpoint's per-sample states do not fit this network and data set")
+            self.store = [t.to(dev) for t in st] if st is not None else None
+        else:
+            last = d.get("last")
+            self.last = tuple(self.net._layout(t.to(dev)) for t in last) if last is not None else None
+
+
 class Learner:
     """The interface the trainer talks to."""
     net: EqNetwork
 
     def estimate(self, x: Tensor, y: Tensor, generator: Optional[torch.Generator] = None,
-                 device_generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None) -> StepResult:
+                 device_generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None,
+                 index: Optional[Tensor] = None) -> StepResult:
         """Write the batch's gradient estimate into .grad. `generator` (CPU) draws per-batch numbers
         such as random signs; `device_generator` (the run's device) draws per-step ones such as
         Poisson input spikes (default: `generator`); `mask` is the batch's dropout mask
-        (EqNetwork.draw_mask; the trainer draws it for the global batch)."""
+        (EqNetwork.draw_mask; the trainer draws it for the global batch); `index`: the samples'
+        positions in the training set (per-sample warm starts)."""
         raise NotImplementedError
 
     def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Equilibrium:
@@ -80,13 +134,16 @@ class _RateNetwork(Learner):
 
 class RateEP(_RateNetwork):
     def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0,
-                 tol_every: int = 1, kp_leak: float = 0.0):
+                 tol_every: int = 1, kp_leak: float = 0.0, warm: Optional[WarmStarts] = None):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
-        self.tol, self.tol_every, self.kp_leak = tol, tol_every, kp_leak
+        self.tol, self.tol_every, self.kp_leak, self.warm = tol, tol_every, kp_leak, warm
 
-    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
+        start = self.warm.start(index, x.shape[0]) if self.warm is not None else None
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
-                         tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask)
+                         state=start, tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask)
+        if self.warm is not None:
+            self.warm.keep(index, r.s_free)
         return StepResult(r.loss, r.logits, r.s_free, steps=r.steps, free_steps=r.free_steps,
                           nudged_phases=r.nudged_phases)
 
@@ -100,7 +157,7 @@ class BPTT(_RateNetwork):
     def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0, tol_every: int = 1):
         self.net, self.T1, self.truncate, self.tol, self.tol_every = net, T1, truncate, tol, tol_every
 
-    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
         r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate, mask=mask)
         return StepResult(r.loss, r.logits, r.s_last, steps=self.T1, free_steps=self.T1)
 
@@ -113,7 +170,7 @@ class SpikingEP(Learner):
         self.net, self.estimator, self.beta, self.T1, self.T2, self.kp_leak = net, estimator, beta, T1, T2, kp_leak
         self.sim = SpikingSimulator(net, params)
 
-    def estimate(self, x, y, generator=None, device_generator=None, mask=None) -> StepResult:
+    def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
         r = spiking_ep_gradients(self.sim, x, y, self.estimator, self.beta, self.T1, self.T2, generator,
                                  device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()

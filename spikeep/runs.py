@@ -111,7 +111,8 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
+def environment(device: torch.device, world_size: int = 1, dynamics: Optional[dict] = None) -> dict[str, Any]:
+    """What a run ran on; `dynamics`: the relaxation mode (precision, engine, schedule) as resolved."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -126,7 +127,8 @@ def environment(device: torch.device, world_size: int = 1) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "world_size": world_size, "git_commit": git_commit(),
         "precision": {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-                      "cudnn_deterministic": torch.backends.cudnn.deterministic},
+                      "cudnn_deterministic": torch.backends.cudnn.deterministic, **(dynamics or {})},
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "command": sys.argv, "started": datetime.now().isoformat(timespec="seconds"),
     }
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, runs
-from .build import build_network, check_config, config_from_dict, make_learner, make_optimizer, \
+from .build import build_network, check_config, config_from_dict, engine_name, make_learner, make_optimizer, \
     make_plasticity, make_scheduler, resolve_device
 from .checkpoint import TrainState
 from .config import Config, read_json_config
@@ -32,7 +32,7 @@ from .distributed import Dist, average_gradients, barrier, init_distributed, sha
     sum_over_processes
 from .evaluation import evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
-from .learners import Learner, SpikingEP
+from .learners import Learner, SpikingEP, WarmStarts
 from .monitor import DivergenceError, EpochStats, FiniteChecks, alignment_angles, energy, spike_pictures
 from .traces import TraceRecorder, layer_specs
 
@@ -110,16 +110,20 @@ def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: b
     step_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
     # augmentation and Poisson input draw on the run's device (the same generator on the CPU)
     device_gen = step_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
+    warm = WarmStarts(cfg.dynamics.warm_start, net, ds.train.y.shape[0]) if cfg.dynamics.warm_start != "none" else None
     st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
-                    step_gen, make_plasticity(cfg, net), device_gen=device_gen)
+                    step_gen, make_plasticity(cfg, net), device_gen=device_gen, warm=warm)
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
         if st.history and ddp.main:  # a crash may have come between the checkpoint and these files
             _write_epoch_files(run_dir, cfg, st.history)
     elif ddp.main:
-        write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world))
-    learner = make_learner(cfg, net)
+        d = cfg.dynamics
+        write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world, {
+            "mode": d.precision, "engine": engine_name(d, device), "schedule": d.schedule,
+            "recompute_every": d.recompute_every, "warm_start": d.warm_start}))
+    learner = make_learner(cfg, net, warm)
     n_batches = math.ceil(ds.train.y.shape[0] / cfg.train.batch_size)
     recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if ddp.main else None
     if recorder is not None and recorder.moved_aside is not None:
@@ -200,12 +204,12 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
         mask = net.draw_mask(n_global, st.device_gen)  # dropout: one mask per (global) batch
         part = shard(ddp, n_global)
         if part is not None:
-            x, y = x[part], y[part]
+            x, y, idx = x[part], y[part], idx[part]
             mask = mask[part] if mask is not None else None
         where = f"epoch {epoch}, iteration {st.batch + 1}"
         opt.zero_grad(set_to_none=False)
         if y.shape[0] > 0:
-            r = learner.estimate(x, y, st.step_gen, st.device_gen, mask)
+            r = learner.estimate(x, y, st.step_gen, st.device_gen, mask, idx)
             st.stats.spikes += r.spikes
             st.stats.synops += r.synops
             st.stats.steps += r.steps

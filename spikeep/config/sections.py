@@ -71,12 +71,40 @@ class DynamicsConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     channels_last: bool = True  # NHWC conv layers (same math, faster oneDNN/cuDNN convolutions)
     # how drives are computed: "strict" (in dtype; TF32 off on CUDA), "tf32" (CUDA matmuls and
-    # convolutions in TF32), "bf16" (drives in bfloat16, states and estimates in float32)
+    # convolutions in TF32), "bf16" (drives in bfloat16, states and estimates in float32),
+    # "bf16_incremental" (float32 drives updated by bfloat16 convolutions of each step's change, an exact
+    # float32 recomputation every recompute_every steps: float32-accurate equilibria, core.engine)
     precision: str = "strict"
+    # how steps run (core.engine): "eager" (EqNetwork.step, the reference), "fused" (layer updates, plain
+    # PyTorch kernels), "triton" (layer updates, Triton kernels; CUDA), "auto" (eager on the CPU, triton
+    # on CUDA where Triton imports, else fused)
+    engine: str = "auto"
+    schedule: str = "sync"  # "sync" (Eq. 8) or "async" (red-black: even layers, then odd; fused engines)
+    recompute_every: int = 20  # bf16_incremental: steps between exact float32 recomputations of the drives
+    graphs: bool = True  # fused engines on CUDA: each block of steps captured and replayed as a CUDA graph
+    # where the free phase starts: "none" (zeros), "previous_batch" (the last batch's free equilibrium),
+    # "per_sample" (each training sample's last free equilibrium, kept on the device in bfloat16 and saved
+    # in checkpoints)
+    warm_start: str = "none"
 
     def validate(self) -> None:
-        if self.precision not in ("strict", "tf32", "bf16"):
-            raise ConfigError(f"dynamics.precision must be 'strict', 'tf32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"dynamics.precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                              f"got {self.precision!r}")
+        if self.engine not in ("auto", "eager", "fused", "triton"):
+            raise ConfigError(f"dynamics.engine must be 'auto', 'eager', 'fused' or 'triton', got {self.engine!r}")
+        if self.schedule not in ("sync", "async"):
+            raise ConfigError(f"dynamics.schedule must be 'sync' or 'async', got {self.schedule!r}")
+        if self.warm_start not in ("none", "previous_batch", "per_sample"):
+            raise ConfigError(f"dynamics.warm_start must be 'none', 'previous_batch' or 'per_sample', "
+                              f"got {self.warm_start!r}")
+        if self.recompute_every < 1:
+            raise ConfigError(f"dynamics.recompute_every must be >= 1 step, got {self.recompute_every}")
+        if self.engine == "eager" and (self.schedule != "sync" or self.precision == "bf16_incremental"):
+            raise ConfigError("dynamics.engine = 'eager' runs only schedule = 'sync' with a precision that "
+                              "recomputes its drives; use engine = 'fused' or 'triton' (or 'auto')")
+        if self.precision == "bf16_incremental" and self.schedule != "sync":
+            raise ConfigError("dynamics.precision = 'bf16_incremental' needs dynamics.schedule = 'sync'")
         if self.dtype == "float64" and self.precision != "strict":
             raise ConfigError(f"dynamics.precision = {self.precision!r} needs dynamics.dtype = 'float32'")
         if self.T1 <= 0 or self.T2 <= 0:
@@ -89,6 +117,7 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
 
+PRECISIONS = ("strict", "tf32", "bf16", "bf16_incremental")
 ESTIMATORS = ("one_sided", "random_sign", "symmetric", "sym_vf", "sym_kp_vf", "bptt")
 
 

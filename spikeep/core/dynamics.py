@@ -1,7 +1,8 @@
 """Relaxation to equilibrium: the free phase (beta = 0) and the nudged phases (beta != 0).
 
 One loop for every neuron model: it calls the network's pure `step` T times, optionally stopping
-once the largest change of any neuron falls below `tol`.
+once the largest change of any neuron falls below `tol`. A network with a relaxation engine
+(core.engine, EqNetwork.use_engine) runs its steps in blocks through that engine instead.
 """
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
     """
     _check_steps(T, "T")
     _check_steps(every, "the convergence check interval")
-    if beta != 0.0 and inp.target is None:
+    if (torch.is_tensor(beta) or beta != 0.0) and inp.target is None:
         raise ValueError("a nudged phase (beta != 0) needs labels y")
+    engine = getattr(net, "engine", None)
+    if engine is not None:
+        return _relax_blocks(engine, inp, state, T, beta, tol, every)
     delta = float("nan")
     for t in range(T):
         new = net.step(inp, state, beta)
@@ -46,6 +50,24 @@ def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
         else:
             state = new
     return Relaxed(state, T, delta)
+
+
+def _relax_blocks(engine, inp: Inputs, state: State, T: int, beta, tol: float, every: int) -> Relaxed:
+    """relax() through an engine: blocks of steps (each one CUDA graph on a GPU); with tol > 0 a block
+    is `every` steps and its residual is read after it (one sync per block, none inside)."""
+    size = every if tol > 0 else T
+    if engine.incremental:  # an exact recomputation opens every block
+        size = min(size, engine.recompute_every)
+    done, delta = 0, float("nan")
+    while done < T:
+        n = min(size, T - done)
+        state, res = engine.run_block(inp, state, beta, n)
+        done += n
+        if tol > 0:
+            delta = float(res)
+            if delta < tol:
+                break
+    return Relaxed(state, done, delta)
 
 
 @torch.no_grad()
@@ -62,6 +84,6 @@ def nudged_phase(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: floa
                  tol: float = 0.0, every: int = 1) -> Relaxed:
     """Nudged phase: from s* with the loss pulling the output, for any beta != 0 (+ or -)."""
     _check_steps(T2, "T2")
-    if beta == 0.0:
+    if not torch.is_tensor(beta) and beta == 0.0:
         raise ValueError("a nudged phase needs beta != 0")
     return relax(net, inp, s_free, T2, beta, tol, every)

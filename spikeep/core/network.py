@@ -81,6 +81,7 @@ class EqNetwork(nn.Module):
         self.layer_shapes = [s.post_shape for s in synapses]
         self.memory_format = torch.contiguous_format
         self.drive_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: drives in it, states as stored
+        self.engine = None  # a core.engine.FusedEngine runs relax() when set (None: `step` below)
         self.check_labels = True  # prepare() checks label ranges (one device sync); off once a data set is checked
         # dropout (the paper's supplementary 4.5): the neurons of one layer, the last conv layer (the
         # first hidden layer without convolutions), are seen by the interactions above them through a
@@ -111,6 +112,11 @@ class EqNetwork(nn.Module):
         """Compute the drives of relaxation steps in `dtype` (autocast; bfloat16 for the bf16 precision)
         while states stay in the parameters' dtype; None: everything in the parameters' dtype."""
         self.drive_dtype = dtype
+        return self
+
+    def use_engine(self, engine) -> "EqNetwork":
+        """Relax through `engine` (core.engine.FusedEngine) instead of `step`; None: back to `step`."""
+        self.engine = engine
         return self
 
     def use_channels_last(self, enable: bool = True) -> "EqNetwork":

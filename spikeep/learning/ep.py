@@ -5,8 +5,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..core.dynamics import free_phase, nudged_phase
-from ..core.network import EqNetwork, State
+from ..core.dynamics import Relaxed, free_phase, nudged_phase
+from ..core.engine import batched_inputs, plus_minus_beta
+from ..core.network import EqNetwork, Inputs, State
 from .estimators import Equilibria, check_estimator, estimate, finish, needs_minus, nudge_beta, write_grads
 
 Tensor = torch.Tensor
@@ -34,11 +35,27 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
         inp = net.prepare(x, y)._replace(mask=mask)
         free = free_phase(net, inp, T1, state, tol, tol_every)
         beta = nudge_beta(estimator, beta, generator)
-        plus = nudged_phase(net, inp, free.state, T2, beta, tol, tol_every)
-        minus = nudged_phase(net, inp, free.state, T2, -beta, tol, tol_every) if needs_minus(estimator) else None
+        if needs_minus(estimator) and getattr(net, "engine", None) is not None:
+            plus, minus = both_nudged_phases(net, inp, free.state, T2, beta, tol, tol_every)
+        else:
+            plus = nudged_phase(net, inp, free.state, T2, beta, tol, tol_every)
+            minus = nudged_phase(net, inp, free.state, T2, -beta, tol, tol_every) if needs_minus(estimator) else None
         steps = free.steps + plus.steps + (minus.steps if minus is not None else 0)
         eq = Equilibria(free.state, plus.state, minus.state if minus is not None else None, beta)
         g = estimate(estimator, lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), eq)
         write_grads(net, finish(estimator, g, net, kp_leak))
         return EPResult(free.state, net.loss(free.state, inp.y, mask), net.logits(free.state, mask), steps, beta,
                         free.steps, 1 if minus is None else 2)
+
+
+def both_nudged_phases(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float, tol: float = 0.0,
+                       tol_every: int = 1) -> tuple[Relaxed, Relaxed]:
+    """The +beta and -beta phases as one batch of 2B (both start from s*; each sample's nudge carries its
+    own sign), split back into two. Needs an engine that takes a per-sample beta (core.engine); with
+    tol > 0 both halves run until the slower one has converged."""
+    B = s_free[0].shape[0]
+    both = nudged_phase(net, batched_inputs(inp), tuple(torch.cat([s, s]) for s in s_free), T2,
+                        plus_minus_beta(beta, B, s_free[0]), tol, tol_every)
+    plus = tuple(s[:B] for s in both.state)
+    minus = tuple(s[B:] for s in both.state)
+    return Relaxed(plus, both.steps, both.delta), Relaxed(minus, both.steps, both.delta)
