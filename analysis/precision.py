@@ -4,13 +4,23 @@
     python analysis/precision.py [--device cpu] [--images 8] [--T1 60] [--T2 15] [--beta 0.5] [--out DIR]
 
 The same weights (float64 copies of float32 ones) relax and estimate in each precision; for each
-layer it prints ||g - g64|| / ||g64|| and the cosine with g64. Rows:
+layer it prints ||g - g64|| / ||g64|| and the cosine with g64, on two metrics:
+
+  from zero          g64 of a float64 run from zeros, as the precision's own run (today's metric: it
+                     mixes "another equilibrium" with "a wrong estimate");
+  same equilibrium   g64 of float64 phases started from the precision's own free state (the float64 free
+                     phase polishes it to max |s_{t+1} - s_t| < 1e-13 first): the estimate's own error.
+
+and the residual max |s_T - s_{T-1}| at the end of each phase. Rows:
   float32, naive     the difference of the two phases' correlations (the paper's code, spikeep before)
   float32            the states differenced before they are correlated (spikeep's estimators)
   bf16 drives        drives in bfloat16 (autocast), states and the estimate in float32
   bf16 drives, naive the same dynamics with the naive difference
   bf16 free phase    the free phase's drives in bfloat16, the nudged phases in float32 (from that s*)
   tf32 (CUDA only)   matmuls and convolutions in TF32, the rest float32
+  bf16_incremental   float32 drives updated by bfloat16 convolutions of each step's change, exact float32
+                     recomputation every 20 steps (core.engine); "no recompute": the same without the bound
+--weights RUN_DIR/best.pt (or checkpoint.pt) uses trained weights instead of the initialisation.
 Writes precision.json and precision.md to --out.
 """
 from __future__ import annotations
@@ -24,6 +34,7 @@ import torch
 
 from spikeep.build import load_config, set_precision
 from spikeep.core.dynamics import free_phase, nudged_phase
+from spikeep.core.engine import FusedEngine
 from spikeep.core.network import EqNetwork
 from spikeep.data import load_cifar10, normalize
 from spikeep.learning.estimators import symmetric_estimate
@@ -31,14 +42,21 @@ from spikeep.learning.estimators import symmetric_estimate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def estimates(net: EqNetwork, x, y, T1, T2, beta, free_dtype=None, polish=0):
+def residual(net: EqNetwork, inp, s, beta=0.0) -> float:
+    """max |s_{t+1} - s_t| of one more (reference) step from s."""
+    with torch.no_grad():
+        return max(float((a - b).abs().max()) for a, b in zip(net.step(inp, s, beta), s))
+
+
+def estimates(net: EqNetwork, x, y, T1, T2, beta, free_dtype=None, polish=0, info=None, s_start=None):
     """(naive, cancellation-free) symmetric estimates by parameter name; `free_dtype` computes the
-    first T1 - polish steps of the free phase's drives in that dtype, the rest in the network's own."""
+    first T1 - polish steps of the free phase's drives in that dtype, the rest in the network's own.
+    `info` (a dict) receives the free state and the residuals; `s_start`: the free phase's start."""
     with torch.no_grad():
         inp = net.prepare(x, y)
         own = net.drive_dtype
         net.use_drive_dtype(free_dtype or own)
-        s0 = free_phase(net, inp, T1 - polish).state
+        s0 = free_phase(net, inp, T1 - polish, s_start).state
         net.use_drive_dtype(own)
         if polish:
             s0 = free_phase(net, inp, polish, s0).state
@@ -47,7 +65,26 @@ def estimates(net: EqNetwork, x, y, T1, T2, beta, free_dtype=None, polish=0):
         naive_p, naive_m = net.dphi_dtheta(inp, sp, beta), net.dphi_dtheta(inp, sm, -beta)
         naive = {k: (naive_m[k] - naive_p[k]) / (2 * beta) for k in naive_p}
         delta = symmetric_estimate(lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), sp, sm, beta)
+        if info is not None:
+            eng, net.engine = net.engine, None  # residuals by the reference step
+            info.update(s_free=s0, res_free=residual(net, inp, s0), res_plus=residual(net, inp, sp, beta),
+                        res_minus=residual(net, inp, sm, -beta))
+            net.engine = eng
     return naive, delta
+
+
+def same_equilibrium_reference(net64: EqNetwork, x64, y, s_free, T2, beta, tol=1e-13, max_steps=2000):
+    """The float64 estimate at the low-precision run's own equilibrium: float64 free phase from s_free
+    until max |s_{t+1} - s_t| < tol, float64 nudged phases (T2 steps) from there."""
+    with torch.no_grad():
+        inp = net64.prepare(x64, y)
+        s = tuple(t.double() for t in s_free)
+        r = free_phase(net64, inp, max_steps, s, tol=tol)
+        moved = max(float((a - b).abs().max()) for a, b in zip(r.state, s))
+        sp = nudged_phase(net64, inp, r.state, T2, beta).state
+        sm = nudged_phase(net64, inp, r.state, T2, -beta).state
+        g = symmetric_estimate(lambda a, ba, b, bb: net64.dphi_dtheta_delta(inp, a, ba, inp, b, bb), sp, sm, beta)
+    return g, {"polish_steps": r.steps, "polish_residual": r.delta, "polish_moved": moved}
 
 
 def compare(g, ref, net):
@@ -69,33 +106,52 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/precision")
+    ap.add_argument("--npz", default="", help="CIFAR-10 npz (default: the config's data, $SPIKEEP_DATA)")
+    ap.add_argument("--weights", help="a run's best.pt or checkpoint.pt (trained weights)")
+    ap.add_argument("--recompute-every", type=int, default=20)
+    ap.add_argument("--impl", default="torch", choices=["torch", "triton"], help="kernels of the fused engine")
     a = ap.parse_args()
     cfg = load_config(REPO / "models" / "cifar10_ep_symmetric_ce.toml")
-    test = normalize(load_cifar10(cfg.data.root or None, cfg.data.npz).test, cfg.data.mean, cfg.data.std)
+    test = normalize(load_cifar10(cfg.data.root or None, a.npz or cfg.data.npz).test, cfg.data.mean, cfg.data.std)
     x, y = test.x[:a.images], test.y[:a.images]
     dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     net32 = EqNetwork(cfg.model).to(dev)
     net64 = EqNetwork(cfg.model).double().to(dev)
+    if a.weights:
+        ck = torch.load(a.weights, map_location="cpu", weights_only=True)
+        net32.load_state_dict({k: v.float() for k, v in ck["model"].items()})
     net64.load_state_dict({k: v.double() for k, v in net32.state_dict().items()})
     set_precision("strict")
-    _, ref = estimates(net64, x.double().to(dev), y.to(dev), a.T1, a.T2, a.beta)
-    rows = {}
-    naive, delta = estimates(net32, x.to(dev), y.to(dev), a.T1, a.T2, a.beta)
-    rows["float32, naive"], rows["float32"] = compare(naive, ref, net32), compare(delta, ref, net32)
+    x64, y = x.double().to(dev), y.to(dev)
+    ref_info: dict = {}
+    _, ref = estimates(net64, x64, y, a.T1, a.T2, a.beta, info=ref_info)
+    rows, same, res = {}, {}, {"float64": {k: v for k, v in ref_info.items() if k != "s_free"}}
+
+    def run(name, net, naive_name=None, **kw):
+        info: dict = {}
+        naive, delta = estimates(net, x.to(dev), y, a.T1, a.T2, a.beta, info=info, **kw)
+        rows[name] = compare(delta, ref, net)
+        if naive_name:
+            rows[naive_name] = compare(naive, ref, net)
+        g_same, polish = same_equilibrium_reference(net64, x64, y, info["s_free"], a.T2, a.beta)
+        same[name] = compare(delta, g_same, net)
+        res[name] = {**{k: v for k, v in info.items() if k != "s_free"}, **polish}
+        print(f"{name}: done", flush=True)
+
+    run("float32", net32, "float32, naive")
     net32.use_drive_dtype(torch.bfloat16)
-    naive, delta = estimates(net32, x.to(dev), y.to(dev), a.T1, a.T2, a.beta)
-    rows["bf16 drives, naive"], rows["bf16 drives"] = compare(naive, ref, net32), compare(delta, ref, net32)
+    run("bf16 drives", net32, "bf16 drives, naive")
     net32.use_drive_dtype(None)
-    naive, delta = estimates(net32, x.to(dev), y.to(dev), a.T1, a.T2, a.beta, free_dtype=torch.bfloat16)
-    rows["bf16 free phase, float32 nudged phases"] = compare(delta, ref, net32)
-    for polish in (10, 20, 30):
-        naive, delta = estimates(net32, x.to(dev), y.to(dev), a.T1, a.T2, a.beta, torch.bfloat16, polish)
-        rows[f"bf16 free phase but its last {polish} steps, float32 nudged phases"] = compare(delta, ref, net32)
+    run("bf16 free phase, float32 nudged phases", net32, free_dtype=torch.bfloat16)
+    for K, label in ((a.recompute_every, f"bf16_incremental (exact recompute every {a.recompute_every})"),
+                     (10**9, "bf16_incremental, no recompute (drift unbounded)")):
+        net32.use_engine(FusedEngine(net32, a.impl, incremental=True, recompute_every=K))
+        run(label, net32)
+        net32.use_engine(None)
     if dev.type == "cuda":
         set_precision("tf32")
-        naive, delta = estimates(net32, x.to(dev), y.to(dev), a.T1, a.T2, a.beta)
-        rows["tf32, naive"], rows["tf32"] = compare(naive, ref, net32), compare(delta, ref, net32)
+        run("tf32", net32, "tf32, naive")
         set_precision("strict")
     layers = list(net32.layer_parameters())
     lines = [f"Symmetric EP estimate vs float64, paper ConvNet, {a.images} CIFAR-10 test images, T1 {a.T1}, "
@@ -106,12 +162,24 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * r[n]['rel_error']:.2f} % ({r[n]['cosine']:.5f})"
                                                   for n in layers) + " |")
+    lines += ["", "Same equilibrium: against float64 phases started from the row's own free state", "",
+              "| precision | " + " | ".join(f"{n} rel. error (cosine)" for n in layers) + " |",
+              "| --- |" + " --- |" * len(layers)]
+    for name, r in same.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r[n]['rel_error']:.2f} % ({r[n]['cosine']:.5f})"
+                                                  for n in layers) + " |")
+    lines += ["", "Residual max |s_{t+1} - s_t| at the end of each phase; float64 polish of the free state",
+              "", "| run | free | +beta | -beta | polish steps | polish moved the state by |", "| --- |" + " --- |" * 5]
+    for name, r in res.items():
+        lines.append(f"| {name} | {r['res_free']:.2e} | {r['res_plus']:.2e} | {r['res_minus']:.2e} | "
+                     f"{r.get('polish_steps', '')} | {r.get('polish_moved', float('nan')):.2e} |")
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "precision.md").write_text(text + "\n")
-    (out / "precision.json").write_text(json.dumps({"args": vars(a), "torch": torch.__version__, "rows": rows},
+    (out / "precision.json").write_text(json.dumps({"args": vars(a), "torch": torch.__version__, "rows": rows,
+                                                    "same_equilibrium": same, "residuals": res},
                                                    indent=1) + "\n")
     print(f"wrote {out / 'precision.md'} and .json")
 

@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # the Triton kernels run under Triton's interpreter on the CPU (core.fused)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from spikeep.config import ModelConfig
 from spikeep.core.network import EqNetwork
 

@@ -1,6 +1,8 @@
 """The same code on CUDA: explicit drives equal autograd there, and CUDA agrees with CPU.
 Skipped cleanly where no GPU is present (CI has none). Each test states the precision it checks:
 float64, or float32 with TF32 off (dynamics.precision = "strict"; cuDNN would use TF32 by default)."""
+import copy
+
 import pytest
 import torch
 
@@ -119,3 +121,48 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
     wa = runs.load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
     wb = runs.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_cuda_triton_engine_equals_reference_and_graphs_equal_eager():
+    """The Triton layer updates on the GPU (float64: to rounding) and CUDA-graph blocks (bitwise
+    the same kernels replayed) against the reference step; batched +-beta EP against sequential."""
+    from spikeep.core.engine import FusedEngine
+
+    net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,)).cuda()
+    x, y = batch_for(net, 6)
+    xc, yc = x.cuda(), y.cuda()
+    inp = net.prepare(xc, yc)
+    s = free_phase(net, inp, 7).state
+    with torch.no_grad():
+        for cl in (False, True):
+            net.use_channels_last(cl)
+            st = tuple(net._layout(t) for t in s)
+            for beta in (0.0, 0.5):
+                ref = net.step(inp, st, beta)
+                got = FusedEngine(net, "triton").step(inp, st, beta)
+                assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) <= 1e-12
+        eng = FusedEngine(net, "triton", graphs=True)
+        plain = FusedEngine(net, "triton", graphs=False)
+        for _ in range(2):  # capture, then replay
+            g = eng.run_block(inp, s, 0.3, 9)
+        p = plain.run_block(inp, s, 0.3, 9)
+        assert all(torch.equal(a, b) for a, b in zip(g.state, p.state))
+    ref = copy.deepcopy(net).use_engine(None)
+    net.use_engine(FusedEngine(net, "triton"))
+    ep_gradients(net, xc, yc, "symmetric", 0.5, 30, 8)
+    ep_gradients(ref, xc, yc, "symmetric", 0.5, 30, 8)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-13)
+
+
+def test_cuda_incremental_float32_accurate():
+    """bf16_incremental on the GPU: the free equilibrium within float32 rounding of float64's."""
+    from spikeep.core.engine import FusedEngine
+
+    net = small_conv(pools="mm", loss="cross_entropy", channels=(8, 12), in_shape=(3, 12, 12)).cuda()
+    x, y = batch_for(net, 8)
+    exact = free_phase(net, net.prepare(x.cuda(), y.cuda()), 300, tol=1e-14).state
+    net.float()
+    net.use_engine(FusedEngine(net, "triton", incremental=True, recompute_every=20))
+    s = free_phase(net, net.prepare(x.float().cuda(), y.cuda()), 300).state
+    assert max(float((a.double() - b).abs().max()) for a, b in zip(s, exact)) < 1e-5

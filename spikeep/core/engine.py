@@ -40,7 +40,7 @@ from .interactions import Conv, Dense
 from .network import EqNetwork, Inputs, State
 
 Tensor = torch.Tensor
-Beta = Union[float, Tensor]  # a number, or one value per sample (batched +-beta phases), shape (B, 1)
+Beta = Union[float, Tensor]  # a number, or one value per sample (batched +-beta phases), shape (B,) or (B, 1)
 ENGINES = ("eager", "fused", "triton")
 SCHEDULES = ("sync", "async")
 
@@ -111,7 +111,10 @@ class FusedEngine:
             return None
         net = self.net
         last_mask = inp.mask if inp.mask is not None and net.dropout_layer == len(net.synapses) - 1 else None
-        return net.nudge(s_last, inp.target, last_mask) * beta
+        n = net.nudge(s_last, inp.target, last_mask)
+        if torch.is_tensor(beta):  # one value per sample, along the batch dimension
+            beta = beta.reshape(-1, *([1] * (n.dim() - 1)))
+        return n * beta
 
     def _mask(self, inp: Inputs, k: int) -> Optional[Tensor]:
         return inp.mask if inp.mask is not None and self.net.dropout_layer == k else None

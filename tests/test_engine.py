@@ -1,0 +1,215 @@
+"""The relaxation engine (core.engine, core.fused): layer updates equal the reference step, the Triton
+kernels (under Triton's interpreter on the CPU) equal the PyTorch ones, batched +-beta phases equal the
+sequential ones, the async schedule and warm starts reach the equilibrium, bf16_incremental is accurate."""
+import copy
+import os
+
+import pytest
+import torch
+
+from conftest import batch_for, random_state, small_conv, small_mlp
+from spikeep.core.dynamics import free_phase, nudged_phase
+from spikeep.core.engine import FusedEngine, batched_inputs, plus_minus_beta
+from spikeep.core.fused import pool_unpool_torch, pool_unpool_triton, settle_torch, settle_triton, triton_available
+from spikeep.learning.ep import both_nudged_phases, ep_gradients
+
+NETS = {
+    "conv mm mse": dict(),
+    "conv ma ce hidden": dict(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,)),
+    "conv mi ce": dict(pools="mi", loss="cross_entropy"),
+    "conv odd sizes": dict(in_shape=(1, 11, 13), paddings=(0, 1), loss="cross_entropy"),
+}
+# these tests run the kernels on CPU tensors: under Triton's interpreter (conftest sets it where there is
+# no GPU); on a GPU machine test_cuda.py runs them on the device instead
+needs_triton = pytest.mark.skipif(not triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                                  reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
+
+
+def _max_diff(a, b):
+    return max(float((u - v).abs().max()) for u, v in zip(a, b))
+
+
+def _tied_state(net, n):
+    """Flat states: every 2x2 window of the next pooling is tied (a layer driven by its bias alone)."""
+    return tuple(torch.full((n, *s), 0.25, dtype=torch.float64) for s in net.layer_shapes)
+
+
+@pytest.mark.parametrize("name", list(NETS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_fused_step_equals_reference_float64(name, channels_last, impl):
+    net = small_conv(**NETS[name]).use_channels_last(channels_last)
+    x, y = batch_for(net, 5)
+    inp = net.prepare(x, y)
+    eng = FusedEngine(net, impl)
+    for s in (random_state(net, 5), _tied_state(net, 5), net.init_state(5)):
+        s = tuple(net._layout(t) for t in s)
+        for beta in (0.0, 0.7, -0.3):
+            with torch.no_grad():
+                ref, got = net.step(inp, s, beta), eng.step(inp, s, beta)
+            assert _max_diff(ref, got) <= 1e-12
+            assert all(g.shape == r.shape for g, r in zip(got, ref))
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_fused_step_float32_and_dropout_mask(impl):
+    net = small_conv(pools="mm", loss="cross_entropy", channels=(4, 6)).float()
+    net.dropout, net.dropout_layer = 0.3, 1
+    x, y = batch_for(net, 6)
+    g = torch.Generator().manual_seed(3)
+    mask = net.draw_mask(6, g)
+    assert mask is not None and (mask == 0).any()
+    inp = net.prepare(x.float(), y)._replace(mask=mask)
+    s = tuple(t.float() for t in random_state(net, 6))
+    eng = FusedEngine(net, impl)
+    with torch.no_grad():
+        for beta in (0.0, 0.5):
+            ref, got = net.step(inp, s, beta), eng.step(inp, s, beta)
+            assert _max_diff(ref, got) <= 2e-6  # float32: rounding only
+
+
+def test_fused_mlp_equals_reference():
+    net = small_mlp(hidden=(16, 12), loss="cross_entropy")
+    x, y = batch_for(net, 4)
+    inp = net.prepare(x, y)
+    s = random_state(net, 4)
+    with torch.no_grad():
+        assert _max_diff(net.step(inp, s, 0.4), FusedEngine(net).step(inp, s, 0.4)) <= 1e-12
+
+
+@needs_triton
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_triton_kernels_equal_torch_incl_ties_and_deltas(fmt):
+    g = torch.Generator().manual_seed(0)
+    u = torch.randint(0, 3, (3, 4, 6, 8), generator=g).double().contiguous(memory_format=fmt)  # many ties
+    s = torch.rand(3, 4, 3, 4, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    a, b = pool_unpool_torch(u, s, "m"), pool_unpool_triton(u, s, "m")
+    assert torch.equal(a.P, b.P) and torch.equal(a.U, b.U)
+    u32, s32 = u.float(), s.float()
+    prev = torch.rand(u.shape, generator=g).float().contiguous(memory_format=fmt)
+    a = pool_unpool_torch(u32, s32, "m", prev.clone(), torch.float32)
+    b = pool_unpool_triton(u32, s32, "m", prev.clone(), torch.float32)
+    assert torch.equal(a.U, b.U) and torch.equal(a.dU, b.dU)
+    P = torch.randn(3, 4, 3, 4, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    Fb, m = torch.randn_like(P), (torch.rand_like(P) > 0.5).double()
+    for act in ("my_hard_sig", "hard_sigmoid", "sigmoid", "tanh", "identity"):
+        (s1, d1), (s2, d2) = settle_torch(P, Fb, act, m, None, P), settle_triton(P, Fb, act, m, None, P)
+        assert float((s1 - s2).abs().max()) <= 1e-15 and float((d1 - d2).abs().max()) <= 1e-15
+
+
+def test_batched_nudged_phases_equal_sequential():
+    net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,))
+    x, y = batch_for(net, 5)
+    net.use_engine(FusedEngine(net))
+    inp = net.prepare(x, y)
+    s = free_phase(net, inp, 40).state
+    plus, minus = both_nudged_phases(net, inp, s, 12, 0.6)
+    assert _max_diff(plus.state, nudged_phase(net, inp, s, 12, 0.6).state) <= 1e-13
+    assert _max_diff(minus.state, nudged_phase(net, inp, s, 12, -0.6).state) <= 1e-13
+    # and the estimate: engine (batched) against the eager network (sequential)
+    ref = copy.deepcopy(net).use_engine(None)
+    ep_gradients(net, x, y, "symmetric", 0.6, 40, 12)
+    ep_gradients(ref, x, y, "symmetric", 0.6, 40, 12)
+    for (n, p), q in zip(net.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-14), n
+    b = plus_minus_beta(0.6, 5, x)
+    assert b.shape == (10, 1) and float(b[:5].min()) == 0.6 and float(b[5:].max()) == -0.6
+    assert batched_inputs(inp).x.shape[0] == 10
+
+
+def _steps_to(net, inp, tol, T=400):
+    return free_phase(net, inp, T, tol=tol).steps
+
+
+def test_async_schedule_reaches_the_sync_equilibrium_in_fewer_sweeps():
+    net = small_conv(pools="mm", loss="cross_entropy", channels=(4, 6))
+    x, y = batch_for(net, 6)
+    inp = net.prepare(x, y)
+    sync = free_phase(net, inp, 400, tol=1e-13)
+    net.use_engine(FusedEngine(net, schedule="async"))
+    asyn = free_phase(net, inp, 400, tol=1e-13)
+    assert sync.delta < 1e-13 and asyn.delta < 1e-13  # both converged
+    with torch.no_grad():  # a fixed point of Eq. 8 itself (with max-pools there can be several:
+        ref = copy.deepcopy(net).use_engine(None)  # channels (6, 8) has two, each schedule finds one)
+        assert _max_diff(ref.step(inp, asyn.state), asyn.state) <= 1e-12
+    assert _max_diff(sync.state, asyn.state) <= 1e-10  # here: the same one
+    assert asyn.steps < sync.steps  # a sweep costs one step's convolutions
+    # the nudged phase too
+    a = nudged_phase(net, inp, asyn.state, 200, 0.5, tol=1e-13).state
+    net.use_engine(None)
+    b = nudged_phase(net, inp, sync.state, 200, 0.5, tol=1e-13).state
+    assert _max_diff(a, b) <= 1e-10
+
+
+def test_residual_falls_and_block_reports_it():
+    net = small_conv(pools="mm", loss="cross_entropy")
+    x, y = batch_for(net, 4)
+    inp = net.prepare(x, y)
+    eng = FusedEngine(net)
+    s, res = net.init_state(4), []
+    for _ in range(6):
+        s, r = eng.block(inp, s, 0.0, 5)
+        res.append(float(r))
+    assert res[-1] < res[0] * 1e-3
+
+
+@pytest.mark.parametrize("K", [1, 7, 1000])
+def test_incremental_with_exact_deltas_equals_recomputed_dynamics(K):
+    """With float64 increments the incremental drives are the recomputed ones (to rounding): the
+    bookkeeping D += w * ds, F += w^T * dU is right, incl. pooling switches and tied windows."""
+    net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,))
+    x, y = batch_for(net, 5)
+    inp = net.prepare(x, y)
+    s0 = random_state(net, 5)
+    ref = FusedEngine(net).block(inp, s0, 0.3, 25).state
+    got = FusedEngine(net, incremental=True, recompute_every=K, delta_dtype=torch.float64).block(
+        inp, s0, 0.3, 25).state
+    assert _max_diff(ref, got) <= 1e-12
+
+
+def test_incremental_bf16_bound_matters():
+    """bf16 increments drift without the exact recomputation: the bound keeps the free equilibrium
+    float32-accurate, and removing it (recompute never) leaves a visibly wrong state."""
+    net = small_conv(pools="mm", loss="cross_entropy", channels=(8, 12), in_shape=(3, 12, 12)).float()
+    x, y = batch_for(net, 8)
+    inp = net.prepare(x.float(), y)
+    exact = free_phase(net.double(), net.prepare(x, y), 300, tol=1e-14).state
+    net.float()
+    errs = {}
+    for K in (20, 10**9):
+        net.use_engine(FusedEngine(net, incremental=True, recompute_every=K))
+        s = free_phase(net, inp, 300).state
+        errs[K] = _max_diff([t.double() for t in s], exact)
+    assert errs[20] < 1e-5  # float32-accurate
+    assert errs[10**9] > 10 * errs[20]
+
+
+def test_warm_starts_save_steps_and_round_trip():
+    from spikeep.learners import WarmStarts
+
+    net = small_conv(pools="mm", loss="cross_entropy")
+    x, y = batch_for(net, 6)
+    inp = net.prepare(x, y)
+    cold = free_phase(net, inp, 400, tol=1e-10)
+    ws = WarmStarts("per_sample", net, 20)
+    idx = torch.tensor([3, 7, 1, 0, 19, 11])
+    assert ws.start(idx, 6) is None
+    ws.keep(idx, cold.state)
+    start = ws.start(idx, 6)
+    assert _max_diff(start, cold.state) <= 4e-3  # kept in bfloat16
+    warm = free_phase(net, inp, 400, start, tol=1e-10)
+    assert _max_diff(warm.state, cold.state) <= 1e-8  # the same equilibrium
+    # to a training tolerance, a start from the stored state saves most steps
+    assert free_phase(net, inp, 400, start, tol=1e-3).steps * 3 <= free_phase(net, inp, 400, tol=1e-3).steps
+    # a different order of the same samples gets each its own state
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+    assert _max_diff(ws.start(idx[perm], 6), tuple(t[perm] for t in start)) == 0
+    ws2 = WarmStarts("per_sample", net, 20)
+    ws2.load_state_dict(ws.state_dict())
+    assert _max_diff(ws2.start(idx, 6), start) == 0
+    with pytest.raises(ValueError, match="warm starts"):
+        WarmStarts("previous_batch", net, 20).load_state_dict(ws.state_dict())
+    pb = WarmStarts("previous_batch", net, 20)
+    pb.keep(None, cold.state)
+    assert _max_diff(pb.start(None, 4), tuple(t[:4] for t in cold.state)) == 0
+    assert pb.start(None, 8) is None  # larger batch than kept: zeros
