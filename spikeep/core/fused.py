@@ -128,8 +128,10 @@ if triton is not None:
     def _ld(ptr, idx, ok, F64: tl.constexpr):
         v = tl.load(ptr + idx, mask=ok, other=0.0)
         if F64:
-            return v.to(tl.float64)
-        return v.to(tl.float32)
+            v = v.to(tl.float64)
+        else:
+            v = v.to(tl.float32)
+        return v
 
     @triton.jit
     def maxpool_unpool_kernel(u_ptr, s_ptr, p_ptr, U_ptr, dU_ptr, n, C, Ho, Wo,
