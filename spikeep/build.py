@@ -115,7 +115,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here; use device = 'cpu'")
+        raise ValueError(f"dynamics.device = {name!r} asked for, but CUDA is not available here; use device = 'cpu'")
     return dev
 
 

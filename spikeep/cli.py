@@ -1,12 +1,43 @@
 """Command line: spikeep train | evaluate | gdu | traces. A thin layer over the library functions."""
 from __future__ import annotations
 
-import argparse
+import os
+import signal
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .config import ConfigError
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    """SIGINT / SIGTERM at any moment, imports included: one line, then exit at once, as a kill would
+    (every file spikeep writes is replaced atomically or appended and checked, so the folder is as after
+    kill -9: resumable from its last checkpoint)."""
+    name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+    try:
+        os.write(2, f"spikeep: stopped by {name}{_resume_hint('dir')}\n".encode())
+    finally:
+        os._exit(130 if signum == signal.SIGINT else 143)
+
+
+def _resume_hint(which: str) -> str:
+    """What to do next for the run folder this process was writing (none: nothing to say)."""
+    rf = sys.modules.get("spikeep.runfolder")  # never an import here: this runs inside signal handlers
+    where = rf.ACTIVE.get(which) if rf is not None else None
+    if where is None:
+        return ""
+    if os.path.isfile(os.path.join(str(where), "checkpoint.pt")):
+        return f"; resume with `spikeep train --resume {where}`"
+    return f"; {where} has no checkpoint yet: start the run again (with --overwrite to reuse that folder)"
+
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep":  # the command line: at once, before
+    for _sig in (signal.SIGINT, signal.SIGTERM):                           # anything else is imported
+        signal.signal(_sig, _on_signal)
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+from .config import ConfigError  # noqa: E402
 
 if TYPE_CHECKING:
     from .config import Config
@@ -39,7 +70,8 @@ def cmd_train(args) -> int:
         cfg = _config(args)
         if args.download:
             cfg.data.download = True
-        result = train(cfg, args.run_dir, progress=not args.no_progress, base_dir=args.runs)
+        result = train(cfg, args.run_dir, progress=not args.no_progress, base_dir=args.runs,
+                       overwrite=args.overwrite)
     if result.history:
         last = result.history[-1]
         print(f"test accuracy: {last['test_acc']:.2f}% (run folder {result.run_dir})")
@@ -114,13 +146,26 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # first thing, before torch and the rest are imported: SIGINT / SIGTERM end with one line
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    finally:  # in-process callers (tests, notebooks) get their handlers back
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a network from a config", description=(
         "Train a network from a TOML config into a run folder (config, metrics.csv, summary.json, env.json, "
         "checkpoints, curves.png, train.log). Under torchrun it trains data-parallel."))
     _add_common(p, config_required=False)
-    p.add_argument("--run-dir", help="run folder (default: RUNS/<config name>/<timestamp>)")
+    p.add_argument("--run-dir", help="run folder (default: RUNS/<config name>/<timestamp>); one that holds "
+                                     "anything is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --run-dir: move a run already there aside (to RUN_DIR.replaced-<time>; nothing is deleted)")
     p.add_argument("--runs", default="runs", help="where new run folders go (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
@@ -166,17 +211,33 @@ def main(argv: list[str] | None = None) -> int:
     from .runs import CheckpointError
     from .traces import TracesError
 
+    import torch
+
     try:
         return args.fn(args)
-    except KeyboardInterrupt:
-        hint = " (resume with spikeep train --resume RUN_DIR)" if args.command == "train" else ""
-        print(f"spikeep {args.command}: interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt:  # raised by code (tests); real signals end in _on_signal
+        print(f"spikeep {args.command}: interrupted{_resume_hint('last')}", file=sys.stderr)
         return 130
-    except (ConfigError, CheckpointError, TracesError, DivergenceError, StorageError, FileNotFoundError, ValueError,
-            RuntimeError) as e:
+    except torch.cuda.OutOfMemoryError as e:
+        first = str(e).splitlines()[0] if str(e) else "out of memory"
+        print(f"spikeep {args.command}: the GPU ran out of memory ({first}); try a smaller train.batch_size or "
+              f"train.eval_batch_size, dynamics.precision = 'bf16_incremental' or 'bf16', or "
+              f"dynamics.warm_start = 'none' (per-sample states are kept on the GPU); the traceback is in "
+              f"train.log", file=sys.stderr)
+        return 5
+    except (ConfigError, CheckpointError, TracesError, DivergenceError, StorageError, FileNotFoundError,
+            ValueError) as e:
         print(f"spikeep {args.command}: error: {e}", file=sys.stderr)
         # exit codes: 2 bad input (config, files, arguments), 3 divergence, 4 a write failed (disk full, ...)
         return 3 if isinstance(e, DivergenceError) else 4 if isinstance(e, StorageError) else 2
+    except RuntimeError as e:  # a library or device failure, not the user's input
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        gpu = any(k in str(e) for k in ("CUDA", "cuDNN", "CUBLAS", "cublas", "triton", "Triton", "NCCL"))
+        what = "a GPU / CUDA library call failed" if gpu else "a library call failed"
+        print(f"spikeep {args.command}: {what}: {first}. This is not a config mistake; the traceback is in "
+              f"train.log (run with CUDA_LAUNCH_BLOCKING=1 to locate a kernel failure; dynamics.engine = 'eager' "
+              f"or dynamics.precision = 'strict' take other code paths)", file=sys.stderr)
+        return 6
 
 
 if __name__ == "__main__":

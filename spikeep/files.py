@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-# temporary names of writers: ".NAME.tmpPID" (atomic replace), ".NAME.resumePID" (trace file on resume)
-_TEMPORARY = re.compile(r"^\..+\.(?:tmp|resume)(\d+)$")
+# temporary names of spikeep's writers, and only those: ".NAME.spikeep-tmpPID" (atomic replace),
+# ".NAME.spikeep-resumePID" (trace file on resume); a user's own ".notes.tmp123" is never touched
+_TEMPORARY = re.compile(r"^\..+\.spikeep-(?:tmp|resume)(\d+)$")
 
 
 class StorageError(OSError):
@@ -78,7 +79,7 @@ def replace_atomically(path: Path, data: bytes) -> None:
     untouched and raises StorageError."""
     path = Path(path)
     ensure_space(path, len(data))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.spikeep-tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

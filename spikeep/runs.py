@@ -222,6 +222,14 @@ def get_logger(run_dir: Optional[Path], enabled: bool = True, echo: bool = True)
     return log
 
 
+def log_traceback_to_file(log: logging.Logger, message: str) -> None:
+    """The current exception's traceback into train.log only (the console gets cli's one line)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, sys.exc_info())
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
 def close_logger(log: logging.Logger) -> None:
     for h in list(log.handlers):
         h.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +33,8 @@ from .distributed import Dist, average_gradients, barrier, init_distributed, sha
     sum_over_processes
 from .evaluation import evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
+from .runfolder import RunLock, _kind, check_run_dir, refuse_existing_run
+from .core.network import EqNetwork
 from .learners import Learner, SpikingEP, WarmStarts
 from .monitor import DivergenceError, EpochStats, FiniteChecks, alignment_angles, energy, spike_pictures
 from .traces import TraceRecorder, layer_specs
@@ -44,41 +47,68 @@ class TrainResult(NamedTuple):
 
 
 def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
-          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs") -> TrainResult:
+          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs",
+          overwrite: bool = False) -> TrainResult:
     """Train cfg.model on cfg.data in a run folder.
 
     resume=True continues the run in `run_dir` from its checkpoint (cfg is then read from the folder);
-    otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given).
+    otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given). A given run_dir
+    that holds anything is refused (overwrite=True moves it aside first, deleting nothing). Nothing is
+    created before the config, the data and the device are known good; one process writes a folder
+    at a time (runfolder.RunLock).
     """
     ckpt = None
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
-        run_dir, cfg, ckpt = _resumable(Path(run_dir))
+        run_dir, cfg, ckpt = _resumable(check_run_dir(Path(run_dir)))
+    elif run_dir is not None:
+        run_dir = check_run_dir(Path(run_dir))
+        if not overwrite:
+            refuse_existing_run(run_dir)  # early, before the data is read
     if cfg is None:
         raise ValueError("train needs a config (or resume=True with a run folder)")
     check_config(cfg)
+    ds = prepare_data(cfg.data)
+    check_labels(ds, cfg.model.n_classes)
     ddp, device = init_distributed(resolve_device(cfg.dynamics.device))
-    if not resume:
-        cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex[:16])  # ties the folder's checkpoints to it
-        if ddp.main:
-            run_dir = Path(run_dir) if run_dir is not None else runs.new_run_dir(cfg.name, base_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    run_dir = share_run_dir(ddp, run_dir)
-    if ddp.main:
-        remove_stale_temporaries(run_dir)
-    log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
+    lock = None
     try:
-        return _train(cfg, run_dir, ckpt, ddp, device, log, progress and ddp.main)
-    except (DivergenceError, StorageError) as e:
-        ck = run_dir / "checkpoint.pt"
-        msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
-                                         else "No checkpoint had been written yet.")
-        log.error(msg)
-        raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
+        if not resume:
+            cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex[:16])  # ties the folder's checkpoints to it
+            if ddp.main:
+                if run_dir is None:
+                    run_dir = runs.new_run_dir(cfg.name, base_dir)
+                else:
+                    aside = refuse_existing_run(run_dir, overwrite)
+                    if aside is not None:
+                        print(f"spikeep: the run that was in {run_dir} was moved to {aside}", file=sys.stderr)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir).acquire()
+                refuse_existing_run(run_dir)  # nothing came in between (another writer that got here first)
+                write_json_atomic(run_dir / "config.json", cfg.to_dict())
+        elif ddp.main:
+            lock = RunLock(run_dir).acquire()
+        run_dir = share_run_dir(ddp, run_dir)
+        if ddp.main:
+            remove_stale_temporaries(run_dir)
+        log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
+        try:
+            return _train(cfg, ds, run_dir, ckpt, ddp, device, log, progress and ddp.main)
+        except (DivergenceError, StorageError) as e:
+            ck = run_dir / "checkpoint.pt"
+            msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
+                                             else "No checkpoint had been written yet.")
+            log.error(msg)
+            raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
+        except Exception:
+            runs.log_traceback_to_file(log, "the run stopped on this error:")
+            raise
+        finally:
+            runs.close_logger(log)
     finally:
-        runs.close_logger(log)
+        if lock is not None:
+            lock.release()
 
 
 def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
@@ -89,6 +119,9 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
         raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
     cfg = config_from_dict(read_json_config(cfg_path), str(cfg_path))
     ck = run_dir / "checkpoint.pt"
+    if ck.exists() and not ck.is_file():
+        raise runs.CheckpointError(f"{ck} is not a regular file (a {_kind(ck)}), so it cannot be a checkpoint; "
+                                   f"nothing was changed")
     if not ck.is_file():
         there = ", ".join(sorted(p.name for p in run_dir.iterdir())) or "nothing"
         raise runs.CheckpointError(
@@ -98,12 +131,12 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
             f"iterations)")
     ckpt = runs.load_checkpoint(ck)
     runs.check_run_id(ck, ckpt, cfg.run_id, run_dir)
+    with torch.device("meta"):  # the weights fit the config's network: refused before the folder is locked
+        runs.check_state_dict(ck, ckpt["model"], EqNetwork(cfg.model))
     return run_dir, cfg, ckpt
 
 
-def _train(cfg: Config, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
-    ds = prepare_data(cfg.data)
-    check_labels(ds, cfg.model.n_classes)
+def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
     net = build_network(cfg, device)
     net.check_labels = False  # checked once for the whole data set above: no device sync per batch
     opt = make_optimizer(net, cfg)

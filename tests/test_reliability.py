@@ -191,9 +191,20 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, monkeypatch):
 
 # 5. an infinite loss is divergence; JSON stays strict ------------------------------------------------
 
-def test_infinite_loss_is_divergence_and_json_stays_strict(tmp_path, capsys):
+def test_infinite_loss_is_divergence_and_json_stays_strict(tmp_path, capsys, monkeypatch):
+    import spikeep.trainer as tr
+
+    real = tr.make_optimizer
+
+    def overflowing(net, cfg):  # learning rates of 1e36 (validation refuses them in a config): overflow
+        opt = real(net, cfg)
+        for g in opt.param_groups:
+            g["lr"] = 1e36
+        return opt
+
+    monkeypatch.setattr(tr, "make_optimizer", overflowing)
     run = tmp_path / "run"
-    code = main(["train", str(QUICK), "--run-dir", str(run), "--no-progress", "--set", "train.lrs=[1e36,1e36]",
+    code = main(["train", str(QUICK), "--run-dir", str(run), "--no-progress",
                  *sum((["--set", o] for o in TINY), [])])
     assert code == 3 and "loss is inf" in capsys.readouterr().err  # the training or the test loss
     for p in run.glob("*.json"):
@@ -250,9 +261,14 @@ def test_ctrl_c_prints_one_line(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tr, "train", interrupted)
+    import spikeep.runfolder as rf
+
+    rf.ACTIVE["last"] = None
     assert main(["train", str(QUICK), "--run-dir", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
-    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    # no folder was written: no resume hint (it would fail)
+    assert "interrupted" in err and "--resume" not in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 # 9. stale temporary files ---------------------------------------------------------------------------
@@ -262,14 +278,16 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path, monkeypatch
     interrupted_run(run, monkeypatch=monkeypatch)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [run / f".checkpoint.pt.tmp{dead.pid}", run / f".best.pt.tmp{dead.pid}",
-             run / f".traces.h5.resume{dead.pid}"]
-    live = run / f".checkpoint.pt.tmp{os.getppid()}"  # a writer that still runs: left alone
-    for p in stale + [live]:
+    stale = [run / f".checkpoint.pt.spikeep-tmp{dead.pid}", run / f".best.pt.spikeep-tmp{dead.pid}",
+             run / f".traces.h5.spikeep-resume{dead.pid}"]
+    live = run / f".checkpoint.pt.spikeep-tmp{os.getppid()}"  # a writer that still runs: left alone
+    users = [run / f".mynotes.tmp{dead.pid}", run / f".checkpoint.pt.tmp{dead.pid}"]  # not spikeep's names
+    for p in stale + [live] + users:
         p.write_bytes(b"x" * 1000)
     train(run_dir=run, resume=True, progress=False, echo=False)
-    assert not any(p.exists() for p in stale) and live.exists()
-    assert not [p for p in run.iterdir() if p.name.startswith(".") and p != live]
+    assert not any(p.exists() for p in stale) and live.exists() and all(p.exists() for p in users)
+    assert not [p for p in run.iterdir() if p.name.startswith(".") and p not in [live] + users
+                and p.name != ".spikeep.lock"]
 
 
 # 10. trace file size does not depend on how often it is flushed --------------------------------------

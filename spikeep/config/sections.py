@@ -11,6 +11,22 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the file."""
 
 
+# Magnitudes past these overflow float32 arithmetic somewhere in a step (beta x nudge, lr x gradient,
+# scale x weights) long before they could mean anything; refused with the key's name.
+LIMITS = {"estimator.beta": 1e4, "estimator.kp_leak": 1e4, "train.lrs": 1e4, "train.weight_decay": 1e4,
+          "train.momentum": 1e3, "train.eta_min": 1e4, "model.init_scale": 1e3, "data.mean": 1e6,
+          "dynamics.tol": 1e6}
+
+
+def check_magnitude(key: str, value) -> None:
+    """Every number of `value` (a number or a list) within +-LIMITS[key]."""
+    lim = LIMITS[key]
+    for v in value if isinstance(value, list) else [value]:
+        if not abs(v) <= lim:
+            raise ConfigError(f"{key} = {v!r} is out of range: |{key}| must be <= {lim:g} (larger values "
+                              f"overflow float32 arithmetic)")
+
+
 @dataclass
 class ModelConfig:
     """Network architecture (Laborieux et al. 2021, Sec. 4): conv layers, then dense layers.
@@ -58,6 +74,7 @@ class ModelConfig:
         n_layers = n + len(self.hidden) + 1
         if isinstance(self.init_scale, list) and len(self.init_scale) != n_layers:
             raise ConfigError(f"model.init_scale has {len(self.init_scale)} entries for {n_layers} layers")
+        check_magnitude("model.init_scale", self.init_scale)
 
 
 @dataclass
@@ -111,6 +128,7 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.T1 and dynamics.T2 must be > 0, got T1={self.T1}, T2={self.T2}")
         if self.tol < 0 or not math.isfinite(self.tol):
             raise ConfigError(f"dynamics.tol must be a finite number >= 0, got {self.tol}")
+        check_magnitude("dynamics.tol", self.tol)
         if self.tol_every < 1:
             raise ConfigError(f"dynamics.tol_every must be >= 1 step, got {self.tol_every}")
         if self.dtype not in ("float32", "float64"):
@@ -139,6 +157,8 @@ class EstimatorConfig:
             raise ConfigError(f"estimator.truncate must be >= 0, got {self.truncate}")
         if self.kp_leak < 0:
             raise ConfigError(f"estimator.kp_leak must be >= 0, got {self.kp_leak}")
+        check_magnitude("estimator.beta", self.beta)
+        check_magnitude("estimator.kp_leak", self.kp_leak)
 
 
 @dataclass
@@ -173,6 +193,8 @@ class TrainConfig:
             raise ConfigError(f"train.scheduler must be 'constant' or 'cosine', got {self.scheduler!r}")
         if any(lr < 0 for lr in self.lrs):
             raise ConfigError(f"train.lrs must be >= 0, got {self.lrs}")
+        for key in ("lrs", "weight_decay", "momentum", "eta_min"):
+            check_magnitude(f"train.{key}", getattr(self, key))
 
 
 @dataclass
@@ -194,8 +216,9 @@ class DataConfig:
             raise ConfigError("data.subset and data.crop_padding must be >= 0")
         if len(self.mean) != len(self.std):
             raise ConfigError(f"data.mean and data.std must have the same length, got {self.mean} and {self.std}")
-        if any(v <= 0 for v in self.std):
-            raise ConfigError(f"data.std must be > 0, got {self.std}")
+        if any(not v >= 1e-6 for v in self.std):
+            raise ConfigError(f"data.std must be >= 1e-6 (it divides the pixels), got {self.std}")
+        check_magnitude("data.mean", self.mean)
         if self.padding_mode not in ("constant", "edge", "reflect", "symmetric"):
             raise ConfigError(f"data.padding_mode must be constant, edge, reflect or symmetric, "
                               f"got {self.padding_mode!r}")
@@ -225,10 +248,16 @@ class TraceConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.sample < 0 or self.full_every < 0 or self.probe < 0:
-            raise ConfigError("traces.sample, traces.full_every and traces.probe must be >= 0")
+        if self.sample < 1:
+            raise ConfigError(f"traces.sample must be >= 1 synapse per layer, got {self.sample} (to record no "
+                              f"traces, set traces.enabled = false)")
+        if self.full_every < 0 or self.probe < 0:
+            raise ConfigError("traces.full_every and traces.probe must be >= 0")
         if self.flush_every < 1 or self.chunk < 1:
             raise ConfigError("traces.flush_every and traces.chunk must be >= 1")
+        if self.sample > 2**24 or self.chunk > 2**16 or self.sample * self.chunk * 4 >= 2**32:
+            raise ConfigError(f"traces.sample ({self.sample}) x traces.chunk ({self.chunk}) x 4 bytes must stay "
+                              f"under HDF5's 4 GiB chunk limit (sample <= 16777216, chunk <= 65536)")
         if self.compression not in ("none", "lzf", "gzip"):
             raise ConfigError(f"traces.compression must be 'none', 'lzf' or 'gzip', got {self.compression!r}")
         if not 1 <= self.gzip_level <= 4:

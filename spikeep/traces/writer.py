@@ -130,7 +130,7 @@ class TraceRecorder:
                 raise TracesError(f"{self.path}: not a spikeep trace file")
             n_it = int(np.searchsorted(old["iteration"][:], last_iteration, side="right"))
             n_sn = int(np.searchsorted(old["snapshot_iteration"][:], last_iteration, side="right"))
-            tmp = self.path.with_name(f".{self.path.name}.resume{os.getpid()}")
+            tmp = self.path.with_name(f".{self.path.name}.spikeep-resume{os.getpid()}")
             self._create(tmp, attrs)
             for name in ("iteration", "epoch"):
                 self._append(self.f[name], old[name][:n_it])

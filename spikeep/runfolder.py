@@ -1,0 +1,146 @@
+"""A run folder's safety before anything is written into it: a usable path, never a second run on top
+of a first one (moved aside on request, never deleted), and one writer at a time.
+
+    check_run_dir(path)           the path can hold a run folder (not a file, no symlink loop, names short
+                                  enough), else RunFolderError naming the problem
+    refuse_existing_run(path, overwrite)
+                                  a folder that holds files is refused, or with overwrite moved aside to
+                                  PATH.replaced-<time> (returned)
+    RunLock(path)                 an advisory lock (flock on PATH/.spikeep.lock) held while a run writes;
+                                  the kernel releases it when the process dies, kill -9 included, so it is
+                                  never stale; a second writer is refused with the holder's pid
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+LOCK_NAME = ".spikeep.lock"
+# the folder this process writes now, and the last one it wrote (read by cli for its interruption hint)
+ACTIVE: dict = {"dir": None, "last": None}
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked (bad path, holds a run, another writer)."""
+
+
+def check_run_dir(path: Path) -> Path:
+    """Refuse paths that cannot hold a run folder, before anything is created."""
+    path = Path(path)
+    try:
+        max_name = os.pathconf(path.anchor or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        max_name = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > max_name:
+            raise RunFolderError(f"--run-dir {str(path)[:80]}...: the name {part[:40]}... is {len(os.fsencode(part))} "
+                                 f"bytes long, more than this file system allows ({max_name})")
+    if len(os.fsencode(str(path.absolute()))) >= 4096:
+        raise RunFolderError(f"--run-dir {str(path)[:80]}...: the path is longer than the system allows (4096 bytes)")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RunFolderError(f"--run-dir {path}: a symbolic link loop; give a real folder") from None
+        if e.errno == errno.ENOTDIR:
+            raise RunFolderError(f"--run-dir {path}: a part of the path is not a folder") from None
+        raise RunFolderError(f"--run-dir {path}: cannot be used ({e.strerror})") from None
+    except RuntimeError as e:  # Python < 3.13 reports some loops this way
+        raise RunFolderError(f"--run-dir {path}: {e}; give a real folder") from None
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"--run-dir {path}: exists and is not a folder (a {_kind(path)}); give a folder")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunFolderError(f"--run-dir {path}: {parent} is not a folder")
+    if not os.access(parent if not path.exists() else path, os.W_OK | os.X_OK):
+        raise RunFolderError(f"--run-dir {path}: {parent if not path.exists() else path} is not writable")
+    return path
+
+
+def _kind(p: Path) -> str:
+    import stat
+
+    m = p.lstat().st_mode
+    return ("regular file" if stat.S_ISREG(m) else "FIFO" if stat.S_ISFIFO(m) else "socket" if stat.S_ISSOCK(m)
+            else "device" if stat.S_ISCHR(m) or stat.S_ISBLK(m) else "symbolic link" if stat.S_ISLNK(m) else "file")
+
+
+def _contents(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+
+
+def refuse_existing_run(path: Path, overwrite: bool = False) -> Optional[Path]:
+    """A folder that holds anything (a run, or a user's files) is not written by a new run: refused, or
+    with overwrite moved aside whole (returns where to). An empty folder is fine."""
+    if not path.is_dir():
+        return None
+    held = _contents(path)
+    if not held:
+        return None
+    if not overwrite:
+        shown = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "")
+        what = "holds a run" if "config.json" in held else "is not empty"
+        resume = (f"continue it with `spikeep train --resume {path}`, "
+                  if (path / "checkpoint.pt").is_file() else "")
+        raise RunFolderError(f"--run-dir {path} {what} ({shown}); nothing was changed. {resume.capitalize()}"
+                             f"{'c' if resume else 'C'}hoose another --run-dir, or pass --overwrite to move it "
+                             f"aside (to {path.name}.replaced-<time>, nothing is deleted)")
+    with RunLock(path):  # not while another process writes it
+        pass
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    k = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{k}")
+        k += 1
+    os.rename(path, aside)
+    return aside
+
+
+class RunLock:
+    """flock(LOCK_EX | LOCK_NB) on PATH/.spikeep.lock, its holder's pid written into it."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        p = self.folder / LOCK_NAME
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunFolderError(f"{self.folder} is being written by another spikeep process (pid {holder}); "
+                                 f"nothing was changed. Wait for it to end, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        ACTIVE["dir"] = ACTIVE["last"] = self.folder
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+            if ACTIVE["dir"] == self.folder:
+                ACTIVE["dir"] = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
