@@ -97,7 +97,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
             return _train(cfg, ds, run_dir, ckpt, ddp, device, log, progress and ddp.main)
         except (DivergenceError, StorageError) as e:
             ck = run_dir / "checkpoint.pt"
-            msg = f"{e}; the run stops. " + (f"The last good checkpoint is {ck}." if ck.exists()
+            msg = f"{e}; the run stops. " + (_last_checkpoint_words(ck, run_dir) if ck.exists()
                                              else "No checkpoint had been written yet.")
             log.error(msg)
             raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
@@ -109,6 +109,23 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     finally:
         if lock is not None:
             lock.release()
+
+
+def _last_checkpoint_words(ck: Path, run_dir: Path) -> str:
+    """What the last checkpoint of a stopped run holds: finite weights can still be far off (a run that
+    diverges passes through weights of 1e30 before they overflow), so say how large they are and where
+    the best weights are."""
+    try:
+        state = runs.load_checkpoint(ck)["model"]
+        largest = max(float(v.abs().max()) for v in state.values() if torch.is_tensor(v) and v.numel())
+    except Exception:  # noqa: BLE001 (the words are a courtesy: never hide the divergence itself)
+        return f"The last checkpoint is {ck}."
+    best = run_dir / "best.pt"
+    where = f"; the best weights are in {best}" if best.is_file() else ""
+    if largest > 1e6:
+        return (f"The last checkpoint, {ck}, holds weights up to {largest:.3g}: the run was already diverging "
+                f"when it was written, so resuming it would diverge again (lower the learning rates){where}.")
+    return f"The last good checkpoint is {ck} (largest weight {largest:.3g}){where}."
 
 
 def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
@@ -194,7 +211,17 @@ def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, 
         quantized = {n: (q.scale, pl.spec.bits) for n, q in pl.layers.items()}
     return TraceRecorder(run_dir / "traces.h5", layer_specs(st.net, tc.sample, tc.seed, quantized), attrs=attrs,
                          compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
-                         flush_every=tc.flush_every, probe=probe, resume_iteration=resume_it)
+                         flush_every=_flush_interval(cfg), probe=probe, resume_iteration=resume_it)
+
+
+def _flush_interval(cfg: Config) -> int:
+    """How many rows a trace flush writes: traces.flush_every, or fewer when checkpoints come more often
+    (every checkpoint flushes the traces first), so trace chunks are each written once, whole, and the
+    file does not grow with dead copies of rewritten compressed chunks."""
+    every = cfg.traces.flush_every
+    if cfg.train.checkpoint_every:
+        every = min(every, cfg.train.checkpoint_every)
+    return every
 
 
 def _snapshot(recorder: TraceRecorder, learner: Learner, iteration: int, epoch: int) -> None:

@@ -204,3 +204,41 @@ def test_fifo_checkpoint_says_what_it_is(tmp_path, capsys, monkeypatch):
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "is not a regular file (a FIFO)" in err and "no checkpoint.pt" not in err
+
+
+def test_trace_file_stays_near_its_data_size_with_checkpoints_every_iteration(tmp_path):
+    import h5py
+
+    sizes = {}
+    for every in (0, 1, 3):
+        run = tmp_path / f"ck{every}"
+        over = TINY + ["traces.enabled=true", "traces.sample=200", "traces.flush_every=10", "train.epochs=2",
+                       f"train.checkpoint_every={every}", "traces.full_each_epoch=false"]
+        train(load_config(QUICK, over), run, progress=False, echo=False)
+        raw = 0
+        with h5py.File(run / "traces.h5", "r") as f:
+            f.visititems(lambda n, o: None if not isinstance(o, h5py.Dataset) else None)
+
+            def add(name, obj):
+                nonlocal raw
+                if isinstance(obj, h5py.Dataset):
+                    raw += obj.size * obj.dtype.itemsize
+            f.visititems(add)
+        sizes[every] = ((run / "traces.h5").stat().st_size, raw)
+    for every, (size, raw) in sizes.items():
+        assert size <= 1.2 * raw + 96 * 1024, sizes  # data plus HDF5's fixed metadata
+    assert sizes[1][0] <= 1.3 * sizes[0][0], sizes
+
+
+def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp_path):
+    from spikeep.trainer import _last_checkpoint_words
+    from spikeep import runs
+
+    run = tmp_path / "r"
+    train(load_config(QUICK, TINY), run, progress=False, echo=False)
+    ck = runs.load_checkpoint(run / "checkpoint.pt")
+    assert "last good checkpoint" in _last_checkpoint_words(run / "checkpoint.pt", run)
+    ck["model"]["synapses.0.weight"].fill_(3e37)
+    runs.save_checkpoint(run / "checkpoint.pt", ck)
+    words = _last_checkpoint_words(run / "checkpoint.pt", run)
+    assert "already diverging" in words and "3e+37" in words and "best.pt" in words
