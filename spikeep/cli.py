@@ -85,7 +85,7 @@ def cmd_evaluate(args) -> int:
     spk = (f"; {r['spikes_per_inference']:.0f} spikes and {r['synops_per_inference']:.3g} SynOps per inference"
            if r["neurons"] == "spiking" else "")
     print(f"{r['run_dir']} ({r['weights']}, {r['neurons']} neurons, {r['data']} test set): accuracy "
-          f"{r['test_acc']:.2f}%, loss {r['test_loss']:.4f}{spk}")
+          f"{r['test_acc']:.2f}%, loss {r['test_loss']:.6f}{spk}")
     return 0
 
 

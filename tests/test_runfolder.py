@@ -242,3 +242,16 @@ def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp
     runs.save_checkpoint(run / "checkpoint.pt", ck)
     words = _last_checkpoint_words(run / "checkpoint.pt", run)
     assert "already diverging" in words and "3e+37" in words and "best.pt" in words
+
+
+def test_spiking_evaluation_loss_comes_from_the_spiking_network(tmp_path, capsys):
+    """The spiking twin's loss is its own (from spike rates), close to the rate network's, not a copy;
+    the command prints enough digits to show the difference."""
+    from spikeep.evaluation import evaluate_run
+
+    run = tmp_path / "r"
+    train(load_config(QUICK, ["train.epochs=1", "data.subset=500"]), run, progress=False, echo=False)
+    rate, spk = evaluate_run(run), evaluate_run(run, neurons="spiking")
+    assert rate["test_loss"] != spk["test_loss"] and abs(rate["test_loss"] - spk["test_loss"]) < 0.05
+    assert main(["evaluate", str(run), "--neurons", "spiking"]) == 0
+    assert f"loss {spk['test_loss']:.6f}" in capsys.readouterr().out
