@@ -261,10 +261,8 @@ class FusedEngine:
         if torch.is_tensor(beta):
             static_beta.copy_(beta)
         graph.replay()
+        # graphs read the parameters in place: optimizer steps (in place) need no recapture
         return Block(tuple(t.clone() for t in out.state), out.residual.clone())
-
-    def weights_changed(self) -> None:
-        """Nothing to drop: graphs read the parameters in place (optimizer steps update them in place)."""
 
 
 def batched_inputs(inp: Inputs, copies: int = 2) -> Inputs:

@@ -21,7 +21,6 @@ interpreter, TRITON_INTERPRET=1, which is how CI checks them).
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -103,10 +102,6 @@ except Exception:  # noqa: BLE001 (any import failure means: not available)
 def triton_available() -> bool:
     """Whether the Triton kernels can run: Triton importable (CUDA device, or TRITON_INTERPRET=1 on the CPU)."""
     return triton is not None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if triton is not None:
