@@ -26,7 +26,7 @@ needs_triton = pytest.mark.skipif(not triton_available() or os.environ.get("TRIT
 
 
 def _max_diff(a, b):
-    return max(float((u - v).abs().max()) for u, v in zip(a, b))
+    return max(float((u - v).detach().abs().max()) for u, v in zip(a, b))
 
 
 def _tied_state(net, n):
