@@ -78,10 +78,12 @@ class FusedEngine:
         self._graphs: dict = {}
 
     # -- the two convolutions of a layer update --------------------------------------------------------
-    def forward_u(self, k: int, pre: Tensor, bias: bool = True, dtype: Optional[torch.dtype] = None) -> Tensor:
-        """u_k = w_k * pre (+ b_k) before pooling, optionally in `dtype` (the weight cast to it)."""
+    def forward_u(self, k: int, pre: Tensor, bias: bool = True, dtype: Optional[torch.dtype] = None,
+                  weight: Optional[Tensor] = None) -> Tensor:
+        """u_k = w_k * pre (+ b_k) before pooling, optionally in `dtype` (the weight cast to it, or
+        `weight`: a copy already in that dtype)."""
         syn = self.net.synapses[k]
-        w = syn.weight if dtype is None else syn.weight.to(dtype)
+        w = weight if weight is not None else syn.weight if dtype is None else syn.weight.to(dtype)
         b = syn.bias if bias else None
         if b is not None and dtype is not None:
             b = b.to(dtype)
@@ -91,10 +93,11 @@ class FusedEngine:
             return F.conv2d(pre, w, b, syn.stride, syn.padding)
         return F.linear(pre.flatten(1), w, b)
 
-    def feedback(self, k: int, U: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    def feedback(self, k: int, U: Tensor, dtype: Optional[torch.dtype] = None,
+                 weight: Optional[Tensor] = None) -> Tensor:
         """F_{k-1} = w_k^T * U_k, in the shape of layer k-1 (the presynaptic layer of synapse k)."""
         syn = self.net.synapses[k]
-        w = syn.feedback_weight if dtype is None else syn.feedback_weight.to(dtype)
+        w = weight if weight is not None else syn.feedback_weight if dtype is None else syn.feedback_weight.to(dtype)
         if dtype is not None:
             U = U.to(dtype)
         if isinstance(syn, Conv):
@@ -189,6 +192,9 @@ class FusedEngine:
         D, P, U, Fb = self._exact(inp, s)
         U = [u if u is None or u is not s[k] else u.clone() for k, u in enumerate(U)]  # owned: updated in place
         s = list(s)
+        # the weights in the increments' dtype: cast once per block, not once per step and convolution
+        wf = [None] + [syn.weight.to(dd) for syn in self.net.synapses[1:]]
+        wb = [None] + [syn.feedback_weight.to(dd) for syn in self.net.synapses[1:]]
         res = None
         for t in range(steps):
             nudge = self._nudge(inp, s[-1], beta)
@@ -202,10 +208,10 @@ class FusedEngine:
             dseen = self.net._as_seen_above(tuple(ds), inp.mask)
             dU: list = [None] * n
             for k in range(1, n):  # D_k += w_k * ds_{k-1} (no bias), in bf16; then the exact dU
-                D[k] = D[k] + self.forward_u(k, dseen[k - 1], bias=False, dtype=dd).to(D[k].dtype)
+                D[k] = D[k] + self.forward_u(k, dseen[k - 1], False, dd, wf[k]).to(D[k].dtype)
                 P[k], U[k], dU[k] = self.pool_unpool(D[k], s[k], self._pool_kind(k), U[k], dd)
             for k in range(n - 1):
-                Fb[k] = Fb[k] + self.feedback(k + 1, dU[k + 1], dtype=dd).to(Fb[k].dtype)
+                Fb[k] = Fb[k] + self.feedback(k + 1, dU[k + 1], dd, wb[k + 1]).to(Fb[k].dtype)
         return Block(tuple(s), res)
 
     # -- blocks of steps (the unit a CUDA graph captures) ------------------------------------------------
