@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -205,13 +206,22 @@ def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, 
     probe = (test_set.x[:tc.probe].numpy(), test_set.y[:tc.probe].numpy()) if tc.probe else None
     resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
     attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
-             "git_commit": runs.git_commit() or ""}
+             "git_commit": runs.git_commit() or "", **_normalisation_attrs(cfg)}
     quantized, pl = {}, st.plasticity
     if pl is not None and pl.spec.device == "linear":  # memristor conductances stay float
         quantized = {n: (q.scale, pl.spec.bits) for n, q in pl.layers.items()}
     return TraceRecorder(run_dir / "traces.h5", layer_specs(st.net, tc.sample, tc.seed, quantized), attrs=attrs,
                          compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
                          flush_every=_flush_interval(cfg), probe=probe, resume_iteration=resume_it)
+
+
+def _normalisation_attrs(cfg: Config) -> dict:
+    """How the inputs (and the probe batch in the file) were normalised, as plain attributes."""
+    d = cfg.data
+    how = (f"x = (pixel / 255 - input_mean[c]) / input_std[c] per channel c" if d.mean
+           else "x = pixel / 255 (no per-channel normalisation)")
+    return {"dataset": d.name, "input_mean": np.asarray(d.mean, dtype=np.float64),
+            "input_std": np.asarray(d.std, dtype=np.float64), "input_normalisation": how}
 
 
 def _flush_interval(cfg: Config) -> int:

@@ -154,14 +154,14 @@ LAYOUT_CHECK = textwrap.dedent('''
     import json, sys
     import h5py, numpy as np
     f = h5py.File(sys.argv[1], "r")
-    assert f.attrs["format"] == "spikeep-traces/1"
-    for key in ("spikeep_version", "config", "seed", "git_commit"):
+    assert f.attrs["format"] == "spikeep-traces/2"
+    for key in ("spikeep_version", "config", "seed", "git_commit", "input_mean", "input_std", "input_normalisation"):
         assert key in f.attrs, key
     json.loads(f.attrs["config"])
     T, S = f["iteration"].shape[0], f["snapshot_iteration"].shape[0]
     assert f["epoch"].shape == (T,) and f["snapshot_epoch"].shape == (S,)
-    for name in ("iteration", "epoch", "snapshot_iteration", "snapshot_epoch"):
-        assert f[name].is_scale
+    assert f["iteration"].is_scale and f["snapshot_iteration"].is_scale
+    assert [s.name for s in f["epoch"].dims[0].values()] == ["/iteration"]
     for name, g in f["layers"].items():
         shape = tuple(g.attrs["weight_shape"])
         K = g["sample_index"].shape[0]
@@ -169,11 +169,18 @@ LAYOUT_CHECK = textwrap.dedent('''
         assert g["sample_index"].dtype == np.int64 and g["sample_index"][:].max() < np.prod(shape)
         for d in ("sample_weight", "sample_delta", "sample_grad"):
             assert g[d].shape == (T, K) and g[d].dtype == np.float32 and g[d].maxshape[0] is None
-            assert [s.name for s in g[d].dims[0].values()] == ["/iteration", "/epoch"]
+            assert [[s.name for s in dim.values()] for dim in g[d].dims] == [["/iteration"], [g.name + "/sample_index"]]
+            assert g[d].compression == "gzip" and g[d].shuffle
         assert g["summary"].shape == (T, 5) and g["summary"].attrs["columns"] == "norm,mean,std,min,max"
         assert g["weight"].shape == (S,) + shape and g["weight"].chunks[0] == 1
-        assert [s.name for s in g["weight"].dims[0].values()] == ["/snapshot_iteration", "/snapshot_epoch"]
+        assert [s.name for s in g["weight"].dims[0].values()] == ["/snapshot_iteration"]
         assert g["bias"].shape[0] == S
+    # every axis of every dataset has one dimension scale; every dataset has units and a description
+    def check(name, d):
+        if isinstance(d, h5py.Dataset):
+            assert all(len(dim) == 1 for dim in d.dims) or d.is_scale, name
+            assert "units" in d.attrs and d.attrs["description"], name
+    f.visititems(check)
     assert "spikeep" not in sys.modules
     print("layout ok", T, S)
 ''')
@@ -195,3 +202,75 @@ def test_layout_is_readable_by_h5py_alone(tmp_path):
     assert r.returncode == 0, r.stderr
     for name in ("weight_trajectories.png", "weight_change_hist.png", "weight_summary.png"):
         assert (tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _small_run(tmp_path):
+    from spikeep.build import load_config
+    from spikeep.trainer import train
+
+    cfg = load_config(QUICK, ["data.subset=100", "model.hidden=[8]", "train.batch_size=25", "dynamics.T1=10",
+                              "dynamics.T2=4", "train.epochs=1", "traces.enabled=true", "traces.sample=6",
+                              "traces.full_every=2", "traces.probe=2"])
+    train(cfg, tmp_path / "run", progress=False, echo=False)
+    return tmp_path / "run" / "traces.h5"
+
+
+def test_h5dump_reads_every_dataset(tmp_path):
+    """HDF5's own tools (Debian's hdf5-tools, HDF5 1.10) read the whole file: gzip, v110 object formats."""
+    import shutil
+    if shutil.which("h5dump") is None:
+        pytest.skip("h5dump not installed (Debian: apt-get install hdf5-tools; .ci/run installs it)")
+    path = _small_run(tmp_path)
+    r = subprocess.run(["h5dump", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "error" not in (r.stdout + r.stderr).lower()
+    assert 'DATASET "sample_weight"' in r.stdout and "COMPRESSION DEFLATE" in subprocess.run(
+        ["h5dump", "-p", "-H", str(path)], capture_output=True, text=True).stdout
+    # and the previous format's lzf file is what it could not read (the reason for format 2)
+    r = subprocess.run(["h5dump", str(REPO / "tests" / "data" / "traces_v1.h5")], capture_output=True, text=True)
+    assert r.returncode != 0
+
+
+def test_xarray_opens_each_layer_group(tmp_path):
+    """Named dimension scales on every axis: xarray (h5netcdf) opens the root, every layer and the probe."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    path = _small_run(tmp_path)
+    with traces.open(path) as t:
+        want = {n: t[n].sample_weight[:] for n in t.layers}
+        T = t.n_rows()
+    root = xr.open_dataset(path, engine="h5netcdf")
+    assert root.sizes["iteration"] == T and root["epoch"].dims == ("iteration",)
+    assert root.attrs["format"] == "spikeep-traces/2" and "input_normalisation" in root.attrs
+    for name, w in want.items():
+        ds = xr.open_dataset(path, engine="h5netcdf", group=f"layers/{name}")
+        assert ds["sample_weight"].dims == ("iteration", "sample_index")
+        assert np.array_equal(ds["sample_weight"].values, w)
+        assert ds["weight"].dims[0] == "snapshot_iteration" and ds["summary"].dims[1] == "summary_column"
+        assert ds["sample_grad"].attrs["units"] == "1" and "estimate" in ds["sample_grad"].attrs["description"]
+    probe = xr.open_dataset(path, engine="h5netcdf", group="probe")
+    assert probe["dense0"].dims == ("snapshot_iteration", "probe_sample", "dense0_unit")
+
+
+def test_previous_format_still_reads_and_resumes(tmp_path):
+    """tests/data/traces_v1.h5 was written by the format-1 writer (lzf, libver latest, scales on axis 0 only)."""
+    import shutil
+    old = tmp_path / "traces.h5"
+    shutil.copy(REPO / "tests" / "data" / "traces_v1.h5", old)
+    with traces.open(old) as t:
+        assert t.format == "spikeep-traces/1" and t.layers == ["dense0", "readout"]
+        n, its = t.n_rows(), t.iteration.tolist()
+        w = {name: t[name].sample_weight[:] for name in t.layers}
+        specs = [LayerSpec(lt.name, lt.kind, lt.weight_shape, (lt.bias.shape[1],), lt.sample_index) for lt in t]
+        snaps = t.snapshot_iteration.tolist()
+    assert n == 8 and its == list(range(1, 9)) and snaps == [4, 8]
+    assert "format spikeep-traces/1" in traces.info(old)
+    assert traces.export(old, "dense0", "csv").read_text().count("\n") == n + 1
+    # resuming a run whose file is format 1 carries its rows over into a format-2 file
+    rec = TraceRecorder(old, specs, attrs={}, resume_iteration=6)
+    rec.close()
+    assert rec.moved_aside is None
+    with traces.open(old) as t:
+        assert t.format == "spikeep-traces/2" and t.iteration.tolist() == its[:6]
+        assert all(np.array_equal(t[name].sample_weight[:], w[name][:6]) for name in t.layers)
+        assert t.snapshot_iteration.tolist() == [4]

@@ -241,7 +241,7 @@ class TraceConfig:
     full_every: int = 0  # full weight tensors every N iterations (0: off)
     full_each_epoch: bool = True  # and at every epoch end
     probe: int = 0  # equilibrium states of this many test samples at each full snapshot (0: off)
-    compression: str = "lzf"  # "none", "lzf" or "gzip"
+    compression: str = "gzip"  # "gzip" (deflate + shuffle: every HDF5 tool reads it), "none", or "lzf" (h5py only)
     gzip_level: int = 4  # 1..4
     flush_every: int = 10  # iterations between flushes (what a crash can lose at most)
     chunk: int = 64  # rows per chunk along time (at most flush_every: a flush then writes whole chunks)

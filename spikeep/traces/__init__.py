@@ -1,11 +1,12 @@
 """Weight traces in HDF5: what synapses do while a network learns, recorded so that a crash loses
 nothing flushed and any HDF5 tool can read it.
 
-Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
+Layout of traces.h5 (format "spikeep-traces/2"; documented in the README; format 1 still reads):
 
-    /                          attrs: format, spikeep_version, config (JSON), seed, git_commit, created
+    /                          attrs: format, spikeep_version, config (JSON), seed, git_commit, created,
+                               dataset, input_mean, input_std, input_normalisation
     /iteration   (T,)   int64  the iteration of each per-iteration row; a dimension scale
-    /epoch       (T,)   int32  its epoch; a dimension scale
+    /epoch       (T,)   int32  its epoch (labelled by /iteration)
     /snapshot_iteration (S,) int64, /snapshot_epoch (S,) int32: the time axis of full snapshots
     /layers/<name>/            attrs: kind, weight_shape, n_weights, dtype, quantized, units
                                (quantized layers also: scale, bits; weight = scale x code)
@@ -23,9 +24,12 @@ Layout of traces.h5 (format "spikeep-traces/1"; documented in the README):
     /probe/x (P, ...), /probe/y (P,), /probe/<layer> (S, P, *shape): equilibrium states of a fixed
         probe batch at each snapshot (optional)
 
-Every per-iteration dataset has /iteration and /epoch attached to axis 0 as dimension scales; every
-snapshot dataset has /snapshot_iteration and /snapshot_epoch. Datasets are chunked along time,
-resizable (maxshape None along time) and optionally compressed (lzf, or gzip levels 1-4).
+Every axis of every dataset has one named dimension scale (axis 0: /iteration or /snapshot_iteration;
+then sample_index, summary_column, output/input, output_channel/input_channel/kernel_y/kernel_x,
+probe_sample, <layer>_unit or <layer>_channel/_y/_x), so netCDF readers (xarray) name every axis; every
+dataset has `units` and `description` attributes. Datasets are chunked along time, resizable (maxshape
+None along time), gzip-compressed after the byte shuffle by default (or none, or h5py's own lzf), and
+written with HDF5 1.10's object formats (libver v110, the oldest SWMR allows) for older readers.
 
 Crash safety: the writer works in HDF5's SWMR mode and flushes every `flush_every` iterations and at
 every snapshot. After a `kill -9` the file opens (with swmr=True, which `open` below does by itself)

@@ -8,7 +8,9 @@ from typing import Optional
 import h5py
 import numpy as np
 
-FORMAT = "spikeep-traces/1"
+FORMAT = "spikeep-traces/2"  # 2: gzip+shuffle, HDF5 1.10 object formats, a dimension scale on every axis
+READABLE = ("spikeep-traces/1", FORMAT)  # files of both read the same way (1: lzf, libver latest)
+LIBVER = ("v110", "v110")  # the oldest object formats SWMR allows: HDF5 1.10, 1.12, 1.14 and 2.x read them
 SUMMARY_COLUMNS = ("norm", "mean", "std", "min", "max")
 PER_ITERATION = ("sample_weight", "sample_delta", "sample_grad", "summary")
 PER_SNAPSHOT = ("weight", "bias")
@@ -29,6 +31,36 @@ class LayerSpec:
     scale: Optional[float] = None  # quantized layer: weight = scale x integer code (None: float weights)
     bits: int = 0
     feedback: bool = False  # the layer has its own feedback weights: an `angle` dataset (degrees, w_f vs w_b)
+
+
+# units and a one-line description of every dataset (attributes `units` and `description`)
+DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "iteration": ("iterations", "training iteration (optimizer step, counted from 1) of each per-iteration row"),
+    "epoch": ("epochs", "epoch (from 1) of each per-iteration row"),
+    "snapshot_iteration": ("iterations", "training iteration of each full snapshot"),
+    "snapshot_epoch": ("epochs", "epoch of each full snapshot"),
+    "sample_index": ("1", "flat (C-order) index of each sampled synapse into the weight tensor"),
+    "sample_weight": ("1", "the sampled synapses' weights after the iteration's update (dimensionless)"),
+    "sample_delta": ("1", "the change the iteration's update made to the sampled weights (delta W)"),
+    "sample_grad": ("1", "the EP (or BPTT) estimate of dL/dW at the sampled synapses, as written into .grad"),
+    "sample_code": ("1", "integer code of each sampled synapse after the update: weight = scale x code"),
+    "summary": ("1", "norm, mean, std, min, max of the whole weight tensor after the update"),
+    "summary_column": ("", "the statistics along summary's second axis"),
+    "weight": ("1", "full weight tensor (PyTorch layout: output, input[, kernel_y, kernel_x])"),
+    "weight_code": ("1", "full weight tensor as integer codes: weight = scale x code"),
+    "bias": ("1", "full bias vector"),
+    "angle": ("degrees", "angle between the layer's forward and feedback weights"),
+    "x": ("1", "the probe batch's inputs, normalised as the network saw them (see the root's input_* attributes)"),
+    "y": ("1", "the probe batch's class labels"),
+    "probe_state": ("1", "the probe batch's free-phase equilibrium state of the layer (firing rates)"),
+    "axis": ("1", "index along this axis (a dimension scale)"),
+}
+
+
+def describe(d: h5py.Dataset, key: str, **extra) -> h5py.Dataset:
+    units, text = DESCRIPTIONS[key]
+    d.attrs.update(units=units, description=text, **extra)
+    return d
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import torch
 
-from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, TracesError, check_layout, open_for_reading
+from .format import READABLE, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, TracesError, check_layout, open_for_reading
 
 
 class LayerTraces:
@@ -50,9 +50,11 @@ class Traces:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.file = open_for_reading(self.path)
-        if self.file.attrs.get("format") != FORMAT:
+        self.format = self.file.attrs.get("format")
+        if self.format not in READABLE:
             self.file.close()
-            raise TracesError(f"{self.path}: not a spikeep trace file (format {FORMAT!r} expected)")
+            raise TracesError(f"{self.path}: not a spikeep trace file (format {' or '.join(map(repr, READABLE))} "
+                              f"expected, found {self.format!r})")
         try:
             check_layout(self.file, self.path)
         except TracesError:
@@ -119,7 +121,7 @@ def open(path: str | Path) -> Traces:  # noqa: A001 - spikeep.traces.open, like 
 def info(path: str | Path) -> str:
     with open(path) as t:
         it = t.iteration
-        lines = [f"{t.path} ({Path(t.path).stat().st_size / 2**20:.1f} MiB, format {FORMAT})",
+        lines = [f"{t.path} ({Path(t.path).stat().st_size / 2**20:.1f} MiB, format {t.format})",
                  f"iterations: {len(it)} rows" + (f", {it[0]}..{it[-1]}" if len(it) else ""),
                  f"snapshots: {len(t.snapshot_iteration)} at iterations {t.snapshot_iteration.tolist()[:10]}"
                  + (" ..." if len(t.snapshot_iteration) > 10 else ""),

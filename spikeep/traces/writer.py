@@ -12,18 +12,20 @@ import numpy as np
 import torch
 
 from ..files import StorageError, ensure_space, storage_error
-from .format import FORMAT, PER_ITERATION, PER_SNAPSHOT, SUMMARY_COLUMNS, LayerSpec, TracesError, open_for_reading
+from .format import (FORMAT, LIBVER, PER_ITERATION, PER_SNAPSHOT, READABLE, SUMMARY_COLUMNS, LayerSpec, TracesError,
+                     describe, open_for_reading)
 
 
 def _compression(name: str, level: int) -> dict[str, Any]:
+    """HDF5 filters: gzip (deflate, built into every HDF5) after the byte shuffle; lzf only h5py reads."""
     if name in ("", "none"):
         return {}
     if name == "lzf":
-        return {"compression": "lzf"}
+        return {"compression": "lzf", "shuffle": True}
     if name == "gzip":
         if not 1 <= level <= 4:
             raise ValueError(f"gzip level must be 1..4 (higher levels cost too much time), got {level}")
-        return {"compression": "gzip", "compression_opts": level}
+        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
     raise ValueError(f"unknown compression {name!r}; use 'none', 'lzf' or 'gzip'")
 
 
@@ -31,7 +33,7 @@ class TraceRecorder:
     """Appends traces of one network's weights to traces.h5 during training (process 0 only)."""
 
     def __init__(self, path: str | Path, layers: list[LayerSpec], *, attrs: dict[str, Any],
-                 compression: str = "lzf", gzip_level: int = 4, chunk: int = 64, flush_every: int = 10,
+                 compression: str = "gzip", gzip_level: int = 4, chunk: int = 64, flush_every: int = 10,
                  probe: Optional[tuple[np.ndarray, np.ndarray]] = None, resume_iteration: Optional[int] = None):
         self.path = Path(path)
         self.layers = {l.name: l for l in layers}
@@ -61,7 +63,7 @@ class TraceRecorder:
 
     # -- file creation -------------------------------------------------------------------------------
     def _create(self, path: Path, attrs: dict[str, Any]) -> None:
-        f = h5py.File(path, "w", libver="latest")
+        f = h5py.File(path, "w", libver=LIBVER)
         self.f = f
         f.attrs["format"] = FORMAT
         f.attrs["created"] = datetime.now().isoformat(timespec="seconds")
@@ -71,21 +73,28 @@ class TraceRecorder:
         # compressed chunk rewritten by every flush leaves its old copies behind as dead space)
         t_chunk = min(self.chunk, self.flush_every)
 
-        def scale(name, dtype):
-            d = f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(t_chunk,), dtype=dtype)
-            d.make_scale(name)
+        def time_axis(name, dtype, scale_of=None):
+            d = describe(f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(t_chunk,), dtype=dtype), name)
+            if scale_of is None:
+                d.make_scale(name)
+            else:  # epochs label the iteration axis (netCDF allows one dimension per axis)
+                d.dims[0].attach_scale(scale_of)
             return d
 
-        it, ep = scale("iteration", "i8"), scale("epoch", "i4")
-        sit, sep = scale("snapshot_iteration", "i8"), scale("snapshot_epoch", "i4")
+        it = time_axis("iteration", "i8")
+        time_axis("epoch", "i4", it)
+        sit = time_axis("snapshot_iteration", "i8")
+        time_axis("snapshot_epoch", "i4", sit)
 
-        def timed(group, name, shape, dtype, per_snapshot=False):
+        def timed(group, name, shape, dtype, axes, key=None, per_snapshot=False):
+            """A dataset growing along time, each axis named by a dimension scale (time, then `axes`)."""
             chunks = (1 if per_snapshot else t_chunk,) + tuple(shape)
             d = group.create_dataset(name, shape=(0,) + tuple(shape), maxshape=(None,) + tuple(shape),
                                      chunks=chunks, dtype=dtype, **self.comp)
-            for s in ((sit, sep) if per_snapshot else (it, ep)):
-                d.dims[0].attach_scale(s)
-            d.dims[0].label = "snapshot" if per_snapshot else "iteration"
+            describe(d, key or name)
+            d.dims[0].attach_scale(sit if per_snapshot else it)
+            for i, scale in enumerate(axes, start=1):
+                d.dims[i].attach_scale(scale)
             return d
 
         for spec in self.layers.values():
@@ -95,28 +104,39 @@ class TraceRecorder:
                            dtype="float32", quantized=q, units="weight (dimensionless, PyTorch layout)")
             if q:
                 g.attrs.update(scale=float(spec.scale), bits=int(spec.bits), code_dtype="int16")
-            g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64))
+            sample = describe(g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64)), "sample_index")
+            sample.make_scale("sample_index")
             k = len(spec.sample_index)
             for name in ("sample_weight", "sample_delta", "sample_grad"):
-                timed(g, name, (k,), "f4")
-            s = timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4")
-            s.attrs["columns"] = ",".join(SUMMARY_COLUMNS)
+                timed(g, name, (k,), "f4", [sample])
+            cols = describe(g.create_dataset("summary_column", data=np.array(SUMMARY_COLUMNS, dtype="S4")),
+                            "summary_column")
+            cols.make_scale("summary_column")
+            timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4", [cols]).attrs["columns"] = ",".join(SUMMARY_COLUMNS)
+            w_axes = [_axis(g, a, n) for a, n in zip(_weight_axis_names(spec.weight_shape), spec.weight_shape)]
             if q:
-                timed(g, "sample_code", (k,), "i2")
-                c = timed(g, "weight_code", spec.weight_shape, "i2", per_snapshot=True)
-                c.attrs.update(scale=float(spec.scale), units="integer code: weight = scale x code")
+                timed(g, "sample_code", (k,), "i2", [sample])
+                timed(g, "weight_code", spec.weight_shape, "i2", w_axes, per_snapshot=True).attrs["scale"] = float(spec.scale)
             else:
-                timed(g, "weight", spec.weight_shape, "f4", per_snapshot=True)
-            timed(g, "bias", spec.bias_shape, "f4", per_snapshot=True)
+                timed(g, "weight", spec.weight_shape, "f4", w_axes, per_snapshot=True)
+            timed(g, "bias", spec.bias_shape, "f4", w_axes[:1], per_snapshot=True)
             if spec.feedback:
-                timed(g, "angle", (), "f4").attrs["units"] = "degrees between forward and feedback weights"
+                timed(g, "angle", (), "f4", [])
         if self.probe is not None:
             pg = f.create_group("probe")
-            pg.create_dataset("x", data=self.probe[0])
-            pg.create_dataset("y", data=self.probe[1])
+            x, y = self.probe
+            p_axis = _axis(pg, "probe_sample", len(y))
+            in_axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names("input", x.shape[1:]), x.shape[1:])]
+            for name, data, axes in (("x", x, [p_axis] + in_axes), ("y", y, [p_axis])):
+                d = describe(pg.create_dataset(name, data=data), name)
+                for i, scale in enumerate(axes):
+                    d.dims[i].attach_scale(scale)
             for spec in self.layers.values():
                 if spec.state_shape is not None:
-                    timed(pg, spec.name, (len(self.probe[1]),) + spec.state_shape, "f4", per_snapshot=True)
+                    axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names(spec.name, spec.state_shape),
+                                                            spec.state_shape)]
+                    timed(pg, spec.name, (len(y),) + spec.state_shape, "f4", [p_axis] + axes, key="probe_state",
+                          per_snapshot=True)
 
     def _reopen(self, attrs: dict[str, Any], last_iteration: int) -> None:
         """Continue an existing file after a resume: keep rows up to `last_iteration`, drop the rest.
@@ -126,7 +146,7 @@ class TraceRecorder:
         """
         old = open_for_reading(self.path)
         try:
-            if old.attrs.get("format") != FORMAT:
+            if old.attrs.get("format") not in READABLE:
                 raise TracesError(f"{self.path}: not a spikeep trace file")
             n_it = int(np.searchsorted(old["iteration"][:], last_iteration, side="right"))
             n_sn = int(np.searchsorted(old["snapshot_iteration"][:], last_iteration, side="right"))
@@ -151,7 +171,7 @@ class TraceRecorder:
             old.close()
         self.f.close()
         os.replace(tmp, self.path)
-        self.f = h5py.File(self.path, "a", libver="latest")
+        self.f = h5py.File(self.path, "a", libver=LIBVER)
 
     @staticmethod
     def _copy_rows(src, dst, n: int, block: int = 8) -> None:
@@ -314,6 +334,30 @@ class TraceRecorder:
                     self.f.close()
                 except (OSError, RuntimeError):
                     pass  # the failure was reported by flush
+
+
+def _axis(group: h5py.Group, name: str, n: int) -> h5py.Dataset:
+    """The dimension scale `name` (0..n-1) of a group, made on first use."""
+    if name not in group:
+        d = describe(group.create_dataset(name, data=np.arange(n, dtype=np.int32)), "axis")
+        d.make_scale(name)
+    return group[name]
+
+
+def _weight_axis_names(shape: tuple[int, ...]) -> list[str]:
+    if len(shape) == 2:
+        return ["output", "input"]
+    if len(shape) == 4:
+        return ["output_channel", "input_channel", "kernel_y", "kernel_x"]
+    return [f"weight_axis{i}" for i in range(len(shape))]
+
+
+def _state_axis_names(prefix: str, shape: tuple[int, ...]) -> list[str]:
+    if len(shape) == 1:
+        return [f"{prefix}_unit"]
+    if len(shape) == 3:
+        return [f"{prefix}_channel", f"{prefix}_y", f"{prefix}_x"]
+    return [f"{prefix}_axis{i}" for i in range(len(shape))]
 
 
 def _flat_view(w: torch.Tensor) -> torch.Tensor:
