@@ -4,8 +4,10 @@ Exports the run (spikeep export --approximate), reads the file with nir.read, im
 norse.torch.from_nir, swaps Norse's IF (reset to zero) for spikeep's subtractive IF
 (spikeep.nir_export.SubtractiveIF) and simulates T steps of the first test images with the input as a
 constant current. Compares per layer the spike counts with spikeep's spiking twin over the same T
-steps, and the predictions (argmax of the readout of the mean spike rates) with the twin's and the
-labels; also with Norse's own reset to zero.
+steps, and the graph's predictions (argmax of the output node's sum over the T steps: the readout
+Affine of the spikes) with the twin's and the labels; also with Norse's own reset to zero. Graphs with a
+Flatten node (ConvNets) run batched with Norse's Flatten shifted past the batch axis
+(`run_in_norse(..., batched_flatten=True)`; the tests check it gives the numbers of Norse as imported).
 
     python analysis/nir_check.py RUN_DIR --out analysis/results/spiking_deep/mlp2/nir_check.json
 """
@@ -21,7 +23,7 @@ import torch
 from spikeep.build import spiking_params
 from spikeep.data import prepare_data
 from spikeep.evaluation import load_run
-from spikeep.nir_export import export_run, norse_spike_counts
+from spikeep.nir_export import export_run, run_in_norse
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 
 
@@ -52,20 +54,23 @@ def main() -> None:
     out["acc_twin"] = 100.0 * float((pred_twin == y).float().mean())
     for subtract in (True, False):
         key = "subtractive" if subtract else "norse_reset_to_zero"
-        counts = norse_spike_counts(graph, x.flatten(1) if len(graph.nodes["input"].output_type["output"]) == 1
-                                    else x, args.T, params.neuron if subtract else None)
-        rates = tuple(counts[f"if_{k}"] / args.T for k in range(len(ours)))
-        with torch.no_grad():
-            pred = net.logits(rates).argmax(1)
+        flat_in = len(graph.nodes["input"].output_type["output"]) == 1
+        counts, output = run_in_norse(graph, x.flatten(1) if flat_in else x, args.T,
+                                      params.neuron if subtract else None, batched_flatten=True)
+        pred = output.argmax(1)  # the graph's own output node
+        names = sorted(counts, key=lambda n: int(n.split("_")[1]))
         out[key] = {"acc": 100.0 * float((pred == y).float().mean()),
                     "same_prediction_as_twin": 100.0 * float((pred == pred_twin).float().mean()),
-                    "layers": {f"if_{k}": {"max_abs_count_diff": float((counts[f"if_{k}"] - c).abs().max()),
-                                           "mean_abs_count_diff": float((counts[f"if_{k}"] - c).abs().mean()),
-                                           "mean_count_twin": float(c.mean()),
-                                           "mean_count_norse": float(counts[f"if_{k}"].mean())}
-                               for k, c in enumerate(ours)}}
+                    "spikes_vs_twin_percent": 100.0 * (sum(float(counts[n].sum()) for n in names)
+                                                       / sum(float(c.sum()) for c in ours) - 1.0),
+                    "layers": {n: {"max_abs_count_diff": float((counts[n] - c).abs().max()),
+                                   "mean_abs_count_diff": float((counts[n] - c).abs().mean()),
+                                   "mean_count_twin": float(c.mean()),
+                                   "mean_count_norse": float(counts[n].mean())}
+                               for n, c in zip(names, ours)}}
         print(f"{key}: accuracy {out[key]['acc']:.2f} % (twin {out['acc_twin']:.2f} %), same prediction as the twin "
-              f"for {out[key]['same_prediction_as_twin']:.2f} % of images; per layer "
+              f"for {out[key]['same_prediction_as_twin']:.2f} % of images, spikes {out[key]['spikes_vs_twin_percent']:+.1f} % "
+              f"vs the twin; per layer "
               + "; ".join(f"{n}: mean |count diff| {v['mean_abs_count_diff']:.3f}, max {v['max_abs_count_diff']:.0f} "
                           f"(mean count {v['mean_count_twin']:.1f} twin, {v['mean_count_norse']:.1f} Norse)"
                           for n, v in out[key]["layers"].items()))

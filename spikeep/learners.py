@@ -35,6 +35,8 @@ class StepResult(NamedTuple):
     steps: int = 0  # relaxation (simulation) steps of all phases of the batch
     free_steps: int = 0  # of which the free phase ran these
     nudged_phases: int = 0  # how many nudged phases shared the rest (0: none, BPTT)
+    neuron_updates: float = 0.0  # spiking networks: neurons x steps of all phases of the batch
+    input_ops: float = 0.0  # and the synaptic events of a constant input current
 
 
 class Equilibrium(NamedTuple):
@@ -42,6 +44,8 @@ class Equilibrium(NamedTuple):
     spikes: float = float("nan")  # spiking networks: spikes and synaptic events of the free phase
     synops: float = float("nan")
     steps: int = 0  # steps the free phase ran
+    neuron_updates: float = float("nan")  # spiking networks: neurons x steps of the free phase
+    input_ops: float = float("nan")  # and the synaptic events of a constant input current
 
 
 class WarmStarts:
@@ -175,12 +179,13 @@ class SpikingEP(Learner):
                                  device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()
         return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps, r.ep.free_steps,
-                          r.ep.nudged_phases)
+                          r.ep.nudged_phases, r.counts.neuron_updates, r.counts.input_current_ops)
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> Equilibrium:
         ph = self.sim.run_phase(self.net.prepare(x), None, self.T1, 0.0, generator)
-        return Equilibrium(ph.rates, *ph.counts.totals(), ph.steps)
+        return Equilibrium(ph.rates, *ph.counts.totals(), ph.steps, ph.counts.neuron_updates,
+                           ph.counts.input_current_ops)
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)

@@ -63,6 +63,8 @@ class EpochStats:
     seconds: float = 0.0
     spikes: float = 0.0  # spiking networks: spikes of every phase
     synops: float = 0.0  # and their synaptic events
+    neuron_updates: float = 0.0  # neurons x steps of every phase
+    input_ops: float = 0.0  # synaptic events of a constant input current in every phase
     updates: Any = 0.0  # synapses changed by the weight updates
     steps: int = 0  # relaxation (simulation) steps of every phase
     steps_free: int = 0  # of which the free phases ran these
@@ -108,17 +110,21 @@ def alignment_angles(net) -> dict[str, torch.Tensor]:
     return out
 
 
-def energy(cfg: Config, spikes_per_inference: float, synops_per_inference: float, stats: EpochStats) -> dict:
-    """Energy estimates of the chip profile (if any and if it has figures): per inference, and per
-    training sample (its three phases plus its share of the iteration's weight updates)."""
+def energy(cfg: Config, ev, stats: EpochStats) -> dict:
+    """Energy estimates from the chip profile's literature figures (if any): per inference (one free
+    phase of the evaluation `ev`), and per training sample (its three phases plus its share of the
+    iteration's weight updates); with the figures' source and what the estimate leaves out."""
     if not cfg.plasticity.profile:
         return {}
     prof = get_profile(cfg.plasticity.profile)
     seen = max(stats.seen, 1)
-    inf = energy_estimate(prof, spikes_per_inference, synops_per_inference)
-    learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, _number(stats.updates) / seen)
-    return {"energy_inference_J": inf["total"], "energy_learning_J": learn["total"],
-            "energy_figures_verified": inf["verified"]}
+    inf = energy_estimate(prof, ev.spikes, ev.synops, 0.0, ev.neuron_updates, ev.input_ops)
+    learn = energy_estimate(prof, stats.spikes / seen, stats.synops / seen, _number(stats.updates) / seen,
+                            stats.neuron_updates / seen, stats.input_ops / seen)
+    return {"energy_estimate_inference_J": inf["total"], "energy_estimate_learning_J": learn["total"],
+            "energy_estimate_source": f"{prof.name}: {inf['source']}",
+            "energy_estimate_leaves_out": "; ".join(sorted(set(inf["leaves_out"]) | set(learn["leaves_out"]))),
+            "energy_figures_found_in_source": inf["verified"]}
 
 
 def spike_pictures(sim, x: torch.Tensor, y: torch.Tensor, T1: int, T2: int, beta: float, names: list[str],

@@ -4,19 +4,29 @@ read by Norse, snnTorch, Sinabs/Speck, Rockpool/Xylo, Lava-DL, SpiNNaker2, hxtor
 What is written is the network that runs at inference, the free phase (Laborieux et al. 2021, Eq. 6
 as spikes; spikeep.spiking.simulator):
 
-    input --Affine(W_1, b_1) / Conv2d(+ SumPool2d + Scale 1/4)--> IF_1 --...--> IF_N --> [readout Affine] --> output
+    input --Affine(W_1, b_1) / Conv2d(W_1/4, b_1/4) + SumPool2d--> IF_1 (LIF_1) --...--> [readout Affine] --> output
     IF_{k+1} --Linear(W_{k+1}^T)--> IF_k                     feedback edges of dense layers (NIR allows cycles)
 
-IF nodes carry per-neuron arrays (r = 1, v_threshold = theta, v_reset = 0): NIR's IF integrates
-v <- v + R I per step and resets to v_reset. What NIR cannot express is refused with a message, or,
-with `approximate=True` (`spikeep export --approximate`), left out and listed under
-metadata["spikeep"]["dropped"]:
+* Average pooling is the 2x2 sum pool of a convolution whose weights and bias carry the 1/4 (exact in
+  floating point: a power of two), so the graph has only nodes every NIR importer knows (Norse 1.1.0
+  has no importer for Scale or AvgPool2d).
+* Non-leaky neurons are IF nodes (r = 1, v_threshold = theta, v_reset = 0); leaky ones (spiking.leak =
+  dt / tau > 0) LIF nodes with tau = 1 / leak, r = tau / dt = 1 / leak, v_leak = 0: with dt = 1 the
+  Euler step v <- v + (dt / tau)(R I - v) is spikeep's v <- (1 - leak) v + I (snnTorch's convention).
+* The time step: one simulation step is one NIR time unit; metadata["dt"] = 1 on the graph and on
+  each neuron node (NIR nodes are continuous-time and have no field for it). Import with dt = 1
+  (`norse.torch.from_nir(graph, dt=1.0)`).
+* spikeep's neurons reset by subtraction (v <- v - theta z) and keep v in [v_min, theta]; NIR's IF and
+  LIF reset to v_reset. Stated in each neuron node's metadata ("reset") and the graph's; a consumer that
+  resets to zero loses the charge above threshold at each spike (fewer spikes: README, "Export to NIR").
 
-* reset by subtraction (v <- v - theta z) and the membrane clamp to [v_min, theta]: every spikeep IF
-  neuron has both, so every export needs `approximate`; a reader gets NIR's reset to v_reset;
-* the feedback of conv synapses (a transposed convolution through the pooling's adjoint), and dense
-  feedback into a conv layer (NIR has no reshape node to undo the flatten);
-* max-pooling: NIR has no max-pool node; refused even with `approximate` (train with pools "a").
+What NIR cannot express is refused with a message, or, with `approximate=True` (`spikeep export
+--approximate`), left out and listed under metadata["spikeep"]["dropped"]: the reset by subtraction and
+the clamp (every export needs `approximate`), the feedback of conv synapses (a transposed convolution
+through the pooling's adjoint), dense feedback into a conv layer (NIR has no reshape to undo the
+flatten). Refused even with `approximate`: max-pooling (no NIR node; train with pools "a"),
+refractoriness, synaptic filters. `read_graph` reads a file back with its metadata as plain Python
+(nir.read returns lists of strings as numpy arrays of bytes).
 
 Never part of the graph, and said so in the metadata: nudging (beta, the +-beta phases), learning,
 the step budgets and windows. spikeep's update is synchronous (every synapse carries last step's
@@ -63,11 +73,49 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
     """The free-phase network as a nir.NIRGraph (see the module docstring); raises ExportError for
     what NIR cannot express unless `approximate` allows dropping it."""
     nir = _nir()
-    dropped, refused = [], []
     p = params.neuron
-    if p.leak > 0 or p.refractory > 0:
-        refused.append(f"leaky or refractory neurons (leak {p.leak}, refractory {p.refractory}): export "
-                       f"supports IF neurons (spiking.leak = 0, spiking.refractory = 0)")
+    _refuse_inexpressible(net, params)
+    dropped = ["reset by subtraction (v <- v - theta z): NIR's IF and LIF reset to v_reset = 0",
+               f"the membrane clamp to [v_min, theta] = [{p.v_min}, {p.theta}]"]
+    nodes, edges, prev = _forward_nodes(nir, net, p)
+    dropped += _feedback_nodes(nir, net, nodes, edges)
+    prev = _readout_nodes(nir, net, nodes, edges, prev)
+    if not approximate:
+        raise ExportError("NIR cannot express: " + "; ".join(dropped) + ". Pass --approximate "
+                          "(to_nir(..., approximate=True)) to export without them; they are then listed "
+                          "in the graph's metadata['spikeep']['dropped']")
+    meta = {"dt": DT, "time_unit": "one simulation step", "reset": RESET, "spikeep": {
+        "what": "the free phase of a network trained with equilibrium propagation (spikeep)",
+        "neuron": (f"LIF: v <- (1 - {p.leak}) v + I per step" if p.leak > 0 else "IF: v <- v + I per step")
+        + f", spike if v > theta = {p.theta}, then v <- v - theta, v kept in [{p.v_min}, {p.theta}]",
+        "time_step": "dt = 1: one NIR time unit per simulation step; import with dt = 1",
+        "input": ("the input as a constant current, fed every step" if encoding == "current" else
+                  "Bernoulli input spikes with p = pixel value, one draw per step"),
+        "input_shape": [int(v) for v in net.input_shape],
+        "input_flattened": isinstance(net.synapses[0], Dense),
+        "avg_pool": "conv_k weight and bias = the trained ones x 1/4, then SumPool2d 2x2 (= average pooling)",
+        "readout": ("the output node: the readout Affine of the spikes; its mean over time is the softmax "
+                    "readout of the spike rates (argmax = the prediction)" if net.readout is not None else
+                    "the last layer's spikes (their rate is the prediction)"),
+        "dropped": dropped,
+        "not_in_graph": ["nudging (beta, the +beta / -beta phases)", "learning (the local EP rule)",
+                         "step budgets and rate windows"],
+        "update_order": "synchronous in spikeep: every synapse carries the previous step's spikes",
+        "structural_drops": len([d for d in dropped if d.startswith("feedback")]),
+        **(extra_metadata or {}),
+    }}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
+
+
+DT = 1.0  # one simulation step per NIR time unit
+RESET = "subtract: v <- v - v_threshold after a spike (not NIR's reset to v_reset)"
+
+
+def _refuse_inexpressible(net: EqNetwork, params: SpikingParams) -> None:
+    refused, p = [], params.neuron
+    if p.refractory > 0:
+        refused.append(f"refractory neurons (spiking.refractory = {p.refractory}): NIR has no refractory "
+                       f"period; export supports spiking.refractory = 0")
     if params.syn_alpha != 1.0:
         refused.append(f"a synaptic current filter (spiking.syn_alpha = {params.syn_alpha}); export needs 1")
     for k, s in enumerate(net.synapses):
@@ -78,53 +126,72 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
             refused.append(f"synapse {k} is a {type(s).__name__}, which export does not know")
     if refused:
         raise ExportError("cannot export to NIR: " + "; ".join(refused))
-    dropped.append("reset by subtraction (v <- v - theta z): NIR's IF resets to v_reset = 0")
-    dropped.append(f"the membrane clamp to [v_min, theta] = [{p.v_min}, {p.theta}]")
 
-    syn, n = net.synapses, len(net.synapses)
-    nodes: dict = {}
-    edges: list[tuple[str, str]] = []
+
+def _neuron_node(nir, shape: tuple, p: NeuronParams):
+    """IF (leak 0) or LIF (tau = 1 / leak, r = tau / dt) with spikeep's reset stated in its metadata."""
+    full = lambda v: np.full(shape, v, dtype=np.float32)
+    meta = {"dt": DT, "reset": RESET, "v_min": float(p.v_min)}
+    if p.leak > 0:
+        tau = DT / p.leak
+        return "lif", nir.LIF(tau=full(tau), r=full(tau / DT), v_leak=full(0.0), v_threshold=full(p.theta),
+                              v_reset=full(0.0), metadata=meta)
+    return "if", nir.IF(r=full(1.0), v_threshold=full(p.theta), v_reset=full(0.0), metadata=meta)
+
+
+def _forward_nodes(nir, net: EqNetwork, p: NeuronParams) -> tuple[dict, list, str]:
+    """Input, then per layer its synapse (flatten, affine or conv + sum pool) and its neurons."""
+    syn = net.synapses
     in_shape = tuple(net.input_shape)
-    flat_input = isinstance(syn[0], Dense)
-    nodes["input"] = nir.Input(input_type=np.array([math.prod(in_shape)] if flat_input else list(in_shape)))
+    flat = isinstance(syn[0], Dense)
+    nodes: dict = {"input": nir.Input(input_type=np.array([math.prod(in_shape)] if flat else list(in_shape)))}
+    edges: list[tuple[str, str]] = []
     prev = "input"
+
+    def add(name, node):
+        nonlocal prev
+        nodes[name] = node
+        edges.append((prev, name))
+        prev = name
+
     for k, s in enumerate(syn):
-        shape = tuple(s.post_shape)
         if isinstance(s, Dense):
             if k > 0 and len(syn[k - 1].post_shape) > 1:  # a conv layer below: flatten it
-                nodes[f"flatten_{k}"] = nir.Flatten(input_type={"input": np.array(syn[k - 1].post_shape)},
-                                                    start_dim=0, end_dim=-1)
-                edges.append((prev, f"flatten_{k}"))
-                prev = f"flatten_{k}"
-            nodes[f"affine_{k}"] = nir.Affine(weight=_arr(s.weight), bias=_arr(s.bias))
-            edges.append((prev, f"affine_{k}"))
-            prev = f"affine_{k}"
+                add(f"flatten_{k}", nir.Flatten(input_type={"input": np.array(syn[k - 1].post_shape)},
+                                                start_dim=0, end_dim=-1))
+            add(f"affine_{k}", nir.Affine(weight=_arr(s.weight), bias=_arr(s.bias)))
         else:
-            nodes[f"conv_{k}"] = nir.Conv2d(input_shape=tuple(s.pre_shape[1:]), weight=_arr(s.weight),
-                                            stride=s.stride, padding=s.padding, dilation=1, groups=1,
-                                            bias=_arr(s.bias))
-            edges.append((prev, f"conv_{k}"))
-            prev = f"conv_{k}"
-            if s.pool_kind == "a":  # average = sum over the 2x2 window, times 1/4
-                nodes[f"sumpool_{k}"] = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
-                                                      padding=np.array([0, 0]))
-                nodes[f"scale_{k}"] = nir.Scale(scale=np.full(shape, 0.25, dtype=np.float32))
-                edges += [(prev, f"sumpool_{k}"), (f"sumpool_{k}", f"scale_{k}")]
-                prev = f"scale_{k}"
-        nodes[f"if_{k}"] = nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, p.theta, np.float32),
-                                  v_reset=np.zeros(shape, np.float32))
-        edges.append((prev, f"if_{k}"))
-        prev = f"if_{k}"
-    for k in range(1, n):  # feedback of synapse k: from layer k back into layer k - 1
-        s = syn[k]
+            avg = s.pool_kind == "a"  # average = the 2x2 sum of a conv carrying the 1/4
+            f = 0.25 if avg else 1.0
+            add(f"conv_{k}", nir.Conv2d(input_shape=tuple(s.pre_shape[1:]), weight=_arr(s.weight) * f,
+                                        stride=s.stride, padding=s.padding, dilation=1, groups=1,
+                                        bias=_arr(s.bias) * f))
+            if avg:
+                add(f"sumpool_{k}", nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                                                  padding=np.array([0, 0])))
+        kind, node = _neuron_node(nir, tuple(s.post_shape), p)
+        add(f"{kind}_{k}", node)
+    return nodes, edges, prev
+
+
+def _feedback_nodes(nir, net: EqNetwork, nodes: dict, edges: list) -> list[str]:
+    """Dense feedback as Linear(W^T) edges from layer k back into layer k - 1; what cannot be, returned."""
+    dropped, kind = [], "lif" if f"lif_0" in nodes else "if"
+    for k in range(1, len(net.synapses)):
+        s = net.synapses[k]
         if isinstance(s, Dense) and len(s.pre_shape) == 1:
             nodes[f"feedback_{k}"] = nir.Linear(weight=_arr(s.feedback_weight.t()))
-            edges += [(f"if_{k}", f"feedback_{k}"), (f"feedback_{k}", f"if_{k - 1}")]
+            edges += [(f"{kind}_{k}", f"feedback_{k}"), (f"feedback_{k}", f"{kind}_{k - 1}")]
         else:
             dropped.append(f"feedback of synapse {k} (conv synapse: a transposed convolution through the "
                            f"pooling's adjoint, which NIR cannot express)" if isinstance(s, Conv) else
                            f"feedback of synapse {k} (dense synapse into a conv layer: NIR has no node to "
                            f"unflatten W^T z)")
+    return dropped
+
+
+def _readout_nodes(nir, net: EqNetwork, nodes: dict, edges: list, prev: str) -> str:
+    syn = net.synapses
     if net.readout is not None:
         r = net.readout
         if len(syn[-1].post_shape) > 1:  # a conv layer last: the readout sees it flattened (C, H, W order)
@@ -140,30 +207,35 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
         out_shape = tuple(syn[-1].post_shape)
     nodes["output"] = nir.Output(output_type=np.array(out_shape))
     edges.append((prev, "output"))
+    return "output"
 
-    structural = [d for d in dropped if d.startswith("feedback")]
-    if not approximate:
-        raise ExportError("NIR cannot express: " + "; ".join(dropped) + ". Pass --approximate "
-                          "(to_nir(..., approximate=True)) to export without them; they are then listed "
-                          "in the graph's metadata['spikeep']['dropped']")
-    meta = {"spikeep": {
-        "what": "the free phase of a network trained with equilibrium propagation (spikeep)",
-        "neuron": f"IF: v <- v + I per step, spike if v > theta = {p.theta}",
-        "time_step": "one NIR time unit per simulation step (r = 1, dt = 1)",
-        "input": ("the input as a constant current, fed every step" if encoding == "current" else
-                  "Bernoulli input spikes with p = pixel value, one draw per step"),
-        "input_shape": list(in_shape),
-        "input_flattened": flat_input,
-        "readout": ("softmax readout: argmax of the readout of the spike rates (the mean over time)"
-                    if net.readout is not None else "the last IF layer's spike rates"),
-        "dropped": dropped,
-        "not_in_graph": ["nudging (beta, the +beta / -beta phases)", "learning (the local EP rule)",
-                         "step budgets and rate windows"],
-        "update_order": ("synchronous in spikeep: every synapse carries the previous step's spikes"),
-        "structural_drops": len(structural),
-        **(extra_metadata or {}),
-    }}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
+
+def _plain(v):
+    """nir.read's metadata as plain Python: arrays of bytes or strings -> lists of str, bytes -> str."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind in "SOU":
+            return [x.decode() if isinstance(x, bytes) else str(x) for x in v.reshape(-1)]
+        return v.tolist()
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def read_graph(path: str | Path):
+    """nir.read, with the graph's and every node's metadata turned back into plain Python (lists of
+    str, floats, bools)."""
+    graph = _nir().read(str(path))
+    graph.metadata = _plain(dict(graph.metadata))
+    for node in graph.nodes.values():
+        if getattr(node, "metadata", None):
+            node.metadata = _plain(dict(node.metadata))
+    return graph
 
 
 class SubtractiveIF(torch.nn.Module):
@@ -183,29 +255,51 @@ class SubtractiveIF(torch.nn.Module):
         return lif_box_step(x, state, self.p)
 
 
-def norse_spike_counts(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None) -> dict:
-    """Import a NIR graph with norse.torch.from_nir, run it for `steps` steps on the constant input x
-    and return each IF node's spike counts {name: (B, *shape)}. With `neuron`, spikeep's IF
-    (SubtractiveIF) replaces the IAFCell Norse makes of each IF node (reset to zero)."""
+def run_in_norse(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None,
+                 batched_flatten: bool = False):
+    """Import a NIR graph with norse.torch.from_nir (dt = 1), run it for `steps` steps on the constant
+    input x (B, ...) and return ({neuron node: spike counts (B, *shape)}, the output node's sum over
+    the steps (B, ...)). With `neuron`, spikeep's neuron (SubtractiveIF) replaces the cell Norse makes
+    of each IF/LIF node (reset to zero).
+
+    Norse 1.1.0 maps NIR's Flatten(start_dim=0) (axes without the batch) onto torch's Flatten(0), which
+    flattens the batch too. So graphs with a Flatten node run one image at a time, without a batch
+    dimension, in Norse as imported; `batched_flatten=True` instead replaces those modules with
+    Flatten(1) and runs the batch at once (a workaround on Norse's side, same numbers, faster)."""
     import warnings
 
     import norse.torch as nt
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Norse and nirtorch deprecation warnings
-        m = nt.from_nir(graph)
-    if neuron is not None:
-        for node in m.execution_order:
-            if node.name.startswith("if_"):
-                node.elem = SubtractiveIF(neuron)  # one module per node: nirtorch tells nodes by module
-    counts, state = {}, None
+        m = nt.from_nir(graph, dt=DT, ignore_warnings=True)
+    for node in m.execution_order:
+        if neuron is not None and node.name.startswith(("if_", "lif_")):
+            node.elem = SubtractiveIF(neuron)  # one module per node: nirtorch tells nodes by module
+        if batched_flatten and isinstance(node.elem, torch.nn.Flatten):
+            node.elem = torch.nn.Flatten(node.elem.start_dim + 1, node.elem.end_dim)
+    unbatched = not batched_flatten and any(isinstance(n, _nir().Flatten) for n in graph.nodes.values())
+    rows = [x[i] for i in range(x.shape[0])] if unbatched else [x]
+    counts, outs = [], []
     with torch.no_grad():
-        for _ in range(steps):
-            _, state = m(x) if state is None else m(x, state)
-            for name, v in state.cache.items():
-                if name.startswith("if_"):
-                    counts[name] = counts.get(name, 0) + v
-    return counts
+        for xi in rows:
+            c, out, state = {}, 0, None
+            for _ in range(steps):
+                y, state = m(xi) if state is None else m(xi, state)
+                out = out + y
+                for name, v in state.cache.items():
+                    if name.startswith(("if_", "lif_")):
+                        c[name] = c.get(name, 0) + v
+            counts.append(c)
+            outs.append(out)
+    if unbatched:
+        return {k: torch.stack([c[k] for c in counts]) for k in counts[0]}, torch.stack(outs)
+    return counts[0], outs[0]
+
+
+def norse_spike_counts(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None) -> dict:
+    """The spike counts of run_in_norse."""
+    return run_in_norse(graph, x, steps, neuron)[0]
 
 
 def export_run(run_dir: str | Path, out: str | Path, which: str = "best", approximate: bool = False) -> dict:

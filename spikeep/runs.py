@@ -38,8 +38,11 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "l
                  "steps_free", "steps_nudged",  # mean steps of a free / of one nudged phase in training
                  "steps_inference",  # mean steps of the free phase at test time
                  "spikes_per_inference", "synops_per_inference",  # spiking networks
-                 "energy_inference_J", "energy_learning_J",  # spiking networks with a chip profile
-                 "energy_figures_verified"]  # False: the profile's figures include one not found in its source
+                 # spiking networks with a chip profile: ESTIMATES from the profile's literature figures
+                 "energy_estimate_inference_J", "energy_estimate_learning_J",
+                 "energy_estimate_source",  # citation, table, kind of number (pre-silicon estimate, ...)
+                 "energy_estimate_leaves_out",  # counted events the profile has no figure for ("" = none)
+                 "energy_figures_found_in_source"]  # False: a figure was not found in the source it is attributed to
 
 
 class CheckpointError(RuntimeError):

@@ -282,6 +282,8 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             r = learner.estimate(x, y, st.step_gen, st.device_gen, mask, idx)
             st.stats.spikes += r.spikes
             st.stats.synops += r.synops
+            st.stats.neuron_updates += r.neuron_updates
+            st.stats.input_ops += r.input_ops
             st.stats.steps += r.steps
             st.stats.steps_free += r.free_steps
             st.stats.nudged_phases += r.nudged_phases
@@ -355,7 +357,7 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
                **{f"angle_{n}": float(a) for n, a in alignment_angles(net).items()}}
         if isinstance(learner, SpikingEP):
             row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
-            row.update(energy(cfg, ev.spikes, ev.synops, stats))
+            row.update(energy(cfg, ev, stats))
             dev = net.synapses[0].weight.device
             s = cfg.spiking
             spike_pictures(learner.sim, test_set.x[:4].to(dev), test_set.y[:4].to(dev), s.T1, s.T2,
@@ -375,10 +377,11 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
         _write_epoch_files(run_dir, cfg, st.history)
         spk = (f" | {ev.spikes:.0f} spikes, {ev.synops:.3g} SynOps per inference"
                if isinstance(learner, SpikingEP) else "")
-        if row.get("energy_inference_J") is not None:
-            spk += (f" | {cfg.plasticity.profile}: {row['energy_inference_J']:.3g} J per inference, "
-                    f"{row['energy_learning_J']:.3g} J per training sample"
-                    f"{'' if row['energy_figures_verified'] else ' (UNVERIFIED energy figure, see chips.py)'}")
+        if row.get("energy_estimate_inference_J") is not None:
+            spk += (f" | energy estimate {row['energy_estimate_inference_J']:.3g} J per inference, "
+                    f"{row['energy_estimate_learning_J']:.3g} J per training sample, from {row['energy_estimate_source']}"
+                    + (f"; leaves out {row['energy_estimate_leaves_out']}" if row["energy_estimate_leaves_out"] else "")
+                    + ("" if row["energy_figures_found_in_source"] else " (UNVERIFIED energy figure, see chips.py)"))
         log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
                  f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s | steps per phase: free "
                  f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, batch_for, small_conv, small_mlp
 from spikeep.build import load_config
 from spikeep.cli import main
-from spikeep.nir_export import ExportError, norse_spike_counts, to_nir
+from spikeep.nir_export import ExportError, norse_spike_counts, read_graph, run_in_norse, to_nir
 from spikeep.spiking.neurons import NeuronParams
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 from spikeep.trainer import train
@@ -53,9 +53,14 @@ def test_export_writes_a_graph_nir_reads_and_type_checks(tmp_path, capsys):
     assert np.array_equal(g.nodes["readout"].weight, w["readout.weight"])
     assert ("if_1", "feedback_1") in g.edges and ("feedback_1", "if_0") in g.edges  # a cycle
     assert g.nodes["if_0"].v_threshold.shape == (20,) and np.all(g.nodes["if_0"].v_threshold == 2.0)
-    meta = g.metadata["spikeep"]
-    dropped = [d.decode() if isinstance(d, bytes) else str(d) for d in np.atleast_1d(meta["dropped"])]
+    # read_graph gives the metadata back as plain Python (nir.read: numpy arrays of bytes)
+    meta = read_graph(out).metadata
+    dropped = meta["spikeep"]["dropped"]
+    assert isinstance(dropped, list) and all(type(d) is str for d in dropped)
     assert any("reset by subtraction" in d for d in dropped) and any("clamp" in d for d in dropped)
+    assert meta["dt"] == 1.0 and meta["reset"].startswith("subtract")
+    assert type(meta["spikeep"]["input_flattened"]) is bool and meta["spikeep"]["input_shape"] == [1, 28, 28]
+    assert read_graph(out).nodes["if_0"].metadata == {"dt": 1.0, "reset": meta["reset"], "v_min": -2.0}
 
 
 def test_export_refuses_and_writes_nothing(tmp_path, capsys):
@@ -78,9 +83,12 @@ def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
         to_nir(small_mlp(), SpikingParams(syn_alpha=0.5), approximate=True)
     g = to_nir(small_conv(pools="aa", hidden=(8,), loss="cross_entropy").float(), SpikingParams(), approximate=True)
     g = nir.NIRGraph(g.nodes, g.edges, g.metadata, type_check=True)
-    kinds = [type(g.nodes[n]).__name__ for n in ("conv_0", "sumpool_0", "scale_0", "if_0", "flatten_2", "affine_2")]
-    assert kinds == ["Conv2d", "SumPool2d", "Scale", "IF", "Flatten", "Affine"]
-    assert np.all(g.nodes["scale_0"].scale == 0.25)
+    kinds = [type(g.nodes[n]).__name__ for n in ("conv_0", "sumpool_0", "if_0", "flatten_2", "affine_2")]
+    assert kinds == ["Conv2d", "SumPool2d", "IF", "Flatten", "Affine"]
+    assert not any(type(n).__name__ in ("Scale", "AvgPool2d") for n in g.nodes.values())  # Norse imports neither
+    net = small_conv(pools="aa", hidden=(8,), loss="cross_entropy").float()
+    assert np.array_equal(g.nodes["conv_0"].weight, net.synapses[0].weight.detach().numpy() * 0.25)  # the 1/4 folded in
+    assert np.array_equal(g.nodes["conv_0"].bias, net.synapses[0].bias.detach().numpy() * 0.25)
     # a ConvNet with the readout straight after the last conv layer: flattened before the readout
     g2 = to_nir(small_conv(pools="aa", loss="cross_entropy").float(), SpikingParams(), approximate=True)
     g2 = nir.NIRGraph(g2.nodes, g2.edges, g2.metadata, type_check=True)
@@ -118,3 +126,69 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
                              torch.full_like(current, math.inf))
         assert torch.equal(zero.detach(), torch.floor(T / period))
         assert bool((zero <= ours[0] + 1).all())
+
+
+def test_convnet_graph_imports_into_norse_and_spikes_as_the_twin(tmp_path):
+    """An average-pooled spiking ConvNet (conv 4c3-avg, softmax readout) imports into Norse as written:
+    the same spike counts per neuron as spikeep's twin (with spikeep's subtractive IF), and the graph's
+    output node gives the twin's readout and predictions."""
+    net = small_conv(pools="a", channels=(4,), paddings=(1,), strides=(1,), loss="cross_entropy", scale=3.0).float()
+    x, _ = batch_for(net, 4)
+    x = x.float()
+    path = tmp_path / "conv.nir"
+    nir.write(str(path), to_nir(net, SpikingParams(), approximate=True))
+    graph = read_graph(path)
+    assert ("if_0", "flatten_readout") in graph.edges
+    T = 120
+    twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
+    ours = (twin.rates[0] * T).round()
+    assert float(ours.sum()) > 50  # the layer spikes (else the check below proves nothing)
+    counts, out = run_in_norse(graph, x, T, NeuronParams())  # one image at a time: Norse's importer as is
+    assert torch.equal(counts["if_0"], ours)
+    with torch.no_grad():
+        logits = net.logits(twin.rates)
+    assert torch.allclose(out / T, logits, atol=1e-5) and torch.equal((out / T).argmax(1), logits.argmax(1))
+    fast, out_fast = run_in_norse(graph, x, T, NeuronParams(), batched_flatten=True)
+    assert torch.equal(fast["if_0"], ours) and torch.allclose(out_fast, out, atol=1e-5)
+    # Norse's own IF (reset to zero) fires less: never more than the twin in this one-layer net
+    zero, _ = run_in_norse(graph, x, T, batched_flatten=True)
+    assert bool((zero["if_0"] <= ours).all()) and float(zero["if_0"].sum()) < float(ours.sum())
+
+
+def test_leaky_neurons_export_as_lif_nodes(tmp_path):
+    """leak = dt / tau > 0 exports LIF nodes (tau = r = 1 / leak, dt = 1); imported into Norse with dt = 1
+    and spikeep's neuron swapped in, the counts are the twin's; refractoriness is still refused."""
+    params = SpikingParams(neuron=NeuronParams(leak=0.05), window=300)
+    net = small_mlp(loss="cross_entropy", hidden=(16,), scale=2.0).float()
+    x, _ = batch_for(net, 6)
+    x = x.float()
+    path = tmp_path / "lif.nir"
+    nir.write(str(path), to_nir(net, params, approximate=True))
+    graph = read_graph(path)
+    lif = graph.nodes["lif_0"]
+    assert type(lif).__name__ == "LIF" and not any(n.startswith("if_") for n in graph.nodes)
+    assert np.allclose(lif.tau, 20.0) and np.allclose(lif.r, 20.0) and np.all(lif.v_leak == 0)
+    assert graph.metadata["spikeep"]["neuron"].startswith("LIF: v <- (1 - 0.05) v + I")
+    twin = SpikingSimulator(net, params).run_phase(net.prepare(x), None, 300)
+    ours = (twin.rates[0] * 300).round()
+    assert float(ours.sum()) > 100
+    counts = norse_spike_counts(graph, x.flatten(1), 300, params.neuron)
+    assert torch.equal(counts["lif_0"], ours)
+    with pytest.raises(ExportError, match="refractory"):
+        to_nir(net, SpikingParams(neuron=NeuronParams(refractory=2)), approximate=True)
+
+
+def test_nir_check_scores_the_graphs_output_node(tmp_path):
+    import json
+    import subprocess
+    import sys
+    run = spiking_run(tmp_path, "mlp", ["model.hidden=[16]"])
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, str(REPO / "analysis" / "nir_check.py"), str(run), "--images", "20", "--T", "30",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    # one spiking layer, constant current: the graph with spikeep's neuron is the twin, output node included
+    assert res["subtractive"]["same_prediction_as_twin"] == 100.0 and res["subtractive"]["acc"] == res["acc_twin"]
+    assert res["subtractive"]["layers"]["if_0"]["max_abs_count_diff"] == 0.0
+    assert res["norse_reset_to_zero"]["spikes_vs_twin_percent"] <= 0.0

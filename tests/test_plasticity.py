@@ -230,22 +230,27 @@ def test_bad_profiles_give_clear_errors():
 def test_energy_estimate_counts_and_unknown_figures():
     from spikeep.hardware.chips import get_profile, energy_estimate
 
-    e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10)
-    assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12) and e["complete"]
-    e = energy_estimate(get_profile("spinnaker"), spikes=100, synops=1e4)
+    e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10, neuron_updates=500, input_ops=2e3)
+    assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12 + 500 * 81e-12 + 2e3 * 23.6e-12)
+    assert e["complete"] and e["leaves_out"] == [] and "Davies et al. 2018, Table 2 (pre-silicon estimate)" in e["source"]
+    e = energy_estimate(get_profile("spinnaker"), spikes=100, synops=1e4, neuron_updates=5)
     assert e["total"] == pytest.approx(1e4 * 8e-9) and not e["complete"] and e["spikes"] is None
+    assert e["leaves_out"] == ["spikes", "neuron updates"] and "NOT found in the source" in e["source"]
+    e = energy_estimate(get_profile("memristor"), spikes=0, synops=10, input_ops=30, neuron_updates=4)
+    assert e["total"] == pytest.approx(40 * 0.18e-12) and e["leaves_out"] == ["neuron updates"]
     assert energy_estimate(get_profile("brainscales2"), 100, 1e4)["total"] is None
 
 
 def test_every_energy_figure_has_its_provenance():
-    from spikeep.hardware.chips import PROFILES, ChipProfile, Energy, Source, get_profile, provenance
+    from spikeep.hardware.chips import FIGURES, PROFILES, ChipProfile, Energy, Source, get_profile, provenance
 
     rows = provenance()
     for p in PROFILES.values():  # each figure given has exactly one source, and none is invented
-        given = {k for k in ("synop", "spike", "update") if getattr(p.energy, k) is not None}
+        given = {k for k in FIGURES if getattr(p.energy, k) is not None}
         assert {r["figure"] for r in rows if r["profile"] == p.name} == given
     loihi = {r["figure"]: r for r in provenance("loihi2")}
     assert loihi["synop"]["joules"] == pytest.approx(23.6e-12) and "Table 2" in loihi["synop"]["where"]
+    assert loihi["neuron_update"]["joules"] == pytest.approx(81e-12) and "81 / 52 pJ" in loihi["neuron_update"]["where"]
     assert all(r["kind"].startswith("pre-silicon estimate") and "0.75 V" in r["kind"] for r in loihi.values())
     spin = provenance("spinnaker")
     assert len(spin) == 1 and spin[0]["verified"] is False
@@ -271,11 +276,23 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
     r = train(cfg, tmp_path, progress=False, echo=False)
     row = r.history[-1]
     assert row["spikes_per_inference"] > 0 and row["synops_per_inference"] >= row["spikes_per_inference"]
-    expected = row["synops_per_inference"] * 23.6e-12 + row["spikes_per_inference"] * 1.7e-12
-    assert row["energy_inference_J"] == pytest.approx(expected)
-    assert row["energy_learning_J"] > row["energy_inference_J"]
-    assert row["energy_figures_verified"] is True  # loihi2: every figure found in Davies et al. 2018, Table 2
-    assert "energy_inference_J" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    # counted independently: every one of the 24 neurons is updated every step of the 40-step free
+    # phase, and each nonzero input pixel drives its 24 synapses every step (constant current)
+    from spikeep.data import prepare_data
+    test_x = prepare_data(cfg.data).test.x
+    input_ops = float((test_x != 0).flatten(1).sum(1).double().mean()) * 24 * 40
+    assert row["steps_inference"] == 40
+    expected = (row["synops_per_inference"] * 23.6e-12 + row["spikes_per_inference"] * 1.7e-12
+                + 24 * 40 * 81e-12 + input_ops * 23.6e-12)
+    assert row["energy_estimate_inference_J"] == pytest.approx(expected)
+    assert row["energy_estimate_learning_J"] > row["energy_estimate_inference_J"]
+    assert row["energy_figures_found_in_source"] is True  # loihi2: every figure found in Davies et al. 2018, Table 2
+    assert row["energy_estimate_source"].startswith("loihi2: Davies et al. 2018, Table 2 (pre-silicon estimate)")
+    assert row["energy_estimate_leaves_out"] == ""
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "energy_estimate_inference_J" in header and "verified" not in header
+    log = (tmp_path / "train.log").read_text()
+    assert "energy estimate" in log and "Davies et al. 2018" in log
     assert (tmp_path / "raster.png").stat().st_size > 0 and (tmp_path / "rate_convergence.png").stat().st_size > 0
     with traces.open(tmp_path / "traces.h5") as t:
         for name, layer in zip(r.net.layer_names(), r.net.layers):

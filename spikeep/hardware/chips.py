@@ -2,10 +2,11 @@
 
 A profile fills [plasticity] (weight bits, scale rule, rounding, device model) and, for spiking
 networks, [spiking] neuron constants; keys written in the config file win over the profile's. With
-energy figures a run reports an estimate of the energy of inference (one free phase: synaptic events
-x E_synop + spikes x E_spike) and of learning (the three phases of a training sample, plus the weight
-updates of an iteration x E_update, shared over its samples). Figures not published for a chip stay
-None and the estimate says so instead of inventing one.
+energy figures a run reports an ESTIMATE of the energy of inference (one free phase: synaptic events
+x E_synop + spikes x E_spike + neuron updates (neurons x steps) x E_neuron_update + events of a constant
+input current (nonzero inputs x fan-out x steps) x E_input) and of learning (the three phases of a
+training sample, plus the weight updates of an iteration x E_update, shared over its samples). Figures
+not published for a chip stay None, and the estimate names what it leaves out instead of inventing one.
 
 Profiles and the sources of their figures:
 
@@ -16,9 +17,12 @@ loihi2        8-bit signed weights with one shared power-of-two exponent per lay
               2", IEEE SiPS), stochastic rounding of updates (Loihi's learning engine rounds
               stochastically). Energy: Loihi (14 nm) figures of Davies et al. 2018, Table 2:
               23.6 pJ per synaptic spike operation, 1.7 pJ within-tile spike energy, 120 pJ per
-              synaptic update. They are pre-silicon estimates (SPICE-level simulation of the circuits
-              at 0.75 V), not measurements of a chip. Loihi 2 has no per-operation table of its own
-              in print; these are Loihi's.
+              synaptic update, 81 pJ per neuron update of an active neuron (52 pJ inactive; spikeep
+              charges the active figure to every neuron every step: an upper bound). The events of a
+              constant input current are charged as synaptic spike operations (our modelling choice:
+              Loihi takes inputs as graded spikes). They are pre-silicon estimates (SPICE-level
+              simulation of the circuits at 0.75 V), not measurements of a chip. Loihi 2 has no
+              per-operation table of its own in print; these are Loihi's.
 brainscales2  signed 6-bit weights (magnitude 0..63, the sign from an excitatory or inhibitory synapse
               row: codes -63..63, spikeep's 7-bit grid); Pehle et al. 2022, "The BrainScaleS-2
               accelerated neuromorphic system with hybrid plasticity", Front. Neurosci. 16:795876.
@@ -35,8 +39,9 @@ memristor     analog conductances with 32 levels, nonlinear asymmetric potentiat
               (nu_p = 3, nu_d = 3) and 1 % cycle-to-cycle noise, in the range of the reported RRAM
               devices (tens of levels, nonlinear updates: e.g. Yao et al. 2020, Nature 577:641-646).
               Energy: 11,014 GOP/s/W reported for the memristor CNN of Yao et al. 2020, i.e. 0.091 pJ
-              per operation, 0.18 pJ per synaptic event (one multiply-accumulate = 2 operations);
-              programming energy per update not given there (None).
+              per operation, 0.18 pJ per synaptic event (one multiply-accumulate = 2 operations), the
+              same per event of a constant input current; programming energy per update and neuron
+              (peripheral circuit) energy not given there (None).
 
 These figures are literature values for orders of magnitude, not measurements of spikeep's
 networks on those chips: a chip's real cost also depends on mapping, routing and static power.
@@ -52,13 +57,14 @@ PJ = 1e-12
 NJ = 1e-9
 
 
+FIGURES = ("synop", "spike", "update", "neuron_update", "input")  # the per-event figures of Energy
 KINDS = ("measurement", "derived from a measurement", "pre-silicon estimate", "model estimate")
 
 
 @dataclass(frozen=True)
 class Source:
     """Where an energy figure comes from."""
-    figure: str  # which figure of Energy: "synop", "spike" or "update"
+    figure: str  # which figure of Energy: one of FIGURES
     citation: str  # authors, year, title, venue
     where: str  # table, figure or section of the citation
     kind: str  # one of KINDS, with detail after a colon (e.g. "pre-silicon estimate: SPICE, 0.75 V")
@@ -66,8 +72,8 @@ class Source:
     note: str = ""
 
     def __post_init__(self):
-        if self.figure not in ("synop", "spike", "update"):
-            raise ValueError(f"an energy source names the figure synop, spike or update, got {self.figure!r}")
+        if self.figure not in FIGURES:
+            raise ValueError(f"an energy source names one of the figures {', '.join(FIGURES)}, got {self.figure!r}")
         if self.kind.split(":")[0] not in KINDS:
             raise ValueError(f"energy source kind must start with one of {KINDS}, got {self.kind!r}")
 
@@ -77,6 +83,8 @@ class Energy:
     synop: Optional[float] = None  # joules per synaptic event (a spike reaching one synapse)
     spike: Optional[float] = None  # joules per spike emitted (generation and routing)
     update: Optional[float] = None  # joules per synaptic weight update (one synapse changed)
+    neuron_update: Optional[float] = None  # joules per neuron per simulation step
+    input: Optional[float] = None  # joules per event of a constant input current (one input x one synapse x one step)
     sources: tuple[Source, ...] = ()  # one per figure given
 
     @property
@@ -103,7 +111,7 @@ class ChipProfile:
         if isinstance(scale, (int, float)) and not scale > 0:
             raise ValueError(f"chip profile {self.name!r}: a fixed weight scale must be > 0, got {scale!r}")
         e = self.energy
-        for k in ("synop", "spike", "update"):
+        for k in FIGURES:
             v = getattr(e, k)
             if v is not None and not v > 0:
                 raise ValueError(f"chip profile {self.name!r}: energy per {k} must be > 0 joules or None, got {v!r}")
@@ -143,10 +151,16 @@ DAVIES_2018 = ("Davies et al. 2018, Loihi: a neuromorphic manycore processor wit
 _LOIHI = "pre-silicon estimate: SPICE-level simulation of Loihi's 14 nm circuits at 0.75 V"
 register_profile(ChipProfile(
     "loihi2", {"bits": 8, "scale": "pow2", "rounding": "stochastic", "device": "linear", "headroom": 8.0},
-    {"leak": 0.0}, Energy(synop=23.6 * PJ, spike=1.7 * PJ, update=120 * PJ, sources=(
+    {"leak": 0.0}, Energy(synop=23.6 * PJ, spike=1.7 * PJ, update=120 * PJ, neuron_update=81 * PJ, input=23.6 * PJ,
+                          sources=(
         Source("synop", DAVIES_2018, "Table 2, synaptic spike operation", _LOIHI, True, "Loihi (not Loihi 2)"),
         Source("spike", DAVIES_2018, "Table 2, within-tile spike energy", _LOIHI, True, "Loihi (not Loihi 2)"),
-        Source("update", DAVIES_2018, "Table 2, synaptic update", _LOIHI, True, "Loihi (not Loihi 2)"))),
+        Source("update", DAVIES_2018, "Table 2, synaptic update", _LOIHI, True, "Loihi (not Loihi 2)"),
+        Source("neuron_update", DAVIES_2018, "Table 2, energy per neuron update (active / inactive: 81 / 52 pJ)",
+               _LOIHI, True, "the active figure, charged to every neuron every step: an upper bound"),
+        Source("input", DAVIES_2018, "Table 2, synaptic spike operation", _LOIHI, True,
+               "charged to each event of a constant input current (Loihi takes graded input spikes): "
+               "our modelling choice"))),
     "8-bit weights, shared power-of-two exponent, stochastic rounding; Loihi energy figures"))
 register_profile(ChipProfile(
     "brainscales2", {"bits": 7, "scale": "init", "rounding": "stochastic", "device": "linear", "headroom": 4.0},
@@ -161,11 +175,13 @@ register_profile(ChipProfile(
 register_profile(ChipProfile(
     "memristor", {"bits": 8, "scale": "init", "rounding": "stochastic", "device": "memristor", "levels": 32,
                   "nu_p": 3.0, "nu_d": 3.0, "noise": 0.01, "headroom": 4.0},
-    {}, Energy(synop=0.18 * PJ, sources=(Source(
-        "synop", "Yao et al. 2020, Fully hardware-implemented memristor convolutional neural network, "
+    {}, Energy(synop=0.18 * PJ, input=0.18 * PJ, sources=tuple(Source(
+        figure, "Yao et al. 2020, Fully hardware-implemented memristor convolutional neural network, "
         "Nature 577:641-646", "abstract: 11,014 GOP/s/W of the memristor CNN",
         "derived from a measurement: 1 / 11,014 GOP/s/W = 0.091 pJ per operation, x 2 operations per "
-        "multiply-accumulate (our conversion)", True, "not re-checked against the paper in this session"),)),
+        "multiply-accumulate (our conversion)", True, "not re-checked against the paper in this session"
+        + ("; an input-current event is one multiply-accumulate too" if figure == "input" else ""))
+        for figure in ("synop", "input"))),
     "32-level nonlinear noisy conductances"))
 
 
@@ -193,14 +209,38 @@ def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float = 0.0) -> dict[str, Optional[float]]:
-    """Joules for the given counts: synaptic events, spikes and weight updates; None where the chip's
-    figure is unknown (the total is None if any needed figure is)."""
+PARTS = {"synops": "synop", "spikes": "spike", "updates": "update", "neuron_updates": "neuron_update",
+         "input": "input"}  # counted event -> the figure that prices it
+PART_NAMES = {"synops": "synaptic events", "spikes": "spikes", "updates": "weight updates",
+              "neuron_updates": "neuron updates", "input": "input-current events"}
+
+
+def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float = 0.0, neuron_updates: float = 0.0,
+                    input_ops: float = 0.0) -> dict[str, Any]:
+    """Joules for the given counts (an estimate from the profile's literature figures): synaptic events,
+    spikes, weight updates, neuron updates and events of a constant input current; a part is None where
+    its count is not zero and the chip has no figure for it, and `leaves_out` names those parts (the
+    total is None only if the chip has no figure at all)."""
     e = p.energy
-    parts = {"synops": None if e.synop is None else synops * e.synop,
-             "spikes": None if e.spike is None else spikes * e.spike,
-             "updates": (0.0 if updates == 0 else None) if e.update is None else updates * e.update}
-    known = [v for v in parts.values() if v is not None]
-    no_figures = e.synop is None and e.spike is None and e.update is None
-    return {**parts, "total": None if no_figures else sum(known),
-            "complete": all(v is not None for v in parts.values()), "verified": e.verified}
+    counts = {"synops": synops, "spikes": spikes, "updates": updates, "neuron_updates": neuron_updates,
+              "input": input_ops}
+    parts = {k: (None if getattr(e, fig) is None else counts[k] * getattr(e, fig)) if counts[k] else 0.0
+             for k, fig in PARTS.items()}
+    no_figures = all(getattr(e, fig) is None for fig in FIGURES)
+    leaves_out = [PART_NAMES[k] for k, v in parts.items() if v is None]
+    return {**parts, "total": None if no_figures else sum(v for v in parts.values() if v is not None),
+            "complete": not leaves_out, "leaves_out": leaves_out, "verified": e.verified,
+            "source": source_line(p)}
+
+
+def source_line(p: ChipProfile) -> str:
+    """Where a profile's energy figures come from, in a few words: citations, places, kinds of number."""
+    seen: list[str] = []
+    for s in p.energy.sources:
+        cite = s.citation.split(",")[0]
+        where = s.where.split(",")[0]
+        kind = s.kind.split(":")[0]
+        line = f"{cite}, {where} ({kind}{'' if s.verified else ', NOT found in the source'})"
+        if line not in seen:
+            seen.append(line)
+    return "; ".join(seen) or "no energy figures"

@@ -1,4 +1,5 @@
-"""What a spiking network costs: spikes and synaptic events (SynOps = spikes x fan-out) per layer."""
+"""What a spiking network costs: spikes and synaptic events (SynOps = spikes x fan-out) per layer,
+neuron updates (neurons x steps) and the events of a dense input current (nonzero inputs x fan-out x steps)."""
 from __future__ import annotations
 
 import math
@@ -18,10 +19,11 @@ class Counts(NamedTuple):
     synops: Tensor  # per layer: synaptic events its spikes caused (spikes x fan-out)
     input_spikes: float  # Poisson input spikes (0 for constant-current input)
     input_synops: float  # synaptic events the input spikes caused
+    neuron_updates: float = 0.0  # neurons x steps (every neuron is updated every step), over the batch
+    input_current_ops: float = 0.0  # constant-current input: nonzero inputs x fan-out x steps, over the batch
 
     def __add__(self, other: "Counts") -> "Counts":
-        return Counts(self.spikes + other.spikes, self.synops + other.synops,
-                      self.input_spikes + other.input_spikes, self.input_synops + other.input_synops)
+        return Counts(*(a + b for a, b in zip(self, other)))
 
     def totals(self) -> tuple[float, float]:
         """(spikes, synaptic events) of all layers, the input's events included."""

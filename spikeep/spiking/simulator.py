@@ -306,6 +306,9 @@ class SpikingSimulator:
         spikes = torch.zeros(n, dtype=torch.float64)
         synops = torch.zeros(n, dtype=torch.float64)
         in_spikes = in_synops = 0.0
+        n_neurons = sum(z.numel() for z in st.z)  # over the batch
+        # a constant current reaches every synapse of a nonzero input each step (graded events)
+        current_ops = 0.0 if spiking_input else float(((inp.x != 0) * fo_in).sum())
         blocks = max(1, math.ceil(T / p.window))
         prev, delta, steps = None, float("nan"), 0
         raster: list[list[Tensor]] = [[] for _ in range(n)]
@@ -345,7 +348,8 @@ class SpikingSimulator:
             prev = rates
         input_rate = x_count / p.window if spiking_input else inp.x
         rec = tuple(torch.stack(r) for r in raster) if record else None
-        return Phase(st, rates, input_rate, steps, delta, Counts(spikes, synops, in_spikes, in_synops), rec)
+        return Phase(st, rates, input_rate, steps, delta, Counts(spikes, synops, in_spikes, in_synops,
+                                                                 float(n_neurons * steps), current_ops * steps), rec)
 
 
 @torch.no_grad()
