@@ -22,6 +22,23 @@ import numpy as np  # noqa: E402
 from spikeep import traces  # noqa: E402
 
 
+def _readable_ticks(ax) -> None:
+    """At most 4 ticks per axis, small numbers in scientific notation with one shared exponent."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "linear":
+            axis.set_major_locator(MaxNLocator(4))
+        else:  # log (counts): plain numbers at the decades only
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
+    if ax.get_xscale() == "linear":
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 4), useMathText=True)
+    if ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 4), useMathText=True)
+    ax.tick_params(labelsize=7)
+
+
 def plot(run_dir: Path, n_syn: int = 5, windows: int = 6) -> list[Path]:
     path = run_dir / "traces.h5" if run_dir.is_dir() else run_dir
     out_dir = path.parent
@@ -32,39 +49,48 @@ def plot(run_dir: Path, n_syn: int = 5, windows: int = 6) -> list[Path]:
         it = t.iteration[:n]
         layers = list(t)
         cols = len(layers)
-        fig1, ax1 = plt.subplots(1, cols, figsize=(3.4 * cols, 3), squeeze=False)
-        fig2, ax2 = plt.subplots(1, cols, figsize=(3.4 * cols, 3), squeeze=False)
-        fig3, ax3 = plt.subplots(2, cols, figsize=(3.4 * cols, 4.6), squeeze=False, sharex=True)
+        # a panel per layer, 3.2 x 2.6 in (two fit a paper's column pair), 200 dpi
+        fig1, ax1 = plt.subplots(1, cols, figsize=(3.2 * cols, 2.8), squeeze=False, layout="constrained")
+        fig2, ax2 = plt.subplots(1, cols, figsize=(3.2 * cols, 2.8), squeeze=False, layout="constrained")
+        fig3, ax3 = plt.subplots(2, cols, figsize=(3.2 * cols, 4.4), squeeze=False, sharex=True,
+                                 layout="constrained")
         cmap = plt.get_cmap("viridis")
         for c, lt in enumerate(layers):
             w = lt.sample_weight[:n]
             for j in range(min(n_syn, w.shape[1])):
-                ax1[0][c].plot(it, w[:, j], lw=1)
+                idx = np.unravel_index(int(lt.sample_index[j]), lt.weight_shape)
+                ax1[0][c].plot(it, w[:, j], lw=1, label="w" + str(list(map(int, idx))))
             ax1[0][c].set_title(f"{lt.name} {lt.weight_shape}", fontsize=8)
             ax1[0][c].set_xlabel("iteration")
+            ax1[0][c].legend(fontsize=6, title="sampled synapse", title_fontsize=6)
+            _readable_ticks(ax1[0][c])
             dw = lt.sample_delta[:n]
             edges = np.linspace(*np.percentile(dw, [0.5, 99.5]), 60) if dw.size else None
             for k, rows in enumerate(np.array_split(np.arange(n), min(windows, n))):
                 ax2[0][c].hist(dw[rows].ravel(), bins=edges, histtype="step", color=cmap(k / max(1, windows - 1)),
                                label=f"it {it[rows[0]]}-{it[rows[-1]]}")
             ax2[0][c].set_yscale("log")
-            ax2[0][c].set_title(lt.name, fontsize=8)
+            ax2[0][c].set_title(f"{lt.name}: {dw.shape[1]} sampled synapses", fontsize=8)
             ax2[0][c].set_xlabel("delta-W per iteration")
+            _readable_ticks(ax2[0][c])
             s = lt.summary_columns()
             ax3[0][c].plot(it, s["norm"][:n])
             ax3[1][c].plot(it, s["std"][:n])
-            ax3[0][c].set_title(lt.name, fontsize=8)
+            ax3[0][c].set_title(f"{lt.name} (whole tensor)", fontsize=8)
             ax3[1][c].set_xlabel("iteration")
+            _readable_ticks(ax3[0][c])
+            _readable_ticks(ax3[1][c])
         ax1[0][0].set_ylabel("weight")
         ax2[0][0].set_ylabel("count")
-        ax2[0][-1].legend(fontsize=6)
+        ax2[0][-1].legend(fontsize=6, title="training window", title_fontsize=6)
         ax3[0][0].set_ylabel("||W||")
         ax3[1][0].set_ylabel("std(W)")
+        fig1.suptitle(f"{min(n_syn, layers[0].sample_index.size)} of the synapses sampled at random per layer "
+                      f"(fixed for the run)", fontsize=8)
         outs = []
         for fig, name in ((fig1, "weight_trajectories.png"), (fig2, "weight_change_hist.png"),
                           (fig3, "weight_summary.png")):
-            fig.tight_layout()
-            fig.savefig(out_dir / name, dpi=100)
+            fig.savefig(out_dir / name, dpi=200)
             plt.close(fig)
             outs.append(out_dir / name)
     return outs

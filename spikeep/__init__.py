@@ -1,4 +1,9 @@
 """spikeep: Equilibrium Propagation on rate-coded (and spiking) networks."""
+import warnings
+
+# Norse 1.1.0 compiles its functions with torch.jit.script at import, which newer PyTorch deprecates
+# with a FutureWarning on every start; only that message is silenced, nothing else of torch or Norse
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def __getattr__(name: str):
