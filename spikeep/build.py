@@ -137,6 +137,26 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def choose_threads(cfg: Config) -> tuple[int, str]:
+    """CPU threads for torch and why (train.threads; see analysis/results/threads/ for the measurements)."""
+    if cfg.train.threads > 0:
+        return cfg.train.threads, "train.threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    if not cfg.model.channels:
+        return 1, "auto: no conv layers"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(cores, cores - busy)), f"auto: conv layers, {cores} cores, {busy} busy by the 1-minute load"
+
+
+def set_threads(cfg: Config) -> str:
+    """Apply choose_threads (process-wide, like the precision flags); returns the line for the log."""
+    n, why = choose_threads(cfg)
+    torch.set_num_threads(n)
+    return f"{n} CPU thread{'s' if n > 1 else ''} ({why})"
+
+
 def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:
     """The network of cfg.model, initialised from cfg.train.seed, on the device, dtype and precision
     asked for."""

@@ -1,6 +1,7 @@
 """The training state a checkpoint holds, and how it is saved and restored (bitwise resume)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
     device_gen: Optional[torch.Generator] = None  # augmentation, Poisson input on the run's device (CPU: step_gen)
     warm: Optional[WarmStarts] = None  # dynamics.warm_start states (None: "none")
+    saved_at: float = field(default_factory=lambda: time.monotonic())  # when this process last saved (or started): not saved
 
     def __post_init__(self):
         if self.device_gen is None:
@@ -76,3 +78,4 @@ class TrainState:
 
     def save(self, path: Path, cfg: Config) -> None:
         runs.save_checkpoint(path, self.checkpoint(cfg))
+        self.saved_at = time.monotonic()

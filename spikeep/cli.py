@@ -84,7 +84,8 @@ def cmd_evaluate(args) -> int:
     r = evaluate_run(args.run_dir, args.weights, args.device, args.neurons, args.set)
     spk = (f"; {r['spikes_per_inference']:.0f} spikes and {r['synops_per_inference']:.3g} SynOps per inference"
            if r["neurons"] == "spiking" else "")
-    print(f"{r['run_dir']} ({r['weights']}, {r['neurons']} neurons, {r['data']} test set): accuracy "
+    print(f"{r['run_dir']} ({r['weights']}, {r['neurons']} neurons, {r['data']} test set, {r['test_samples']} "
+          f"samples, {r['threads']}): accuracy "
           f"{r['test_acc']:.2f}%, loss {r['test_loss']:.6f}{spk}")
     return 0
 

@@ -146,9 +146,10 @@ DATA_SHAPES = {"mnist": (1, 28, 28), "mnist-quickstart": (1, 28, 28), "cifar10":
 
 
 def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = False, npz: str = "",
-                 subset_seed: int = 0) -> Dataset:
+                 subset_seed: int = 0, test_subset: int = 0) -> Dataset:
     """Load a data set; `subset` keeps N training samples drawn at random (fixed by subset_seed),
-    so files ordered by class (like the shipped CIFAR-10 npz) still give every class."""
+    so files ordered by class (like the shipped CIFAR-10 npz) still give every class; `test_subset`
+    the same for the test samples."""
     if name == "mnist":
         ds = load_mnist(root or None, download)
     elif name == "mnist-quickstart":
@@ -159,16 +160,23 @@ def load_dataset(name: str, root: str = "", subset: int = 0, download: bool = Fa
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if subset < 0:
         raise ValueError(f"data.subset must be >= 0, got {subset}")
-    if subset and subset < ds.train.y.shape[0]:
-        keep = torch.randperm(ds.train.y.shape[0], generator=torch.Generator().manual_seed(subset_seed))[:subset]
-        keep = keep.sort().values
-        ds = ds._replace(train=Split(ds.train.x[keep], ds.train.y[keep]))
-    return ds
+    if test_subset < 0:
+        raise ValueError(f"data.test_subset must be >= 0, got {test_subset}")
+    return ds._replace(train=_random_subset(ds.train, subset, subset_seed),
+                       test=_random_subset(ds.test, test_subset, subset_seed))
+
+
+def _random_subset(split: Split, n: int, seed: int) -> Split:
+    """n samples drawn at random (fixed by seed), in their original order; all if n is 0 or too big."""
+    if not n or n >= split.y.shape[0]:
+        return split
+    keep = torch.randperm(split.y.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Split(split.x[keep], split.y[keep])
 
 
 def prepare_data(d: DataConfig) -> Dataset:
     """The data set of a [data] section, train and test normalised as configured."""
-    ds = load_dataset(d.name, d.root, d.subset, d.download, d.npz, d.subset_seed)
+    ds = load_dataset(d.name, d.root, d.subset, d.download, d.npz, d.subset_seed, d.test_subset)
     return Dataset(normalize(ds.train, d.mean, d.std), normalize(ds.test, d.mean, d.std), ds.name)
 
 

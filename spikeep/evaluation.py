@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import runs
-from .build import build_network, config_from_dict, make_learner
+from .build import build_network, config_from_dict, make_learner, set_threads
 from .core.network import EqNetwork
 from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
@@ -76,10 +76,12 @@ def evaluate_run(run_dir: str | Path, which: str = "best", device: Optional[str]
     """Evaluate a run folder's best (or last) weights on its test set; `neurons` runs them in the
     other neuron model (e.g. rate-trained weights in the spiking twin), `overrides` are --set items."""
     cfg, net, path = load_run(run_dir, which, device, neurons, overrides)
+    threads = set_threads(cfg)
     ds = prepare_data(cfg.data)
     ev = evaluate(make_learner(cfg, net), ds.test, cfg)
     out = {"run_dir": str(run_dir), "weights": path.name, "data": ds.name, "neurons": cfg.model.neurons,
-           "test_loss": ev.loss, "test_acc": ev.acc, "steps_inference": ev.steps}
+           "test_samples": int(ds.test.y.shape[0]), "test_loss": ev.loss, "test_acc": ev.acc,
+           "steps_inference": ev.steps, "threads": threads}
     if cfg.model.neurons == "spiking":
         out.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
     return out

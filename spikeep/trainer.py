@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from . import __version__, runs
 from .build import build_network, check_config, config_from_dict, engine_name, make_learner, make_optimizer, \
-    make_plasticity, make_scheduler, resolve_device
+    make_plasticity, make_scheduler, resolve_device, set_threads
 from .checkpoint import TrainState
 from .config import Config, read_json_config
 from .data import Split, augment, check_labels, prepare_data
-from .distributed import Dist, average_gradients, barrier, init_distributed, share_run_dir, shard, \
-    sum_over_processes
+from .distributed import Dist, any_process, average_gradients, barrier, init_distributed, share_run_dir, \
+    shard, sum_over_processes
 from .evaluation import evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .runfolder import RunLock, _kind, check_run_dir, refuse_existing_run
@@ -155,6 +155,7 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
 
 
 def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
+    threads = set_threads(cfg)
     net = build_network(cfg, device)
     net.check_labels = False  # checked once for the whole data set above: no device sync per batch
     opt = make_optimizer(net, cfg)
@@ -181,8 +182,9 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progres
         log.warning(f"{run_dir / 'traces.h5'} was damaged and cannot be continued: kept as "
                     f"{recorder.moved_aside}; new traces start at the resumed iteration")
     log.info(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
-             f"{ds.test.y.shape[0]} test), device {device}, {ddp.world} process(es), "
-             f"{sum(p.numel() for p in net.parameters())} parameters, run folder {run_dir}")
+             f"{ds.test.y.shape[0]} test{' drawn at random' if cfg.data.test_subset else ''}), device {device}, "
+             f"{ddp.world} process(es), {threads}, {sum(p.numel() for p in net.parameters())} parameters, "
+             f"run folder {run_dir}")
     train_set = Split(ds.train.x.to(device), ds.train.y.to(device))  # on the device once, not every epoch
     try:
         while st.epoch < cfg.train.epochs:
@@ -313,10 +315,13 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
         if r is not None:
             st.stats.add_batch(r.loss, r.logits, y)
         every = cfg.train.checkpoint_every
-        checkpoint_now = every and st.batch % every == 0 and st.batch < n_batches
+        checkpoint_now = bool(every and st.batch % every == 0 and st.batch < n_batches)
         if checkpoint_now or st.batch % cfg.train.sync_every == 0 or st.batch == n_batches or cfg.traces.enabled:
             checks.check(ddp)  # every process at the same iterations; traces record only checked ones
             bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
+            if not checkpoint_now and st.batch < n_batches and cfg.train.checkpoint_minutes:
+                due = time.monotonic() - st.saved_at >= 60 * cfg.train.checkpoint_minutes
+                checkpoint_now = any_process(ddp, due) if ddp.world > 1 else due  # the same on every process
         if recorder is not None:
             recorder.record(it_global, epoch, layer_weights, before, {n: w.grad for n, w in layer_weights.items()},
                             alignment_angles(net))
@@ -328,6 +333,8 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             if recorder is not None:
                 recorder.flush()  # traces up to the checkpoint are on disk before it is
             st.save(run_dir / "checkpoint.pt", cfg)
+        if checkpoint_now:
+            st.saved_at = time.monotonic()  # every process: the next time-based checkpoint is agreed on
     bar.close()
     return time.perf_counter() - t0
 
@@ -385,4 +392,5 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
         log.info(f"epoch {epoch}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
                  f"(loss {ev.loss:.4f}) | lr {lr:.3g} | {train_seconds:.1f} s | steps per phase: free "
                  f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")
+    st.saved_at = time.monotonic()  # the epoch's checkpoint (every process keeps the same clock of it)
     barrier(ddp)

@@ -175,6 +175,13 @@ class TrainConfig:
     T_max: int = 0  # cosine period in epochs (0: the number of epochs)
     eta_min: float = 0.0
     checkpoint_every: int = 0  # also checkpoint every N iterations within an epoch (0: epoch ends only)
+    # and whenever this many minutes have passed since the last checkpoint (0: off), so that a killed
+    # long run always has something recent to resume (checked where the run reads the device: sync_every)
+    checkpoint_minutes: float = 10.0
+    # CPU threads for torch: 0 = auto (OMP_NUM_THREADS if set; else 1 without conv layers, where more
+    # were measured no faster and much slower on a busy machine; for ConvNets the cores not busy by
+    # the 1-minute load average); N > 0: exactly N (see analysis/results/threads/)
+    threads: int = 0
     # iterations between reads from the device: finite checks (which still name layer and iteration)
     # and the progress bar's metrics; also done before every checkpoint and at every epoch end
     sync_every: int = 1
@@ -187,6 +194,10 @@ class TrainConfig:
             raise ConfigError(f"train.sync_every must be >= 1 iteration, got {self.sync_every}")
         if self.checkpoint_every < 0 or self.T_max < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ConfigError("train.checkpoint_every, T_max, weight_decay and momentum must be >= 0")
+        if not 0 <= self.checkpoint_minutes < 1e6:
+            raise ConfigError(f"train.checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
+        if not 0 <= self.threads <= 4096:
+            raise ConfigError(f"train.threads must be 0 (auto) or a number of CPU threads, got {self.threads}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
         if self.scheduler not in ("constant", "cosine"):
@@ -204,6 +215,7 @@ class DataConfig:
     npz: str = ""  # CIFAR-10 as an npz file (default ROOT/cifar10/cifar10.npz)
     subset: int = 0  # keep N training samples drawn at random (0: all)
     subset_seed: int = 0
+    test_subset: int = 0  # evaluate on N test samples drawn at random (fixed by subset_seed; 0: all)
     download: bool = False  # let torchvision download missing files (needs internet)
     mean: list[float] = field(default_factory=list)  # per-channel normalisation (empty: none)
     std: list[float] = field(default_factory=list)
@@ -212,8 +224,8 @@ class DataConfig:
     hflip: bool = False  # random horizontal flip
 
     def validate(self) -> None:
-        if self.subset < 0 or self.crop_padding < 0:
-            raise ConfigError("data.subset and data.crop_padding must be >= 0")
+        if self.subset < 0 or self.crop_padding < 0 or self.test_subset < 0:
+            raise ConfigError("data.subset, data.test_subset and data.crop_padding must be >= 0")
         if len(self.mean) != len(self.std):
             raise ConfigError(f"data.mean and data.std must have the same length, got {self.mean} and {self.std}")
         if any(not v >= 1e-6 for v in self.std):
