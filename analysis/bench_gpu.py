@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from spikeep.build import set_precision
+from spikeep.torch_settings import set_precision
 from spikeep.config import ModelConfig
 from spikeep.core.dynamics import free_phase
 from spikeep.core.engine import FusedEngine

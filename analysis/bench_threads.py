@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import build_network, load_config, make_learner, make_optimizer
+from spikeep.build import build_network, make_learner, make_optimizer
+from spikeep.validation import load_config
 from spikeep.data import prepare_data
 
 REPO = Path(__file__).resolve().parent.parent

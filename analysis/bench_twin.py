@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from spikeep import runs
-from spikeep.build import build_network, load_config, make_learner
+from spikeep.build import build_network, make_learner
+from spikeep.validation import load_config
 from spikeep.data import prepare_data
 from spikeep.evaluation import evaluate
+from spikeep.checkpoint_files import load_checkpoint
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     bs = cfgs["spiking"].train.batch_size
     net = build_network(cfgs["spiking"])
     if args.weights:
-        net.load_state_dict(runs.load_checkpoint(Path(args.weights), "weights")["model"])
+        net.load_state_dict(load_checkpoint(Path(args.weights), "weights")["model"])
     state = {k: v.clone() for k, v in net.state_dict().items()}
     learners = {k: make_learner(c, net) for k, c in cfgs.items()}
     batches = [(ds.train.x[i * bs:(i + 1) * bs], ds.train.y[i * bs:(i + 1) * bs]) for i in range(args.batches)]

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.trainer import train
 
 

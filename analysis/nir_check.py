@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import spiking_params
+from spikeep.validation import spiking_params
 from spikeep.data import prepare_data
 from spikeep.evaluation import load_run
 from spikeep.nir_export import export_run, run_in_norse

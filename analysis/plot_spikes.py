@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from spikeep import runs
-from spikeep.build import build_network, config_from_dict, spiking_params
+from spikeep.build import build_network
+from spikeep.validation import config_from_dict, spiking_params
 from spikeep.config import apply_overrides
 from spikeep.data import prepare_data
-from spikeep.monitor import spike_pictures
-from spikeep.spiking.simulator import SpikingSimulator
+from spikeep.plots import spike_pictures
+from spikeep.spiking.simulator import SpikingSimulator, probe_phases
+from spikeep.checkpoint_files import check_state_dict, load_checkpoint
 
 
 def main() -> None:
@@ -34,18 +35,19 @@ def main() -> None:
     data.setdefault("model", {})["neurons"] = "spiking"
     cfg = config_from_dict(apply_overrides(data, a.overrides), str(run / "config.json"))
     path = run / ("best.pt" if a.weights == "best" else "checkpoint.pt")
-    ckpt = runs.load_checkpoint(path, "weights")
+    ckpt = load_checkpoint(path, "weights")
     net = build_network(cfg)
-    runs.check_state_dict(path, ckpt["model"], net)
+    check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])
     test = prepare_data(cfg.data).test
     out = Path(a.out) if a.out else run
     out.mkdir(parents=True, exist_ok=True)
     dev = net.synapses[0].weight.device
     s = cfg.spiking
-    spike_pictures(SpikingSimulator(net, spiking_params(s)), test.x[:a.probe].to(dev), test.y[:a.probe].to(dev),
-                   s.T1, s.T2, cfg.estimator.beta, net.layer_names()[:len(net.synapses)], out,
-                   torch.Generator(device=dev).manual_seed(cfg.train.seed))
+    x, y = test.x[:a.probe].to(dev), test.y[:a.probe].to(dev)
+    phases = probe_phases(SpikingSimulator(net, spiking_params(s)), x, y, s.T1, s.T2, cfg.estimator.beta, x.shape[0],
+                          torch.Generator(device=dev).manual_seed(cfg.train.seed))
+    spike_pictures(phases, net.layer_names()[:len(net.synapses)], out)
     print(f"wrote {out / 'raster.png'} and {out / 'rate_convergence.png'}")
 
 

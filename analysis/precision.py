@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import load_config, set_precision
+from spikeep.validation import load_config
+from spikeep.torch_settings import set_precision
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.engine import FusedEngine
 from spikeep.core.network import EqNetwork

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeep import runs
-from spikeep.build import build_network, load_config, make_learner
+from spikeep.build import build_network, make_learner
+from spikeep.validation import load_config
 from spikeep.data import prepare_data
 from spikeep.learning.ep import ep_gradients
+from spikeep.checkpoint_files import load_checkpoint
 
 
 def cosines(a: dict, b: dict) -> dict:
@@ -56,7 +57,7 @@ def main() -> None:
     ds = prepare_data(cfg.data)
     net = build_network(cfg)
     if args.weights:
-        net.load_state_dict(runs.load_checkpoint(Path(args.weights), "weights")["model"])
+        net.load_state_dict(load_checkpoint(Path(args.weights), "weights")["model"])
     e = cfg.estimator
     xs = [ds.train.x[i * args.batch:(i + 1) * args.batch] for i in range(args.batches)]
     ys = [ds.train.y[i * args.batch:(i + 1) * args.batch] for i in range(args.batches)]

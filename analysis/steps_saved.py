@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.engine import FusedEngine
 from spikeep.core.network import EqNetwork

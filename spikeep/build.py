@@ -1,160 +1,27 @@
-"""From a config to objects: the one place that turns plain data (spikeep.config) into a network,
-a learner, an optimizer, a scheduler and chip-like synapses, and that validates a config against the
-package (activation and pooling names, spiking and synapse parameters, chip profiles).
+"""From a validated config (spikeep.validation) to objects: the network, its relaxation engine, the
+learner, optimizer, scheduler and chip-like synapses.
 
-    load_config(path, overrides)   TOML file + --set items -> a validated Config
-    config_from_dict(data, source) a dict (e.g. a run folder's config.json) -> a validated Config
     build_network(cfg)             the network, initialised from train.seed, on its device and dtype
+    attach_engine(net, cfg)        the relaxation engine of dynamics.engine (engine_name says which)
     make_learner(cfg, net)         RateEP, SpikingEP or BPTT
     make_optimizer / make_scheduler / make_plasticity
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional
 
 import torch
 
-from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
+from .config import Config, ConfigError
 from .core.engine import FusedEngine
 from .core.fused import triton_available
-from .core.interactions import POOLS
 from .core.network import EqNetwork
-from .core.neurons import get_activation
-from .data import DATA_SHAPES
-from .hardware.chips import apply_profile
 from .learners import BPTT, Learner, RateEP, SpikingEP, WarmStarts
-from .learning.plasticity import Plasticity, SynapseSpec
-from .spiking.neurons import NeuronParams
-from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
+from .learning.plasticity import Plasticity
+from .torch_settings import resolve_device, set_deterministic, set_precision
+from .validation import spiking_params, synapse_spec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-# -- configs ------------------------------------------------------------------------------------------
-
-def spiking_params(s: SpikingConfig) -> SpikingParams:
-    return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, s.v_min), s.syn_alpha, s.trace_tau,
-                         s.window, s.rate_tol, s.settle_statistic, s.settle_quantile, s.encoding, s.backend,
-                         DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover,
-                         DEFAULT_CONV_CROSSOVER if s.conv_crossover < 0 else s.conv_crossover)
-
-
-def synapse_spec(p: PlasticityConfig) -> SynapseSpec:
-    return SynapseSpec(p.bits, p.scale, p.rounding, p.threshold, p.device, p.levels, p.nu_p, p.nu_d,
-                       p.noise, p.headroom)
-
-
-def check_config(cfg: Config) -> Config:
-    """Every check of a config: the package's names and parameters, then the plain-data checks."""
-    try:
-        get_activation(cfg.model.activation)
-    except ValueError as e:
-        raise ConfigError(f"model.activation: {e}") from None
-    for c in cfg.model.pools:
-        if c not in POOLS:
-            known = ", ".join(f"'{k}' ({v})" for k, v in POOLS.items())
-            raise ConfigError(f"model.pools: unknown pooling letter {c!r}; use one of {known}")
-    cfg.validate()
-    for what, make, section in (("plasticity: ", synapse_spec, cfg.plasticity),
-                                ("[spiking] ", spiking_params, cfg.spiking)):
-        try:
-            make(section)
-        except ValueError as e:
-            raise ConfigError(f"{what}{e}") from None
-    if cfg.dynamics.device != "auto":
-        try:
-            torch.device(cfg.dynamics.device)
-        except (RuntimeError, ValueError):
-            raise ConfigError(f"dynamics.device: {cfg.dynamics.device!r} is not a device; use 'cpu', 'cuda', "
-                              f"'cuda:N' or 'auto'") from None
-    if cfg.dynamics.warm_start != "none" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
-        raise ConfigError("dynamics.warm_start is for rate EP (model.neurons = 'rate', an EP estimator)")
-    if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):
-        raise ConfigError("dynamics.schedule and precision = 'bf16_incremental' are for rate networks; spiking "
-                          "networks run the [spiking] simulator")
-    want = DATA_SHAPES.get(cfg.data.name)
-    if want is not None and tuple(cfg.model.input_shape) != want:
-        raise ConfigError(f"model.input_shape {cfg.model.input_shape} does not match the images of data.name = "
-                          f"{cfg.data.name!r}, {list(want)}")
-    try:
-        with torch.device("meta"):  # the layers fit together (shapes only, no memory)
-            EqNetwork(cfg.model)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
-    """A validated Config from a dict: chip profile filled in, types and values checked; errors
-    name `source`."""
-    try:
-        data = apply_profile(dict(data))
-    except ValueError as e:
-        raise ConfigError(f"{source}: plasticity.profile: {e}") from None
-    cfg = parse_config(data, source, validate=False)
-    try:
-        return check_config(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-
-
-def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
-    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings. Errors
-    name the file, or the --set item they come from."""
-    overrides = list(overrides or [])
-    data = with_overrides(read_toml(path), overrides, str(path))
-    return config_from_dict(data, str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))
-
-
-# -- objects --------------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"dynamics.device = {name!r} asked for, but CUDA is not available here; use device = 'cpu'")
-    return dev
-
-
-def set_precision(precision: str) -> None:
-    """Process-wide CUDA matmul / cuDNN settings of a precision: TF32 only for "tf32" (PyTorch lets
-    cuDNN convolutions use TF32 by default; "strict" turns that off). No effect on CPU."""
-    tf32 = precision == "tf32"  # bf16_incremental: its exact recomputations are float32, TF32 off
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-
-
-def set_deterministic(on: bool) -> None:
-    """Deterministic kernels everywhere (an error names any operation that has none), cuDNN without
-    autotuning; cuBLAS needs its workspace setting before its first use."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.deterministic = on
-    torch.backends.cudnn.benchmark = False
-
-
-def choose_threads(cfg: Config) -> tuple[int, str]:
-    """CPU threads for torch and why (train.threads; see analysis/results/threads/ for the measurements)."""
-    if cfg.train.threads > 0:
-        return cfg.train.threads, "train.threads"
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads(), "OMP_NUM_THREADS"
-    if not cfg.model.channels:
-        return 1, "auto: no conv layers"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, cores - busy)), f"auto: conv layers, {cores} cores, {busy} busy by the 1-minute load"
-
-
-def set_threads(cfg: Config) -> str:
-    """Apply choose_threads (process-wide, like the precision flags); returns the line for the log."""
-    n, why = choose_threads(cfg)
-    torch.set_num_threads(n)
-    return f"{n} CPU thread{'s' if n > 1 else ''} ({why})"
 
 
 def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwork:

@@ -8,12 +8,12 @@ from typing import Optional
 
 import torch
 
-from . import runs
 from .config import Config
 from .core.network import EqNetwork
 from .learners import WarmStarts
 from .learning.plasticity import Plasticity
-from .monitor import EpochStats
+from .epoch_stats import EpochStats
+from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_state_dict, save_checkpoint
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainState:
             self.device_gen = self.step_gen
 
     def checkpoint(self, cfg: Config) -> dict:
-        return {"format": runs.CHECKPOINT_FORMAT, "model": self.net.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "model": self.net.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched is not None else {},
                 "epoch": self.epoch, "batch": self.batch,
@@ -54,7 +54,7 @@ class TrainState:
                 "config": cfg.to_dict()}
 
     def restore(self, ckpt: dict, path: Path) -> None:
-        runs.check_state_dict(path, ckpt["model"], self.net)
+        check_state_dict(path, ckpt["model"], self.net)
         try:
             self.net.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -74,8 +74,8 @@ class TrainState:
             if self.warm is not None:
                 self.warm.load_state_dict(ckpt["warm_start"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise runs.CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
+            raise CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 
     def save(self, path: Path, cfg: Config) -> None:
-        runs.save_checkpoint(path, self.checkpoint(cfg))
+        save_checkpoint(path, self.checkpoint(cfg))
         self.saved_at = time.monotonic()

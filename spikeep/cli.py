@@ -51,7 +51,7 @@ def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> Non
 
 
 def _config(args) -> "Config":
-    from .build import load_config
+    from .validation import load_config
 
     overrides = list(args.overrides) + ([f'dynamics.device="{args.device}"'] if args.device else [])
     return load_config(args.config, overrides)
@@ -208,8 +208,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_export)
     args = ap.parse_args(argv)
     from .files import StorageError
-    from .monitor import DivergenceError
-    from .runs import CheckpointError
+    from .checks import DivergenceError
+    from .checkpoint_files import CheckpointError
     from .traces import TracesError
 
     import torch

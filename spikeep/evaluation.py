@@ -6,12 +6,14 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import runs
-from .build import build_network, config_from_dict, make_learner, set_threads
+from .build import build_network, make_learner
+from .validation import config_from_dict
+from .torch_settings import set_threads
 from .core.network import EqNetwork
 from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
 from .learners import Learner
+from .checkpoint_files import check_run_id, check_state_dict, load_checkpoint
 
 
 class Evaluation(NamedTuple):
@@ -63,10 +65,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: Optional[str] = N
     if device:
         cfg.dynamics.device = device
     path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
-    ckpt = runs.load_checkpoint(path, "weights")
-    runs.check_run_id(path, ckpt, cfg.run_id, run_dir)
+    ckpt = load_checkpoint(path, "weights")
+    check_run_id(path, ckpt, cfg.run_id, run_dir)
     net = build_network(cfg)
-    runs.check_state_dict(path, ckpt["model"], net)
+    check_state_dict(path, ckpt["model"], net)
     net.load_state_dict(ckpt["model"])
     return cfg, net, path
 

@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .build import spiking_params
+from .validation import spiking_params
 from .core.interactions import Conv, Dense
 from .core.network import EqNetwork
 from .files import replace_atomically

@@ -1,6 +1,24 @@
-"""A run folder's safety before anything is written into it: a usable path, never a second run on top
-of a first one (moved aside on request, never deleted), and one writer at a time.
+"""Run folders: everything a training run writes, written so that a crash loses nothing already
+written, and read back safely; and the folder's safety before anything is written into it.
 
+    runs/<config name>/<YYYYmmdd-HHMMSS>/
+        config.json    the resolved config (what `--resume` and `evaluate` read)
+        env.json       versions, device, git commit, command line, world size
+        metrics.csv    epoch, train/test loss and accuracy, learning rate, seconds
+        summary.json   best and final values
+        checkpoint.pt  the latest training state (model, optimizer, scheduler, RNGs, position)
+        best.pt        the weights with the best test accuracy so far
+        curves.png     train/test curves, redrawn each epoch
+        train.log      the log
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed over
+the old one, so a `kill -9` at any moment leaves either the old or the new file, never half of one.
+Checkpoints load with torch.load(weights_only=True) and are checked before anything is restored.
+
+The folder's safety: a usable path, never a second run on top of a first one (moved aside on
+request, never deleted), and one writer at a time.
+
+    new_run_dir(name, base)       a fresh runs/<name>/<timestamp> folder
     check_run_dir(path)           the path can hold a run folder (not a file, no symlink loop, names short
                                   enough), else RunFolderError naming the problem
     refuse_existing_run(path, overwrite)
@@ -144,3 +162,15 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def new_run_dir(name: str, base: str | Path = "runs") -> Path:
+    """A fresh folder runs/<name>/<timestamp> (suffixed if two runs start in the same second)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / name / stamp
+    k = 1
+    while path.exists():
+        path = Path(base) / name / f"{stamp}-{k}"
+        k += 1
+    path.mkdir(parents=True)
+    return path

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, runs
-from .build import build_network, check_config, config_from_dict, engine_name, make_learner, make_optimizer, \
-    make_plasticity, make_scheduler, resolve_device, set_threads
+from . import __version__
+from .build import build_network, engine_name, make_learner, make_optimizer, make_plasticity, make_scheduler
+from .validation import check_config, config_from_dict
+from .torch_settings import resolve_device, set_threads
 from .checkpoint import TrainState
 from .config import Config, read_json_config
 from .data import Split, augment, check_labels, prepare_data
@@ -37,8 +38,18 @@ from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .runfolder import RunLock, _kind, check_run_dir, refuse_existing_run
 from .core.network import EqNetwork
 from .learners import Learner, SpikingEP, WarmStarts
-from .monitor import DivergenceError, EpochStats, FiniteChecks, alignment_angles, energy, spike_pictures
+from .checks import DivergenceError, FiniteChecks
+from .epoch_stats import EpochStats
+from .learning.alignment import alignment_angles
+from .hardware.energy import energy_columns
+from .plots import spike_pictures
+from .spiking.simulator import probe_phases
 from .traces import TraceRecorder, layer_specs
+from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_run_id, check_state_dict, load_checkpoint, save_checkpoint
+from .epoch_files import write_epoch_files
+from .logs import close_logger, get_logger, log_traceback_to_file
+from .provenance import environment, git_commit
+from .runfolder import new_run_dir
 
 
 class TrainResult(NamedTuple):
@@ -79,7 +90,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
             cfg = dataclasses.replace(cfg, run_id=uuid.uuid4().hex[:16])  # ties the folder's checkpoints to it
             if ddp.main:
                 if run_dir is None:
-                    run_dir = runs.new_run_dir(cfg.name, base_dir)
+                    run_dir = new_run_dir(cfg.name, base_dir)
                 else:
                     aside = refuse_existing_run(run_dir, overwrite)
                     if aside is not None:
@@ -93,7 +104,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         run_dir = share_run_dir(ddp, run_dir)
         if ddp.main:
             remove_stale_temporaries(run_dir)
-        log = runs.get_logger(run_dir, enabled=ddp.main, echo=echo)
+        log = get_logger(run_dir, enabled=ddp.main, echo=echo)
         try:
             return _train(cfg, ds, run_dir, ckpt, ddp, device, log, progress and ddp.main)
         except (DivergenceError, StorageError) as e:
@@ -103,10 +114,10 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
             log.error(msg)
             raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
         except Exception:
-            runs.log_traceback_to_file(log, "the run stopped on this error:")
+            log_traceback_to_file(log, "the run stopped on this error:")
             raise
         finally:
-            runs.close_logger(log)
+            close_logger(log)
     finally:
         if lock is not None:
             lock.release()
@@ -117,7 +128,7 @@ def _last_checkpoint_words(ck: Path, run_dir: Path) -> str:
     diverges passes through weights of 1e30 before they overflow), so say how large they are and where
     the best weights are."""
     try:
-        state = runs.load_checkpoint(ck)["model"]
+        state = load_checkpoint(ck)["model"]
         largest = max(float(v.abs().max()) for v in state.values() if torch.is_tensor(v) and v.numel())
     except Exception:  # noqa: BLE001 (the words are a courtesy: never hide the divergence itself)
         return f"The last checkpoint is {ck}."
@@ -138,19 +149,19 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
     cfg = config_from_dict(read_json_config(cfg_path), str(cfg_path))
     ck = run_dir / "checkpoint.pt"
     if ck.exists() and not ck.is_file():
-        raise runs.CheckpointError(f"{ck} is not a regular file (a {_kind(ck)}), so it cannot be a checkpoint; "
+        raise CheckpointError(f"{ck} is not a regular file (a {_kind(ck)}), so it cannot be a checkpoint; "
                                    f"nothing was changed")
     if not ck.is_file():
         there = ", ".join(sorted(p.name for p in run_dir.iterdir())) or "nothing"
-        raise runs.CheckpointError(
+        raise CheckpointError(
             f"{run_dir}: no checkpoint.pt to resume from (the folder holds {there}); nothing was changed. "
             f"A run killed before its first checkpoint cannot be resumed: start it anew with "
             f"`spikeep train CONFIG` (checkpoints are written every epoch and every train.checkpoint_every "
             f"iterations)")
-    ckpt = runs.load_checkpoint(ck)
-    runs.check_run_id(ck, ckpt, cfg.run_id, run_dir)
+    ckpt = load_checkpoint(ck)
+    check_run_id(ck, ckpt, cfg.run_id, run_dir)
     with torch.device("meta"):  # the weights fit the config's network: refused before the folder is locked
-        runs.check_state_dict(ck, ckpt["model"], EqNetwork(cfg.model))
+        check_state_dict(ck, ckpt["model"], EqNetwork(cfg.model))
     return run_dir, cfg, ckpt
 
 
@@ -172,7 +183,7 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progres
             _write_epoch_files(run_dir, cfg, st.history)
     elif ddp.main:
         d = cfg.dynamics
-        write_json_atomic(run_dir / "env.json", runs.environment(device, ddp.world, {
+        write_json_atomic(run_dir / "env.json", environment(device, ddp.world, {
             "mode": d.precision, "engine": engine_name(d, device), "schedule": d.schedule,
             "recompute_every": d.recompute_every, "warm_start": d.warm_start}))
     learner = make_learner(cfg, net, warm)
@@ -197,7 +208,7 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progres
 
 
 def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
-    runs.write_epoch_files(run_dir, history, cfg.train.epochs, f"{cfg.name} ({cfg.estimator.name})")
+    write_epoch_files(run_dir, history, cfg.train.epochs, f"{cfg.name} ({cfg.estimator.name})")
 
 
 def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, ckpt,
@@ -208,7 +219,7 @@ def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, 
     probe = (test_set.x[:tc.probe].numpy(), test_set.y[:tc.probe].numpy()) if tc.probe else None
     resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
     attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
-             "git_commit": runs.git_commit() or "", **_normalisation_attrs(cfg)}
+             "git_commit": git_commit() or "", **_normalisation_attrs(cfg)}
     quantized, pl = {}, st.plasticity
     if pl is not None and pl.spec.device == "linear":  # memristor conductances stay float
         quantized = {n: (q.scale, pl.spec.bits) for n, q in pl.layers.items()}
@@ -364,16 +375,16 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
                **{f"angle_{n}": float(a) for n, a in alignment_angles(net).items()}}
         if isinstance(learner, SpikingEP):
             row.update(spikes_per_inference=ev.spikes, synops_per_inference=ev.synops)
-            row.update(energy(cfg, ev, stats))
+            row.update(energy_columns(cfg, ev, stats))
             dev = net.synapses[0].weight.device
             s = cfg.spiking
-            spike_pictures(learner.sim, test_set.x[:4].to(dev), test_set.y[:4].to(dev), s.T1, s.T2,
-                           cfg.estimator.beta, net.layer_names()[:len(net.synapses)], run_dir,
-                           torch.Generator(device=dev).manual_seed(cfg.train.seed))
+            phases = probe_phases(learner.sim, test_set.x[:4].to(dev), test_set.y[:4].to(dev), s.T1, s.T2,
+                                  cfg.estimator.beta, 4, torch.Generator(device=dev).manual_seed(cfg.train.seed))
+            spike_pictures(phases, net.layer_names()[:len(net.synapses)], run_dir)
         st.history.append(row)
         if ev.acc > st.best["test_acc"]:
             st.best = {"test_acc": ev.acc, "epoch": epoch}
-            runs.save_checkpoint(run_dir / "best.pt", {"format": runs.CHECKPOINT_FORMAT, "model": net.state_dict(),
+            save_checkpoint(run_dir / "best.pt", {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
                                                        "epoch": epoch, "test_acc": ev.acc, "config": cfg.to_dict()})
         if recorder is not None:
             it_end = epoch * n_batches

@@ -1,5 +1,5 @@
-"""The package's shape: imports read with `ast` (function-level ones included) must follow the layers
-below, lowest first, and form no cycle. A module may import its own layer and the layers beneath it."""
+"""The package's shape: imports read with `ast` (function-level ones included) must follow the README's
+dependency picture (two stacks on a common base, meeting in a chain of their own) and form no cycle."""
 import ast
 from pathlib import Path
 
@@ -7,19 +7,38 @@ import pytest
 
 from conftest import REPO
 
-# The layering, written once. Each entry is a module or a subpackage (all modules below it).
-LAYERS = [
-    ["spikeep", "spikeep.config", "spikeep.files"],  # plain data and atomic file writes
-    ["spikeep.core"],  # rate neurons, interactions, network, relaxation
-    ["spikeep.learning"],  # estimators, EP on rates, BPTT, GDU, plasticity
-    ["spikeep.spiking", "spikeep.hardware"],  # Norse neurons, propagation, simulator, rule; chips
-    ["spikeep.data", "spikeep.runs", "spikeep.traces", "spikeep.distributed"],  # run machinery
-    ["spikeep.learners", "spikeep.monitor"],  # one learner per method; finite checks, metrics
-    ["spikeep.build", "spikeep.checkpoint"],  # config -> objects; training state
-    ["spikeep.evaluation", "spikeep.nir_export"],
-    ["spikeep.trainer"],
-    ["spikeep.cli"],
-]
+PICTURE_MARK = "<!-- dependency picture: checked by tests/test_architecture.py -->"
+STACKS = ("base", "physics", "infrastructure", "meeting")
+
+
+def read_picture(readme: Path) -> dict[str, list[list[str]]]:
+    """The README's dependency picture: per stack, its tiers in order, each a list of modules
+    (names relative to spikeep; "spikeep" is the package itself)."""
+    text = readme.read_text()
+    assert PICTURE_MARK in text, f"{readme} has no dependency picture ({PICTURE_MARK})"
+    block = text.split(PICTURE_MARK, 1)[1].split("```", 2)[1]
+    stacks = {}
+    for line in block.strip().splitlines():
+        name, _, rest = line.partition(":")
+        tiers = [["spikeep" if m == "spikeep" else f"spikeep.{m}" for m in tier.split()] for tier in rest.split(">")]
+        stacks[name.strip()] = tiers
+    assert tuple(stacks) == STACKS, f"the picture's stacks are {tuple(stacks)}, expected {STACKS}"
+    return stacks
+
+
+def layers_from(stacks: dict[str, list[list[str]]]) -> tuple[list[list[str]], dict[str, tuple[str, int]]]:
+    """(one flat list of layers for the cycle and upward checks, module -> (stack, tier))."""
+    where = {m: (name, i) for name, tiers in stacks.items() for i, tier in enumerate(tiers) for m in tier}
+    return [tier for name in STACKS for tier in stacks[name]], where
+
+
+def allowed(src: tuple[str, int], dst: tuple[str, int]) -> bool:
+    (s_stack, s_tier), (d_stack, d_tier) = src, dst
+    if d_stack == "base":
+        return s_stack != "base" or d_tier <= s_tier
+    if s_stack == "meeting":
+        return d_stack != "meeting" or d_tier <= s_tier
+    return s_stack == d_stack and d_tier <= s_tier
 
 
 def modules(pkg_dir: Path) -> dict[str, Path]:
@@ -56,17 +75,6 @@ def imports(mod: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def layer_of(mod: str, layers: list[list[str]]) -> int:
-    best, level = "", None
-    for i, names in enumerate(layers):
-        for name in names:
-            if (mod == name or mod.startswith(name + ".")) and len(name) > len(best):
-                best, level = name, i
-    if level is None:
-        raise AssertionError(f"{mod} is in no layer: add it to LAYERS in tests/test_architecture.py")
-    return level
-
-
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     """One import cycle as a list of modules, or [] (depth-first search)."""
     state, stack = {}, []
@@ -93,24 +101,43 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
-def problems(pkg_dir: Path, layers: list[list[str]]) -> list[str]:
+def place(mod: str, where: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    best = max((name for name in where if mod == name or mod.startswith(name + ".")), key=len, default=None)
+    if best is None:
+        raise AssertionError(f"{mod} is in no tier: add it to the dependency picture in README.md")
+    return where[best]
+
+
+def problems(pkg_dir: Path, stacks: dict[str, list[list[str]]]) -> list[str]:
     mods = modules(pkg_dir)
     known = set(mods)
-    # a package's __init__ may name its own children (re-exports): not an edge between layers
+    _, where = layers_from(stacks)
+    # a package's __init__ may name its own children (re-exports): not an edge between tiers
     graph = {m: {t for t in imports(m, p, known) if not t.startswith(m + ".")} for m, p in mods.items()}
     out = []
     for m, targets in sorted(graph.items()):
         for t in sorted(targets):
-            if layer_of(t, layers) > layer_of(m, layers):
-                out.append(f"upward import: {m} (layer {layer_of(m, layers)}) imports {t} (layer {layer_of(t, layers)})")
+            if not allowed(place(m, where), place(t, where)):
+                out.append(f"import against the picture: {m} ({'/'.join(map(str, place(m, where)))}) imports {t} "
+                           f"({'/'.join(map(str, place(t, where)))})")
     cycle = find_cycle(graph)
     if cycle:
         out.append("import cycle: " + " -> ".join(cycle))
     return out
 
 
-def test_spikeep_imports_point_down_and_form_no_cycle():
-    assert problems(REPO / "spikeep", LAYERS) == []
+def test_spikeep_imports_follow_the_readme_picture_and_form_no_cycle():
+    assert problems(REPO / "spikeep", read_picture(REPO / "README.md")) == []
+
+
+def test_the_picture_names_every_module_and_only_real_ones():
+    stacks = read_picture(REPO / "README.md")
+    _, where = layers_from(stacks)
+    mods = modules(REPO / "spikeep")
+    for name in where:  # every name in the picture is a module or subpackage of spikeep
+        assert name in mods, f"the README's dependency picture names {name}, which does not exist"
+    for m in mods:
+        place(m, where)  # and every module has a place
 
 
 def test_config_is_plain_data():
@@ -131,8 +158,20 @@ def test_the_check_finds_upward_imports_and_cycles(tmp_path):
     (pkg / "low" / "a.py").write_text("def f():\n    from ..high import g\n")  # a function-level upward import
     (pkg / "high.py").write_text("from . import mid\n")
     (pkg / "mid.py").write_text("import toy.high\n")  # mid <-> high: a cycle within one layer
-    found = problems(pkg, [["toy", "toy.low"], ["toy.mid", "toy.high"]])
-    assert any(p.startswith("upward import: toy.low.a (layer 0) imports toy.high") for p in found), found
+    (pkg / "side.py").write_text("from .low import a\n")  # infrastructure importing physics
+    stacks = {"base": [["toy"]], "physics": [["toy.low"], ["toy.high"]], "infrastructure": [["toy.side"]],
+              "meeting": [["toy.mid"]]}
+    found = problems(pkg, stacks)
+    assert any(p.startswith("import against the picture: toy.low.a (physics/0) imports toy.high") for p in found), found
+    assert any(p.startswith("import against the picture: toy.side (infrastructure/0) imports toy.low.a") for p in found)
     assert any(p.startswith("import cycle:") and "toy.mid" in p and "toy.high" in p for p in found), found
-    with pytest.raises(AssertionError, match="in no layer"):
-        problems(pkg, [["toy.low"], ["toy.mid", "toy.high"]])  # the package itself is in none
+    with pytest.raises(AssertionError, match="in no tier"):
+        problems(pkg, {**stacks, "base": [["toy.other"]]})  # the package itself is in none
+
+
+def test_the_picture_is_read_from_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{PICTURE_MARK}\n```\nbase: spikeep config\nphysics: core > learning\n"
+                      "infrastructure: data\nmeeting: trainer > cli\n```\n")
+    stacks = read_picture(readme)
+    assert stacks["physics"] == [["spikeep.core"], ["spikeep.learning"]] and stacks["base"][0][0] == "spikeep"

@@ -9,6 +9,7 @@ import torch
 from conftest import batch_for, small_conv
 from spikeep.core.dynamics import free_phase
 from spikeep.learning.ep import ep_gradients
+from spikeep.checkpoint_files import load_checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -34,7 +35,7 @@ def test_cuda_drives_equal_autograd_and_cpu():
 
 def test_cuda_ep_step_matches_cpu_float32():
     """Strict float32 (TF32 off for matmuls and cuDNN) against the CPU, estimate by estimate."""
-    from spikeep.build import set_precision
+    from spikeep.torch_settings import set_precision
 
     set_precision("strict")
     net = small_conv(loss="cross_entropy").float()
@@ -102,8 +103,7 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
     weights as without the interruption, bit for bit."""
     import spikeep.trainer as tr
     from conftest import REPO, crash_at_update
-    from spikeep import runs
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
 
     over = ['dynamics.device="cuda"', "train.deterministic=true", "data.subset=500", "model.hidden=[64]",
             "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5", "train.checkpoint_every=3", "train.epochs=1",
@@ -118,8 +118,8 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
         tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
     finally:
         torch.use_deterministic_algorithms(False)
-    wa = runs.load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
-    wb = runs.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    wa = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import REPO, needs_mnist
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.data import DataMissing, load_dataset, load_mnist, load_quickstart
 from spikeep.trainer import train
 

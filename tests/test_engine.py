@@ -234,7 +234,7 @@ def test_incremental_paper_convnet_within_one_percent_of_float64_at_same_equilib
     import sys
     sys.path.insert(0, str(os.path.join(os.path.dirname(__file__), "..", "analysis")))
     from precision import compare, estimates, same_equilibrium_reference
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.core.network import EqNetwork
     from spikeep.data import load_cifar10, normalize
 
@@ -260,7 +260,7 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
     """models/cifar10_fast.toml (engine, bf16_incremental, tolerances, per-sample warm starts) on a tiny
     real CIFAR-10 subset: trains, writes its steps per phase, resumes its warm starts from a checkpoint."""
     import numpy as np
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.trainer import train
 
     with np.load(_cifar_npz(), allow_pickle=False) as z:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_conv, small_mlp
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.config import ConfigError, ModelConfig
 from spikeep.core.dynamics import free_phase, nudged_phase, relax
 from spikeep.learning.ep import ep_gradients

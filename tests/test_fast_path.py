@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_mlp
-from spikeep import runs
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.core.dynamics import free_phase
-from spikeep.monitor import DivergenceError
+from spikeep.checks import DivergenceError
 from spikeep.trainer import train
+from spikeep.checkpoint_files import load_checkpoint
 
 QUICK = REPO / "models" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
@@ -17,7 +17,7 @@ TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics
 
 
 def _weights(run):
-    return runs.load_checkpoint(run / "checkpoint.pt")["model"]
+    return load_checkpoint(run / "checkpoint.pt")["model"]
 
 
 def test_reading_the_device_every_n_iterations_keeps_every_number(tmp_path):

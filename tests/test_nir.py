@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_conv, small_mlp
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.cli import main
 from spikeep.nir_export import ExportError, norse_spike_counts, read_graph, run_in_norse, to_nir
 from spikeep.spiking.neurons import NeuronParams

@@ -160,8 +160,8 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
     import spikeep.trainer as tr
     from conftest import REPO, crash_at_update
-    from spikeep.build import load_config
-    from spikeep.runs import load_checkpoint
+    from spikeep.validation import load_config
+    from spikeep.checkpoint_files import load_checkpoint
 
     over = ["train.epochs=2", "data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.checkpoint_every=4", "plasticity.bits=4", f"plasticity.rounding={rounding}",
@@ -188,7 +188,7 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
                                               ("memristor", 8, "memristor")])
 def test_profiles_load_and_give_their_bits(name, bits, device):
     from spikeep.hardware.chips import get_profile
-    from spikeep.build import config_from_dict, synapse_spec
+    from spikeep.validation import config_from_dict, synapse_spec
 
     cfg = config_from_dict({"plasticity": {"profile": name}, "model": {"neurons": "spiking"},
                             "train": {"lrs": [0.1, 0.1]}})
@@ -207,7 +207,7 @@ def test_profiles_load_and_give_their_bits(name, bits, device):
 
 def test_bad_profiles_give_clear_errors():
     from spikeep.hardware.chips import ChipProfile, Energy, register_profile
-    from spikeep.build import config_from_dict
+    from spikeep.validation import config_from_dict
     from spikeep.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown chip profile 'truenorth'; known profiles: ideal, loihi2"):
@@ -228,7 +228,8 @@ def test_bad_profiles_give_clear_errors():
 
 
 def test_energy_estimate_counts_and_unknown_figures():
-    from spikeep.hardware.chips import get_profile, energy_estimate
+    from spikeep.hardware.chips import get_profile
+    from spikeep.hardware.energy import energy_estimate
 
     e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10, neuron_updates=500, input_ops=2e3)
     assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12 + 500 * 81e-12 + 2e3 * 23.6e-12)
@@ -266,7 +267,7 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
 
     import spikeep.traces as traces
     from conftest import REPO
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.trainer import train
 
     over = ["train.epochs=1", "data.subset=200", "model.hidden=[24]", "train.batch_size=20",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.network import EqNetwork
 from spikeep.data import load_cifar10, normalize

@@ -1,5 +1,6 @@
 """What a reader sees (issue 22, item 4): figures with labelled legends, readable ticks and sizes fit
 for a paper; no warning spam when spikeep starts."""
+import os
 import re
 import subprocess
 import sys
@@ -14,16 +15,25 @@ matplotlib.use("Agg")
 
 @pytest.fixture
 def saved_figures(monkeypatch):
-    """Every figure spikeep saves, kept for inspection (drawn first, as savefig would)."""
+    """Every figure saved (by spikeep.plots through save_figure_atomic, or by an analysis script with
+    savefig to a file), kept for inspection as (file name, figure, dpi)."""
     from matplotlib.figure import Figure
 
-    saved, original = [], Figure.savefig
+    import spikeep.plots
+
+    saved, original, atomic = [], Figure.savefig, spikeep.plots.save_figure_atomic
 
     def keep(self, fname, *args, **kwargs):
         original(self, fname, *args, **kwargs)
-        saved.append((str(fname), self, kwargs.get("dpi")))
+        if isinstance(fname, (str, os.PathLike)):
+            saved.append((str(fname), self, kwargs.get("dpi")))
+
+    def keep_atomic(fig, path, dpi=100):
+        saved.append((str(path), fig, dpi))
+        return atomic(fig, path, dpi)
 
     monkeypatch.setattr(Figure, "savefig", keep)
+    monkeypatch.setattr(spikeep.plots, "save_figure_atomic", keep_atomic)
     return saved
 
 
@@ -46,7 +56,7 @@ def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figur
 
 
 def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.trainer import train
 
     cfg = load_config(REPO / "models" / "quickstart.toml",

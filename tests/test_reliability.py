@@ -14,12 +14,12 @@ import h5py
 import pytest
 
 from conftest import REPO, crash_at_update
-from spikeep import runs
 from spikeep import traces
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.cli import main
 from spikeep.files import StorageError, write_json_atomic
 from spikeep.trainer import train
+from spikeep.checkpoint_files import load_checkpoint
 
 QUICK = REPO / "models" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
@@ -168,7 +168,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, monkeypatch, how
     assert "no space left" in (run / "train.log").read_text()
     assert hashes(run, skip=("train.log",)) == state["before"]  # the last good checkpoint, untouched
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
-    runs.load_checkpoint(run / "checkpoint.pt")
+    load_checkpoint(run / "checkpoint.pt")
 
 
 # 4. a checkpoint of another run -------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def test_a_real_full_disk(tmp_path):
         assert r.returncode == 4, r.stderr
         assert "no space left on the device" in r.stderr and "Traceback" not in r.stderr
         assert "Exception ignored" not in r.stderr
-        runs.load_checkpoint(run / "checkpoint.pt")
+        load_checkpoint(run / "checkpoint.pt")
         with traces.open(run / "traces.h5") as t:
             n = t.n_rows()
             assert n > 0 and list(t.iteration) == list(range(1, n + 1))

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import REPO, crash_at_update
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.cli import main
 from spikeep.runfolder import LOCK_NAME, RunFolderError, RunLock
 from spikeep.trainer import train
+from spikeep.checkpoint_files import load_checkpoint, save_checkpoint
 
 QUICK = REPO / "models" / "quickstart.toml"
 TINY = ["data.subset=200", "model.hidden=[16]", "train.batch_size=25", "dynamics.T1=10", "dynamics.T2=3",
@@ -232,14 +233,13 @@ def test_trace_file_stays_near_its_data_size_with_checkpoints_every_iteration(tm
 
 def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp_path):
     from spikeep.trainer import _last_checkpoint_words
-    from spikeep import runs
 
     run = tmp_path / "r"
     train(load_config(QUICK, TINY), run, progress=False, echo=False)
-    ck = runs.load_checkpoint(run / "checkpoint.pt")
+    ck = load_checkpoint(run / "checkpoint.pt")
     assert "last good checkpoint" in _last_checkpoint_words(run / "checkpoint.pt", run)
     ck["model"]["synapses.0.weight"].fill_(3e37)
-    runs.save_checkpoint(run / "checkpoint.pt", ck)
+    save_checkpoint(run / "checkpoint.pt", ck)
     words = _last_checkpoint_words(run / "checkpoint.pt", run)
     assert "already diverging" in words and "3e+37" in words and "best.pt" in words
 

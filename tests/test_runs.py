@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import REPO, kill_when
-from spikeep import runs
 from spikeep.cli import main
-from spikeep.build import load_config
+from spikeep.validation import load_config
 from spikeep.build import build_network, make_optimizer, make_scheduler
 from spikeep.evaluation import evaluate_run
-from spikeep.monitor import DivergenceError
+from spikeep.checks import DivergenceError
 from spikeep.trainer import train
+from spikeep.checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
 RUN_FILES = {"config.json", "env.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "curves.png",
              "train.log"}
@@ -28,7 +28,7 @@ def tiny_config(*extra):
 
 
 def weights(run_dir, name="checkpoint.pt"):
-    return runs.load_checkpoint(run_dir / name)["model"]
+    return load_checkpoint(run_dir / name)["model"]
 
 
 def test_run_folder_has_every_file(tmp_path):
@@ -109,7 +109,7 @@ def test_corrupt_or_foreign_checkpoint_is_rejected_and_nothing_touched(tmp_path,
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     cases[foreign.read_bytes()] = "not a spikeep checkpoint"
-    wrong = runs.load_checkpoint(run / "checkpoint.pt")
+    wrong = load_checkpoint(run / "checkpoint.pt")
     wrong["model"]["synapses.0.weight"] = torch.zeros(3, 3)
     torch.save(wrong, foreign)
     cases[foreign.read_bytes()] = "synapses.0.weight has shape"
@@ -129,9 +129,9 @@ def test_pickled_code_is_refused(tmp_path):
             return (os.system, ("echo pwned",))
 
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": runs.CHECKPOINT_FORMAT, "model": Evil()}, path)
-    with pytest.raises(runs.CheckpointError, match="cannot be read"):
-        runs.load_checkpoint(path)
+    torch.save({"format": CHECKPOINT_FORMAT, "model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
 
 
 def test_divergence_stops_the_run_naming_layer_and_iteration(tmp_path):
@@ -146,7 +146,7 @@ def test_divergence_stops_the_run_naming_layer_and_iteration(tmp_path):
     with pytest.raises(DivergenceError, match=r"at epoch \d+, iteration \d+") as e:
         train(cfg, tmp_path / "run2", progress=False, echo=False)
     it = int(str(e.value).split("iteration ", 1)[1].split(";")[0])
-    ck = runs.load_checkpoint(tmp_path / "run2" / "checkpoint.pt")
+    ck = load_checkpoint(tmp_path / "run2" / "checkpoint.pt")
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
     largest = max(float(v.abs().max()) for v in ck["model"].values())
     # finite is not good: the message says how large the last checkpoint's weights are

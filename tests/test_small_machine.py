@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from spikeep.build import choose_threads, load_config
+from spikeep.torch_settings import choose_threads
+from spikeep.validation import load_config
 from spikeep.checkpoint import TrainState
 from spikeep.cli import main
 from spikeep.trainer import train
@@ -34,7 +35,7 @@ def test_run_logs_its_threads_and_evaluates_a_test_subset(tmp_path, monkeypatch,
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        r = train(load_config(QUICK, SMALL + ["train.epochs=1", "data.test_subset=300"]), tmp_path / "run",
+        train(load_config(QUICK, SMALL + ["train.epochs=1", "data.test_subset=300"]), tmp_path / "run",
                   progress=False, echo=False)
         assert torch.get_num_threads() == 1
     finally:

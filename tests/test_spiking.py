@@ -1,5 +1,4 @@
 """Spiking EP: neurons, the rate twin, dense vs event back ends, local EP updates, inputs, errors."""
-import math
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch.nn.functional as F
 from conftest import batch_for, small_conv, small_mlp
 from norse.torch.functional.encode import poisson_encode
 
-from spikeep.build import config_from_dict
+from spikeep.validation import config_from_dict
 from spikeep.config import ConfigError
 from spikeep.core.dynamics import free_phase
 from spikeep.learning.ep import ep_gradients
@@ -341,7 +340,7 @@ def test_settling_options_are_checked():
 
 
 def test_probe_pictures(tmp_path):
-    from spikeep.spiking.rasters import plot_rate_convergence, plot_raster
+    from spikeep.plots import plot_rate_convergence, plot_raster
 
     net = small_mlp(hidden=(16,), scale=2.0)
     x, y = batch_for(net, 3)

@@ -187,7 +187,7 @@ LAYOUT_CHECK = textwrap.dedent('''
 
 
 def test_layout_is_readable_by_h5py_alone(tmp_path):
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.trainer import train
 
     cfg = load_config(QUICK, [a for a in TRACED[1::2]] + ["train.epochs=1"])
@@ -205,7 +205,7 @@ def test_layout_is_readable_by_h5py_alone(tmp_path):
 
 
 def _small_run(tmp_path):
-    from spikeep.build import load_config
+    from spikeep.validation import load_config
     from spikeep.trainer import train
 
     cfg = load_config(QUICK, ["data.subset=100", "model.hidden=[8]", "train.batch_size=25", "dynamics.T1=10",

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, random_state
-from spikeep.build import config_from_dict, load_config
+from spikeep.validation import config_from_dict, load_config
 from spikeep.config import ConfigError, ModelConfig
 from spikeep.core.network import EqNetwork
 from spikeep.learning.ep import ep_gradients
-from spikeep.monitor import alignment_angles
+from spikeep.learning.alignment import alignment_angles
 from spikeep.trainer import train
 
 CONV = dict(input_shape=[1, 12, 12], channels=[4, 6], kernels=[3, 3], strides=[1, 1], paddings=[1, 1], pools="mm",

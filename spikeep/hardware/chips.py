@@ -209,38 +209,3 @@ def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-PARTS = {"synops": "synop", "spikes": "spike", "updates": "update", "neuron_updates": "neuron_update",
-         "input": "input"}  # counted event -> the figure that prices it
-PART_NAMES = {"synops": "synaptic events", "spikes": "spikes", "updates": "weight updates",
-              "neuron_updates": "neuron updates", "input": "input-current events"}
-
-
-def energy_estimate(p: ChipProfile, spikes: float, synops: float, updates: float = 0.0, neuron_updates: float = 0.0,
-                    input_ops: float = 0.0) -> dict[str, Any]:
-    """Joules for the given counts (an estimate from the profile's literature figures): synaptic events,
-    spikes, weight updates, neuron updates and events of a constant input current; a part is None where
-    its count is not zero and the chip has no figure for it, and `leaves_out` names those parts (the
-    total is None only if the chip has no figure at all)."""
-    e = p.energy
-    counts = {"synops": synops, "spikes": spikes, "updates": updates, "neuron_updates": neuron_updates,
-              "input": input_ops}
-    parts = {k: (None if getattr(e, fig) is None else counts[k] * getattr(e, fig)) if counts[k] else 0.0
-             for k, fig in PARTS.items()}
-    no_figures = all(getattr(e, fig) is None for fig in FIGURES)
-    leaves_out = [PART_NAMES[k] for k, v in parts.items() if v is None]
-    return {**parts, "total": None if no_figures else sum(v for v in parts.values() if v is not None),
-            "complete": not leaves_out, "leaves_out": leaves_out, "verified": e.verified,
-            "source": source_line(p)}
-
-
-def source_line(p: ChipProfile) -> str:
-    """Where a profile's energy figures come from, in a few words: citations, places, kinds of number."""
-    seen: list[str] = []
-    for s in p.energy.sources:
-        cite = s.citation.split(",")[0]
-        where = s.where.split(",")[0]
-        kind = s.kind.split(":")[0]
-        line = f"{cite}, {where} ({kind}{'' if s.verified else ', NOT found in the source'})"
-        if line not in seen:
-            seen.append(line)
-    return "; ".join(seen) or "no energy figures"

@@ -108,49 +108,11 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
 
 def save_gdu(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write gdu.json and gdu.png (EP updates vs truncated BPTT per layer, like Fig. 2)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plot_gdu
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "gdu.json", out_dir / "gdu.png"
     json_path.write_text(json.dumps(result, indent=1))
-
-    from matplotlib.lines import Line2D
-
-    layers, t = result["layers"], result["t"]
-    fig, axes = plt.subplots(2, len(layers), figsize=(3.2 * len(layers), 5.2), squeeze=False, layout="constrained")
-    styles = (("symmetric", "-", 1.5, "EP symmetric"), ("one_sided", ":", 1.0, "EP one-sided"),
-              ("bptt", "--", 1.5, "BPTT"))
-    for c, name in enumerate(layers):
-        ax = axes[0][c]
-        smp = result["samples"][name]
-        for j in range(len(smp["index"])):
-            for key, ls, lw, _ in styles:
-                ax.plot(t, smp[key][j], color=f"C{j}", lw=lw, ls=ls)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("t")
-        # colour = which weight (per panel); line style = method (one legend for the figure, below)
-        weights = [Line2D([], [], color=f"C{j}", lw=2, label=f"w[{smp['index'][j]}]") for j in range(len(smp["index"]))]
-        ax.legend(handles=weights, fontsize=6, loc="best", title="weight (flat index)", title_fontsize=6)
-        if c == 0:
-            ax.set_ylabel(f"update (dL/dw) of {len(smp['index'])} weights")
-        ax.tick_params(labelsize=7)
-        ax = axes[1][c]
-        for est, ls in (("symmetric", "-"), ("one_sided", ":")):
-            ax.plot(t, result["estimators"][est][name]["rel_error"], ls=ls, color="k", label=f"EP {est.replace('_', '-')}")
-        if any(v > 0 for est in result["estimators"].values() for v in est[name]["rel_error"]):
-            ax.set_yscale("log")
-        ax.set_xlabel("t")
-        ax.tick_params(labelsize=7)
-        if c == 0:
-            ax.set_ylabel("||EP - BPTT|| / ||BPTT||")
-            ax.legend(fontsize=7)
-    methods = [Line2D([], [], color="k", ls=ls, lw=lw, label=label) for _, ls, lw, label in styles]
-    fig.legend(handles=methods, loc="outside lower center", ncols=3, fontsize=7, title="line style (top row)",
-               title_fontsize=7)
-    fig.suptitle(f"EP vs truncated BPTT (beta={result['beta']}, T1={result['T1']}, K={result['K']})", fontsize=9)
-    fig.savefig(png_path, dpi=200)
-    plt.close(fig)
+    plot_gdu(result, png_path)
     return json_path, png_path

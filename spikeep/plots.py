@@ -1,21 +1,70 @@
-"""Pictures of a spiking network at work: spike rasters and rate convergence of a probe batch.
+"""Every picture spikeep draws, in one place (matplotlib, Agg, imported on first use; each figure
+written atomically): training curves, feedback alignment angles, spike rasters and rate convergence,
+and the EP-vs-BPTT comparison of the GDU check.
 
+    plot_curves(path, history, title)           train/test loss and error per epoch (curves.png)
+    plot_angles(path, history, title)           angle between forward and feedback weights (angles.png)
     plot_raster(phases, names, path)            spikes of sample 0, one panel per layer, phases side by side
     plot_rate_convergence(phases, names, path)  running rate estimates and window-to-window changes
+    spike_pictures(phases, names, run_dir)      both spiking pictures (raster.png, rate_convergence.png)
+    plot_gdu(result, path)                      EP updates vs truncated BPTT per layer (gdu.png)
 
 `phases` is what spikeep.spiking.simulator.probe_phases returns: [(phase name, Phase with a raster)].
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .files import save_figure_atomic
 
-from ..files import save_figure_atomic  # noqa: E402
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_angles(path: Path, history: list[dict], title: str) -> None:
+    """Angle between forward and feedback weights per layer and epoch (Laborieux et al. 2021, Fig. 5)."""
+    plt = _plt()
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key in sorted(k for k in history[-1] if k.startswith("angle_")):
+        ax.plot(ep, [h.get(key, float("nan")) for h in history], "o-", label=key[len("angle_"):])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("angle(w_f, w_b) (degrees)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    plt = _plt()
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(ep, [100 - h["train_acc"] for h in history], "o-", label="train")
+    b.plot(ep, [100 - h["test_acc"] for h in history], "s-", label="test")
+    b.set_xlabel("epoch")
+    b.set_ylabel("error (%)")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
 
 
 def _concat(phases, k: int, sample: int = 0) -> torch.Tensor:
@@ -31,6 +80,7 @@ def _check(phases) -> None:
 def plot_raster(phases, names: list[str], path: str | Path, max_neurons: int = 100) -> Path:
     """Spike raster of sample 0: one panel per layer (at most max_neurons of the neurons that spiked,
     spread evenly over their range of rates, sorted by rate)."""
+    plt = _plt()
     _check(phases)
     n = len(names)
     fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 + 1.6 * n), sharex=True, squeeze=False)
@@ -64,6 +114,7 @@ def plot_raster(phases, names: list[str], path: str | Path, max_neurons: int = 1
 def plot_rate_convergence(phases, names: list[str], path: str | Path, tau: float = 20.0, neurons: int = 5) -> Path:
     """Left: exponential-trace rate of a few neurons per layer over all phases (sample 0).
     Right: mean |rate over the last `tau` steps - rate of the phase's final window| per layer."""
+    plt = _plt()
     _check(phases)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -106,3 +157,51 @@ def plot_rate_convergence(phases, names: list[str], path: str | Path, tau: float
     a2.legend(fontsize=8)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def spike_pictures(phases, names: list[str], run_dir: Path) -> None:
+    """raster.png and rate_convergence.png of the three phases of a probe batch (probe_phases)."""
+    plot_raster(phases, names, run_dir / "raster.png")
+    plot_rate_convergence(phases, names, run_dir / "rate_convergence.png")
+
+
+def plot_gdu(result: dict[str, Any], path: Path) -> Path:
+    """EP (symmetric, one-sided) against truncated BPTT per layer: a few weights' updates over t, colour
+    = weight, line style = method; below, the relative error of each estimator (like Fig. 2)."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    layers, t = result["layers"], result["t"]
+    fig, axes = plt.subplots(2, len(layers), figsize=(3.2 * len(layers), 5.2), squeeze=False, layout="constrained")
+    styles = (("symmetric", "-", 1.5, "EP symmetric"), ("one_sided", ":", 1.0, "EP one-sided"),
+              ("bptt", "--", 1.5, "BPTT"))
+    for c, name in enumerate(layers):
+        ax = axes[0][c]
+        smp = result["samples"][name]
+        for j in range(len(smp["index"])):
+            for key, ls, lw, _ in styles:
+                ax.plot(t, smp[key][j], color=f"C{j}", lw=lw, ls=ls)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("t")
+        # colour = which weight (per panel); line style = method (one legend for the figure, below)
+        weights = [Line2D([], [], color=f"C{j}", lw=2, label=f"w[{smp['index'][j]}]") for j in range(len(smp["index"]))]
+        ax.legend(handles=weights, fontsize=6, loc="best", title="weight (flat index)", title_fontsize=6)
+        if c == 0:
+            ax.set_ylabel(f"update (dL/dw) of {len(smp['index'])} weights")
+        ax.tick_params(labelsize=7)
+        ax = axes[1][c]
+        for est, ls in (("symmetric", "-"), ("one_sided", ":")):
+            ax.plot(t, result["estimators"][est][name]["rel_error"], ls=ls, color="k", label=f"EP {est.replace('_', '-')}")
+        if any(v > 0 for est in result["estimators"].values() for v in est[name]["rel_error"]):
+            ax.set_yscale("log")
+        ax.set_xlabel("t")
+        ax.tick_params(labelsize=7)
+        if c == 0:
+            ax.set_ylabel("||EP - BPTT|| / ||BPTT||")
+            ax.legend(fontsize=7)
+    methods = [Line2D([], [], color="k", ls=ls, lw=lw, label=label) for _, ls, lw, label in styles]
+    fig.legend(handles=methods, loc="outside lower center", ncols=3, fontsize=7, title="line style (top row)",
+               title_fontsize=7)
+    fig.suptitle(f"EP vs truncated BPTT (beta={result['beta']}, T1={result['T1']}, K={result['K']})", fontsize=9)
+    save_figure_atomic(fig, path, dpi=200)
+    return path

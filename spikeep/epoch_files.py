@@ -1,0 +1,52 @@
+"""The per-epoch files of a run folder: metrics.csv, summary.json, curves.png (and angles.png),
+rewritten whole and atomically after every epoch."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from .files import write_json_atomic, write_text_atomic
+from .plots import plot_angles, plot_curves
+
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                 "steps_per_batch",  # relaxation (simulation) steps of all phases, mean per training batch
+                 "steps_free", "steps_nudged",  # mean steps of a free / of one nudged phase in training
+                 "steps_inference",  # mean steps of the free phase at test time
+                 "spikes_per_inference", "synops_per_inference",  # spiking networks
+                 # spiking networks with a chip profile: ESTIMATES from the profile's literature figures
+                 "energy_estimate_inference_J", "energy_estimate_learning_J",
+                 "energy_estimate_source",  # citation, table, kind of number (pre-silicon estimate, ...)
+                 "energy_estimate_leaves_out",  # counted events the profile has no figure for ("" = none)
+                 "energy_figures_found_in_source"]  # False: a figure was not found in the source it is attributed to
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    fields = [f for f in METRIC_FIELDS if any(f in h for h in history)] or METRIC_FIELDS[:8]
+    fields += sorted({k for h in history for k in h if k.startswith("angle_")})  # unidirectional layers
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    write_text_atomic(path, buf.getvalue())
+
+
+def summary(history: list[dict], total_seconds: float, epochs: int) -> dict[str, Any]:
+    best = max(history, key=lambda h: h["test_acc"])
+    last = history[-1]
+    return {"epochs_done": last["epoch"], "epochs": epochs, "finished": last["epoch"] == epochs,
+            "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+            "final_test_acc": last["test_acc"], "final_test_loss": last["test_loss"],
+            "final_train_acc": last["train_acc"], "final_train_loss": last["train_loss"],
+            "train_seconds": total_seconds}
+
+
+def write_epoch_files(run_dir: Path, history: list[dict], epochs: int, title: str) -> None:
+    """metrics.csv, summary.json and curves.png of the epochs so far."""
+    write_metrics(run_dir / "metrics.csv", history)
+    write_json_atomic(run_dir / "summary.json", summary(history, sum(h["seconds"] for h in history), epochs))
+    plot_curves(run_dir / "curves.png", history, title)
+    if any(k.startswith("angle_") for k in history[-1]):
+        plot_angles(run_dir / "angles.png", history, title)
