@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from spikeep.config import ModelConfig
+from spikeep.validation import load_config
 from spikeep.learning.ep import ep_gradients
 from spikeep.core.network import EqNetwork
 from spikeep.traces import TraceRecorder, layer_specs
 
-PAPER = ModelConfig(input_shape=[3, 32, 32], channels=[128, 256, 512, 512], kernels=[3, 3, 3, 3],
-                    strides=[1, 1, 1, 1], paddings=[1, 1, 1, 0], pools="mmmm", hidden=[], n_classes=10,
-                    activation="my_hard_sig", loss="cross_entropy")
+PAPER = load_config(Path(__file__).resolve().parents[1] / "models" / "cifar10_paper.toml").model  # Table 2's ConvNet
 
 
 def main() -> None:

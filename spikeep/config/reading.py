@@ -103,21 +103,48 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_toml(path: Union[str, Path]) -> dict[str, Any]:
-    """A TOML config file as a dict, `name` defaulting to the file's stem (spikeep.build.load_config
-    turns it into a validated Config)."""
-    path = Path(path)
+    """A TOML config file as a dict, `name` defaulting to the file's stem (spikeep.validation.load_config
+    turns it into a validated Config). A top-level `base = "other.toml"` (relative to this file's folder)
+    starts from that file's settings, section by section, and this file's keys win; bases may have bases."""
+    data = _read_toml_with_bases(Path(path), [])
+    data.setdefault("name", Path(path).stem)
+    return data
+
+
+def _read_toml_with_bases(path: Path, chain: list[Path]) -> dict[str, Any]:
+    data = _read_one_toml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the name of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    here = [*chain, path.resolve()]
+    if base_path in here:
+        raise ConfigError(f"{path}: base {base!r} makes a loop: " + " -> ".join(str(p) for p in [*here, base_path]))
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config file not found: {base_path}")
+    merged = _read_toml_with_bases(base_path, here)
+    merged.pop("name", None)  # a run is named after the file asked for, not its base
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}  # a section: key by key
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_one_toml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a config file (give a .toml file, e.g. models/quickstart.toml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    data.setdefault("name", path.stem)
-    return data
 
 
 def with_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
