@@ -72,12 +72,13 @@ def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None)
     return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm)
 
 
-def make_optimizer(net: EqNetwork, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(net: EqNetwork, cfg: Config, lr_factor: float = 1.0) -> torch.optim.Optimizer:
     """SGD with one learning rate per layer (readout last), as in Laborieux et al. 2021; weight
-    decay applies to weights and biases alike, as in the paper's code."""
+    decay applies to weights and biases alike, as in the paper's code. `lr_factor` scales every rate
+    (data parallel: train.lr_scaling)."""
     t = cfg.train
-    groups = [{"params": list(layer.parameters()), "lr": lr} for layer, lr in zip(net.layers, t.lrs)]
-    return torch.optim.SGD(groups, lr=t.lrs[0], momentum=t.momentum, weight_decay=t.weight_decay)
+    groups = [{"params": list(layer.parameters()), "lr": lr * lr_factor} for layer, lr in zip(net.layers, t.lrs)]
+    return torch.optim.SGD(groups, lr=t.lrs[0] * lr_factor, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config):

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, h)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a network from a config", description=(
@@ -198,7 +198,8 @@ def _main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_traces)
     p = sub.add_parser("export", help="write a trained spiking network as a NIR graph (needs spikeep[nir])",
                        description="Write a spiking run's trained network (the free phase) as a NIR graph: IF "
-                                   "nodes, Affine / Conv2d / SumPool2d + Scale, dense feedback as Linear(W^T).")
+                                   "or LIF nodes, Affine / Conv2d (an average pool's 1/4 folded in) + SumPool2d, "
+                                   "dense feedback as Linear(W^T); dt = 1 and the reset in its metadata.")
     p.add_argument("run_dir", help="a run folder written by spikeep train with model.neurons = 'spiking'")
     p.add_argument("out", help="the .nir file to write")
     p.add_argument("--weights", choices=["best", "last"], default="best")
@@ -206,7 +207,12 @@ def _main(argv: list[str] | None = None) -> int:
                    help="leave out what NIR cannot express (reset by subtraction, the membrane clamp, conv feedback) "
                         "and list it in the graph's metadata, instead of refusing")
     p.set_defaults(fn=cmd_export)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .distributed import ProcessZeroError
     from .files import StorageError
     from .checks import DivergenceError
     from .checkpoint_files import CheckpointError
@@ -227,7 +233,7 @@ def _main(argv: list[str] | None = None) -> int:
               f"train.log", file=sys.stderr)
         return 5
     except (ConfigError, CheckpointError, TracesError, DivergenceError, StorageError, FileNotFoundError,
-            ValueError) as e:
+            ValueError, ProcessZeroError) as e:
         print(f"spikeep {args.command}: error: {e}", file=sys.stderr)
         # exit codes: 2 bad input (config, files, arguments), 3 divergence, 4 a write failed (disk full, ...)
         return 3 if isinstance(e, DivergenceError) else 4 if isinstance(e, StorageError) else 2

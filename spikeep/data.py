@@ -220,15 +220,66 @@ def augment(x: Tensor, generator: torch.Generator, crop_padding: int = 0, hflip:
         p = crop_padding
         i = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
         j = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
-        padded = TF.pad(x, [p, p, p, p], padding_mode=padding_mode)
-        rows = (i[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
-        cols = (j[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
-        x = padded[torch.arange(n, device=dev)[:, None, None], :, rows, cols]  # (n, h, w, C)
-        x = x.permute(0, 3, 1, 2).contiguous()
+        x = _crop(TF.pad(x, [p, p, p, p], padding_mode=padding_mode), i, j, h, w)
     if hflip:
         flip = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], TF.horizontal_flip(x), x)
     return x
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (xor-shift-multiply), on int64 tensors holding values < 2^32: every
+    product stays below 2^63, so no overflow on any device."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(seed: int, epoch: int, index: Tensor, stream: int, n: int = 1) -> Tensor:
+    """Uniform numbers in [0, 1) (float32, 24 bits) that depend only on (seed, epoch, sample index,
+    stream, j < n): shape (len(index), n), on index's device. A sample draws the same numbers whichever
+    process handles it and wherever it sits in a batch, so data-parallel processes need no shared
+    generator and mirror nothing (streams: see AUGMENT_STREAM, DROPOUT_STREAM)."""
+    key = _mix32(torch.tensor([seed & _M32], dtype=torch.int64, device=index.device))
+    for part in (epoch, stream):
+        key = _mix32(key ^ (part & _M32))
+    h = _mix32(key ^ (index.to(torch.int64) & _M32))[:, None]
+    h = _mix32(h ^ torch.arange(n, dtype=torch.int64, device=index.device)[None, :])
+    return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+AUGMENT_STREAM, DROPOUT_STREAM = 1, 2
+
+
+def augment_keyed(x: Tensor, seed: int, epoch: int, index: Tensor, crop_padding: int = 0, hflip: bool = False,
+                  padding_mode: str = "edge") -> Tensor:
+    """`augment` with each sample's crop and flip drawn by keyed_uniform from (seed, epoch, its index
+    in the training set): the same sample gets the same augmentation in any process and batch."""
+    from torchvision.transforms.v2 import functional as TF
+
+    n, _, h, w = x.shape
+    u = keyed_uniform(seed, epoch, index.to(x.device), AUGMENT_STREAM, 3)
+    if crop_padding > 0:
+        p = crop_padding
+        i = (u[:, 0] * (2 * p + 1)).long().clamp_(max=2 * p)
+        j = (u[:, 1] * (2 * p + 1)).long().clamp_(max=2 * p)
+        x = _crop(TF.pad(x, [p, p, p, p], padding_mode=padding_mode), i, j, h, w)
+    if hflip:
+        x = torch.where((u[:, 2] < 0.5)[:, None, None, None], TF.horizontal_flip(x), x)
+    return x
+
+
+def _crop(padded: Tensor, i: Tensor, j: Tensor, h: int, w: int) -> Tensor:
+    """Per-sample h x w windows of a padded batch starting at rows i, columns j (one gather)."""
+    n, dev = padded.shape[0], padded.device
+    rows = (i[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+    cols = (j[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
+    return padded[torch.arange(n, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False,

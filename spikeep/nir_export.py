@@ -176,7 +176,7 @@ def _forward_nodes(nir, net: EqNetwork, p: NeuronParams) -> tuple[dict, list, st
 
 def _feedback_nodes(nir, net: EqNetwork, nodes: dict, edges: list) -> list[str]:
     """Dense feedback as Linear(W^T) edges from layer k back into layer k - 1; what cannot be, returned."""
-    dropped, kind = [], "lif" if f"lif_0" in nodes else "if"
+    dropped, kind = [], "lif" if "lif_0" in nodes else "if"
     for k in range(1, len(net.synapses)):
         s = net.synapses[k]
         if isinstance(s, Dense) and len(s.pre_shape) == 1:

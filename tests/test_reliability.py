@@ -196,8 +196,8 @@ def test_infinite_loss_is_divergence_and_json_stays_strict(tmp_path, capsys, mon
 
     real = tr.make_optimizer
 
-    def overflowing(net, cfg):  # learning rates of 1e36 (validation refuses them in a config): overflow
-        opt = real(net, cfg)
+    def overflowing(net, cfg, *scale):  # learning rates of 1e36 (validation refuses them in a config): overflow
+        opt = real(net, cfg, *scale)
         for g in opt.param_groups:
             g["lr"] = 1e36
         return opt

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,23 +177,128 @@ def test_cosine_schedule_after_t_max_climbs_again():
     assert lrs[119] == pytest.approx(0.02162, rel=1e-3) and lrs[119] > lrs[110] > lrs[100]
 
 
+DP_OVER = ["dynamics.dtype=float64", "train.epochs=2", "data.subset=200", "model.hidden=[32]",
+           "estimator.name=random_sign", "dynamics.T1=15", "dynamics.T2=5", "data.crop_padding=2", "data.hflip=true",
+           "model.dropout=0.2", "train.checkpoint_minutes=0"]
+
+
+def _launch(run_dir, processes: int, batch: int, extra=(), resume=False, **popen):
+    """spikeep train (or --resume) under torchrun with `processes` gloo processes of `batch` samples each."""
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+            if processes > 1 else [sys.executable])
+    if resume:
+        args = ["-m", "spikeep.cli", "train", "--no-progress", "--resume", str(run_dir)]
+    else:
+        sets = [a for o in [*DP_OVER, f"train.batch_size={batch}", *extra] for a in ("--set", o)]
+        args = ["-m", "spikeep.cli", "train", str(REPO / "models" / "quickstart.toml"), "--no-progress",
+                "--run-dir", str(run_dir), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(head + args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(tmp_path):
-    over = ["--set", "dynamics.dtype=float64", "--set", "train.epochs=1", "--set", "data.subset=200",
-            "--set", "model.hidden=[32]", "--set", "train.batch_size=32", "--set", "estimator.name=random_sign",
-            "--set", "dynamics.T1=15", "--set", "dynamics.T2=5", "--set", "data.crop_padding=2",
-            "--set", "data.hflip=true"]
-    cfg = str(REPO / "models" / "quickstart.toml")
-    single = tmp_path / "single"
-    r = subprocess.run([sys.executable, "-m", "spikeep.cli", "train", cfg, "--no-progress", "--run-dir",
-                        str(single), *over], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    double = tmp_path / "double"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "spikeep.cli", "train", cfg, "--no-progress", "--run-dir", str(double), *over],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((double / "env.json").read_text())["world_size"] == 2
-    a, b = weights(single), weights(double)
+def test_two_and_three_gloo_processes_equal_one_on_the_same_global_batch(tmp_path):
+    """1 process x 12 samples, 2 x 6 and 3 x 4: the same global batches (each process holds, augments and
+    masks only its shard; random numbers keyed by sample), float64 weights equal up to summation order."""
+    runs = {}
+    for n, batch in ((1, 12), (2, 6), (3, 4)):
+        proc = _launch(tmp_path / f"p{n}", n, batch)
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        runs[n] = weights(tmp_path / f"p{n}")
+        if n > 1:
+            env = json.loads((tmp_path / f"p{n}" / "env.json").read_text())
+            assert env["world_size"] == n
+            log = (tmp_path / f"p{n}" / "train.log").read_text()
+            assert f"{n} process(es) x batch {batch} = global batch 12" in log
+    for n in (2, 3):
+        for k in runs[1]:
+            torch.testing.assert_close(runs[n][k], runs[1][k], rtol=1e-10, atol=1e-12)
+    # the sharded evaluation reduces to the whole test set's numbers
+    acc = [json.loads((tmp_path / f"p{n}" / "summary.json").read_text())["final_test_acc"] for n in (1, 2, 3)]
+    assert acc[0] == pytest.approx(acc[1], abs=1e-9) and acc[0] == pytest.approx(acc[2], abs=1e-9)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (Linux /proc), found before any is killed."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            out += kids
+            todo += kids
+    return out
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_bitwise_without_a_shared_folder(tmp_path):
+    """A 2-process run killed (kill -9 of the whole launch) after its first checkpoint resumes to the
+    very weights of an uninterrupted one. On resume process 1 is given a folder that does not exist on
+    its 'machine': only process 0 reads the run folder; config and checkpoint reach process 1 by broadcast."""
+    import signal
+    import time
+
+    extra = ["train.checkpoint_every=3"]
+    ref = _launch(tmp_path / "ref", 2, 6, extra)
+    _, err = ref.communicate(timeout=900)
+    assert ref.returncode == 0, err[-3000:]
+    run = tmp_path / "run"
+    proc = _launch(run, 2, 6, extra)
+    deadline = time.time() + 600
+    while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    for pid in [*_descendants(proc.pid), proc.pid]:  # the workers too (torchrun may give them sessions of their own)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+    assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["epochs_done"] < 2
+    port, procs = _free_port(), []
+    for rank, folder in ((0, run), (1, tmp_path / "not-on-this-machine" / "run")):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "spikeep.cli", "train", "--no-progress", "--resume",
+                                       str(folder)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    assert not (tmp_path / "not-on-this-machine").exists()
+    assert "resuming" in (run / "train.log").read_text()
+    a, b = weights(tmp_path / "ref"), weights(run)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-10, atol=1e-12)
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 2
+
+
+@pytest.mark.slow
+def test_a_refusal_in_process_zero_stops_every_process(tmp_path):
+    """Process 0 refuses the resume (no checkpoint in the folder): the other process stops too, with
+    process 0's reason, instead of waiting forever at the next collective."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(load_config(REPO / "models" / "quickstart.toml").to_dict()))
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "spikeep.cli", "train", "--no-progress", "--resume",
+                                       str(tmp_path / "run")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert "no checkpoint.pt to resume from" in errs[0]
+    assert "process 0 stopped" in errs[1] and "no checkpoint.pt" in errs[1]

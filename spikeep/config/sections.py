@@ -182,6 +182,9 @@ class TrainConfig:
     # were measured no faster and much slower on a busy machine; for ConvNets the cores not busy by
     # the 1-minute load average); N > 0: exactly N (see analysis/results/threads/)
     threads: int = 0
+    # data parallel (torchrun): batch_size is per process, the global batch batch_size x processes; the
+    # learning rates are scaled by "none" (1), "linear" (x processes) or "sqrt" (x sqrt(processes))
+    lr_scaling: str = "none"
     # iterations between reads from the device: finite checks (which still name layer and iteration)
     # and the progress bar's metrics; also done before every checkpoint and at every epoch end
     sync_every: int = 1
@@ -196,6 +199,8 @@ class TrainConfig:
             raise ConfigError("train.checkpoint_every, T_max, weight_decay and momentum must be >= 0")
         if not 0 <= self.checkpoint_minutes < 1e6:
             raise ConfigError(f"train.checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
+        if self.lr_scaling not in ("none", "linear", "sqrt"):
+            raise ConfigError(f"train.lr_scaling must be 'none', 'linear' or 'sqrt', got {self.lr_scaling!r}")
         if not 0 <= self.threads <= 4096:
             raise ConfigError(f"train.threads must be 0 (auto) or a number of CPU threads, got {self.threads}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:

@@ -97,7 +97,15 @@ class EqNetwork(nn.Module):
             return None
         p = self.synapses[0].weight
         gdev = generator.device if generator is not None else p.device
-        keep = torch.rand(batch, *self.layer_shapes[self.dropout_layer], generator=generator, device=gdev) >= self.dropout
+        u = torch.rand(batch, *self.layer_shapes[self.dropout_layer], generator=generator, device=gdev)
+        return self.mask_from_uniform(u)
+
+    def mask_from_uniform(self, u: Tensor) -> Optional[Tensor]:
+        """The dropout mask of uniform numbers u (batch, *dropout layer shape), e.g. keyed per sample."""
+        if self.dropout_layer is None:
+            return None
+        p = self.synapses[0].weight
+        keep = u.reshape(u.shape[0], *self.layer_shapes[self.dropout_layer]) >= self.dropout
         return self._layout(keep.to(device=p.device, dtype=p.dtype).div_(1 - self.dropout))
 
     def _as_seen_above(self, layers: tuple, mask: Optional[Tensor], offset: int = 0) -> tuple:
