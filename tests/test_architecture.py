@@ -175,3 +175,13 @@ def test_the_picture_is_read_from_the_readme(tmp_path):
                       "infrastructure: data\nmeeting: trainer > cli\n```\n")
     stacks = read_picture(readme)
     assert stacks["physics"] == [["spikeep.core"], ["spikeep.learning"]] and stacks["base"][0][0] == "spikeep"
+
+
+def test_no_function_over_sixty_lines():
+    """Functions a reader can hold in view: none in spikeep/ runs over 60 lines (docstring included)."""
+    long = []
+    for mod, path in modules(REPO / "spikeep").items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{mod}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []

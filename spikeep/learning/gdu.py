@@ -76,34 +76,39 @@ def gdu_check(net: EqNetwork, x: Tensor, y: Tensor, T1: int, K: int, beta: float
         out["warnings"].append(f"the free phase has not converged (max |s_(T1+1) - s_T1| = {delta:.1e}): "
                                f"the GDU property assumes s* is a fixed point; raise T1")
     for est, traj in ep.items():
-        per_layer = {}
-        for name, idx in layers:
-            rel, cos = [], []
-            e_t = [torch.cat([traj[t][i].flatten() for i in idx]) for t in range(K)]
-            b_t = [torch.cat([bptt_cum[t][i].flatten() for i in idx]) for t in range(K)]
-            scale = max(float(b.norm()) for b in b_t)
-            scale = scale if scale > 1e-9 * top else top
-            for e, b in zip(e_t, b_t):
-                nb = float(b.norm())
-                rel.append(float((e - b).norm()) / (nb if nb > 1e-9 * scale else max(scale, 1e-300)))
-                cos.append(float(torch.nn.functional.cosine_similarity(e, b, dim=0)) if nb > 1e-9 * scale
-                           else float("nan"))
-            per_layer[name] = {"rel_error": rel, "cosine": cos}
-        out["estimators"][est] = per_layer
-    # a few synapses per layer for the Fig. 2-like plot
+        out["estimators"][est] = {name: _layer_errors(traj, bptt_cum, idx, K, top) for name, idx in layers}
+    out["samples"] = _sampled_synapses(ep, bptt_cum, layers, K)
+    return out
+
+
+def _layer_errors(traj: list, bptt_cum: list, idx: list, K: int, top: float) -> dict[str, list[float]]:
+    """One layer's relative error and cosine of an EP trajectory against BPTT at t = 1..K."""
+    rel, cos = [], []
+    e_t = [torch.cat([traj[t][i].flatten() for i in idx]) for t in range(K)]
+    b_t = [torch.cat([bptt_cum[t][i].flatten() for i in idx]) for t in range(K)]
+    scale = max(float(b.norm()) for b in b_t)
+    scale = scale if scale > 1e-9 * top else top
+    for e, b in zip(e_t, b_t):
+        nb = float(b.norm())
+        rel.append(float((e - b).norm()) / (nb if nb > 1e-9 * scale else max(scale, 1e-300)))
+        cos.append(float(torch.nn.functional.cosine_similarity(e, b, dim=0)) if nb > 1e-9 * scale
+                   else float("nan"))
+    return {"rel_error": rel, "cosine": cos}
+
+
+def _sampled_synapses(ep: dict, bptt_cum: list, layers: list, K: int) -> dict:
+    """Three synapses per layer, drawn once (seed 0), for the Fig. 2-like plot."""
     g = torch.Generator().manual_seed(0)
     samples = {}
     for name, idx in layers:
         w = idx[0]  # the layer's weight
-        n = bptt_cum[0][w].numel()
-        pick = torch.randperm(n, generator=g)[:3]
+        pick = torch.randperm(bptt_cum[0][w].numel(), generator=g)[:3]
         samples[name] = {
             "index": pick.tolist(),
             "bptt": [[float(bptt_cum[t][w].flatten()[j]) for t in range(K)] for j in pick],
             **{est: [[float(ep[est][t][w].flatten()[j]) for t in range(K)] for j in pick] for est in ep},
         }
-    out["samples"] = samples
-    return out
+    return samples
 
 
 def save_gdu(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -271,6 +271,43 @@ class SpikingSimulator:
         return input_spikes.to(device=inp.x.device, dtype=inp.x.dtype)
 
     @torch.no_grad()
+    def _check_phase(self, inp: Inputs, T: int, beta: float, input_spikes: Optional[Tensor],
+                     record: int) -> tuple[bool, Optional[Tensor]]:
+        """run_phase's arguments checked; (Poisson input drawn here?, the checked input spike train)."""
+        if not isinstance(T, int) or T <= 0:
+            raise ValueError(f"a spiking phase needs a positive step budget, got {T!r}")
+        if beta != 0.0 and inp.target is None:
+            raise ValueError("a nudged phase (beta != 0) needs labels y")
+        poisson = self.p.encoding == "poisson" and input_spikes is None
+        if input_spikes is not None:
+            input_spikes = self._check_input_spikes(inp, input_spikes, T)
+        if record < 0 or int(record) != record:
+            raise ValueError(f"record must be a number of samples >= 0, got {record!r}")
+        if poisson and (float(inp.x.min()) < 0 or float(inp.x.max()) > 1):
+            raise ValueError("Poisson encoding needs inputs in [0, 1] (spike probabilities per step); "
+                             "drop data.mean/data.std normalisation or use encoding = 'current'")
+        return poisson, input_spikes
+
+    def _window(self, inp: Inputs, st: SimState, beta: float, generator, input_spikes: Optional[Tensor],
+                poisson: bool, steps: int, tables, events, raster: Optional[list], record: int):
+        """One window of steps: (state after it, spike counts per layer, input spike counts or None)."""
+        counts = [torch.zeros_like(z) for z in st.z]
+        x_count = torch.zeros_like(inp.x) if poisson or input_spikes is not None else None
+        for t in range(self.p.window):
+            xs = None
+            if poisson:
+                xs = poisson_input(inp.x, generator)
+            elif input_spikes is not None:
+                xs = input_spikes[steps + t]
+            if xs is not None:
+                x_count += xs
+            st = self.step(inp, st, beta, xs, tables, events)
+            for k, (c, z) in enumerate(zip(counts, st.z)):
+                c += z
+                if raster is not None:
+                    raster[k].append(z[:record].flatten(1).to(torch.bool))
+        return st, counts, x_count
+
     def run_phase(self, inp: Inputs, state: Optional[SimState], T: int, beta: float = 0.0,
                   generator: Optional[torch.Generator] = None, input_spikes: Optional[Tensor] = None,
                   record: int = 0) -> Phase:
@@ -281,19 +318,8 @@ class SpikingSimulator:
         record: keep the spikes of the first `record` samples of every step (for rasters).
         """
         p, net = self.p, self.net
-        if not isinstance(T, int) or T <= 0:
-            raise ValueError(f"a spiking phase needs a positive step budget, got {T!r}")
-        if beta != 0.0 and inp.target is None:
-            raise ValueError("a nudged phase (beta != 0) needs labels y")
-        poisson = p.encoding == "poisson" and input_spikes is None
-        if input_spikes is not None:
-            input_spikes = self._check_input_spikes(inp, input_spikes, T)
+        poisson, input_spikes = self._check_phase(inp, T, beta, input_spikes, record)
         spiking_input = poisson or input_spikes is not None
-        if record < 0 or int(record) != record:
-            raise ValueError(f"record must be a number of samples >= 0, got {record!r}")
-        if poisson and (float(inp.x.min()) < 0 or float(inp.x.max()) > 1):
-            raise ValueError("Poisson encoding needs inputs in [0, 1] (spike probabilities per step); "
-                             "drop data.mean/data.std normalisation or use encoding = 'current'")
         st = self.init_state(inp) if state is None else state
         n = len(net.synapses)
         tables = self.tables()
@@ -313,22 +339,8 @@ class SpikingSimulator:
         prev, delta, steps = None, float("nan"), 0
         raster: list[list[Tensor]] = [[] for _ in range(n)]
         for _ in range(blocks):
-            events = self._window_events(activity)
-            counts = [torch.zeros_like(z) for z in st.z]
-            x_count = torch.zeros_like(inp.x) if spiking_input else None
-            for t in range(p.window):
-                xs = None
-                if poisson:
-                    xs = poisson_input(inp.x, generator)
-                elif input_spikes is not None:
-                    xs = input_spikes[steps + t]
-                if xs is not None:
-                    x_count += xs
-                st = self.step(inp, st, beta, xs, tables, events)
-                for k, (c, z) in enumerate(zip(counts, st.z)):
-                    c += z
-                    if record:
-                        raster[k].append(z[:record].flatten(1).to(torch.bool))
+            st, counts, x_count = self._window(inp, st, beta, generator, input_spikes, poisson, steps, tables,
+                                               self._window_events(activity), raster if record else None, record)
             steps += p.window
             rates = tuple(c / p.window for c in counts)
             for k in range(n):

@@ -71,72 +71,76 @@ class TraceRecorder:
             f.attrs[k] = v if v is not None else ""
         # a flush appends flush_every rows: chunks no longer than that are written once, whole (a
         # compressed chunk rewritten by every flush leaves its old copies behind as dead space)
-        t_chunk = min(self.chunk, self.flush_every)
-
-        def time_axis(name, dtype, scale_of=None):
-            d = describe(f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(t_chunk,), dtype=dtype), name)
-            if scale_of is None:
-                d.make_scale(name)
-            else:  # epochs label the iteration axis (netCDF allows one dimension per axis)
-                d.dims[0].attach_scale(scale_of)
-            return d
-
-        it = time_axis("iteration", "i8")
-        time_axis("epoch", "i4", it)
-        sit = time_axis("snapshot_iteration", "i8")
-        time_axis("snapshot_epoch", "i4", sit)
-
-        def timed(group, name, shape, dtype, axes, key=None, per_snapshot=False):
-            """A dataset growing along time, each axis named by a dimension scale (time, then `axes`)."""
-            chunks = (1 if per_snapshot else t_chunk,) + tuple(shape)
-            d = group.create_dataset(name, shape=(0,) + tuple(shape), maxshape=(None,) + tuple(shape),
-                                     chunks=chunks, dtype=dtype, **self.comp)
-            describe(d, key or name)
-            d.dims[0].attach_scale(sit if per_snapshot else it)
-            for i, scale in enumerate(axes, start=1):
-                d.dims[i].attach_scale(scale)
-            return d
-
+        self._t_chunk = min(self.chunk, self.flush_every)
+        self._it = self._time_axis("iteration", "i8")
+        self._time_axis("epoch", "i4", self._it)
+        self._sit = self._time_axis("snapshot_iteration", "i8")
+        self._time_axis("snapshot_epoch", "i4", self._sit)
         for spec in self.layers.values():
-            g = f.create_group(f"layers/{spec.name}")
-            q = spec.scale is not None
-            g.attrs.update(kind=spec.kind, weight_shape=spec.weight_shape, n_weights=int(np.prod(spec.weight_shape)),
-                           dtype="float32", quantized=q, units="weight (dimensionless, PyTorch layout)")
-            if q:
-                g.attrs.update(scale=float(spec.scale), bits=int(spec.bits), code_dtype="int16")
-            sample = describe(g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64)), "sample_index")
-            sample.make_scale("sample_index")
-            k = len(spec.sample_index)
-            for name in ("sample_weight", "sample_delta", "sample_grad"):
-                timed(g, name, (k,), "f4", [sample])
-            cols = describe(g.create_dataset("summary_column", data=np.array(SUMMARY_COLUMNS, dtype="S4")),
-                            "summary_column")
-            cols.make_scale("summary_column")
-            timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4", [cols]).attrs["columns"] = ",".join(SUMMARY_COLUMNS)
-            w_axes = [_axis(g, a, n) for a, n in zip(_weight_axis_names(spec.weight_shape), spec.weight_shape)]
-            if q:
-                timed(g, "sample_code", (k,), "i2", [sample])
-                timed(g, "weight_code", spec.weight_shape, "i2", w_axes, per_snapshot=True).attrs["scale"] = float(spec.scale)
-            else:
-                timed(g, "weight", spec.weight_shape, "f4", w_axes, per_snapshot=True)
-            timed(g, "bias", spec.bias_shape, "f4", w_axes[:1], per_snapshot=True)
-            if spec.feedback:
-                timed(g, "angle", (), "f4", [])
+            self._create_layer(f.create_group(f"layers/{spec.name}"), spec)
         if self.probe is not None:
-            pg = f.create_group("probe")
-            x, y = self.probe
-            p_axis = _axis(pg, "probe_sample", len(y))
-            in_axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names("input", x.shape[1:]), x.shape[1:])]
-            for name, data, axes in (("x", x, [p_axis] + in_axes), ("y", y, [p_axis])):
-                d = describe(pg.create_dataset(name, data=data), name)
-                for i, scale in enumerate(axes):
-                    d.dims[i].attach_scale(scale)
-            for spec in self.layers.values():
-                if spec.state_shape is not None:
-                    axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names(spec.name, spec.state_shape),
-                                                            spec.state_shape)]
-                    timed(pg, spec.name, (len(y),) + spec.state_shape, "f4", [p_axis] + axes, key="probe_state",
-                          per_snapshot=True)
+            self._create_probe(f.create_group("probe"))
+
+    def _time_axis(self, name: str, dtype: str, scale_of: Optional[h5py.Dataset] = None) -> h5py.Dataset:
+        d = describe(self.f.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(self._t_chunk,), dtype=dtype),
+                     name)
+        if scale_of is None:
+            d.make_scale(name)
+        else:  # epochs label the iteration axis (netCDF allows one dimension per axis)
+            d.dims[0].attach_scale(scale_of)
+        return d
+
+    def _timed(self, group: h5py.Group, name: str, shape: tuple, dtype: str, axes: list, key: Optional[str] = None,
+               per_snapshot: bool = False) -> h5py.Dataset:
+        """A dataset growing along time, each axis named by a dimension scale (time, then `axes`)."""
+        chunks = (1 if per_snapshot else self._t_chunk,) + tuple(shape)
+        d = group.create_dataset(name, shape=(0,) + tuple(shape), maxshape=(None,) + tuple(shape),
+                                 chunks=chunks, dtype=dtype, **self.comp)
+        describe(d, key or name)
+        d.dims[0].attach_scale(self._sit if per_snapshot else self._it)
+        for i, scale in enumerate(axes, start=1):
+            d.dims[i].attach_scale(scale)
+        return d
+
+    def _create_layer(self, g: h5py.Group, spec: LayerSpec) -> None:
+        q = spec.scale is not None
+        g.attrs.update(kind=spec.kind, weight_shape=spec.weight_shape, n_weights=int(np.prod(spec.weight_shape)),
+                       dtype="float32", quantized=q, units="weight (dimensionless, PyTorch layout)")
+        if q:
+            g.attrs.update(scale=float(spec.scale), bits=int(spec.bits), code_dtype="int16")
+        sample = describe(g.create_dataset("sample_index", data=spec.sample_index.astype(np.int64)), "sample_index")
+        sample.make_scale("sample_index")
+        k = len(spec.sample_index)
+        for name in ("sample_weight", "sample_delta", "sample_grad"):
+            self._timed(g, name, (k,), "f4", [sample])
+        cols = describe(g.create_dataset("summary_column", data=np.array(SUMMARY_COLUMNS, dtype="S4")),
+                        "summary_column")
+        cols.make_scale("summary_column")
+        self._timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4", [cols]).attrs["columns"] = ",".join(SUMMARY_COLUMNS)
+        w_axes = [_axis(g, a, n) for a, n in zip(_weight_axis_names(spec.weight_shape), spec.weight_shape)]
+        if q:
+            self._timed(g, "sample_code", (k,), "i2", [sample])
+            self._timed(g, "weight_code", spec.weight_shape, "i2", w_axes, per_snapshot=True).attrs["scale"] = \
+                float(spec.scale)
+        else:
+            self._timed(g, "weight", spec.weight_shape, "f4", w_axes, per_snapshot=True)
+        self._timed(g, "bias", spec.bias_shape, "f4", w_axes[:1], per_snapshot=True)
+        if spec.feedback:
+            self._timed(g, "angle", (), "f4", [])
+
+    def _create_probe(self, pg: h5py.Group) -> None:
+        x, y = self.probe
+        p_axis = _axis(pg, "probe_sample", len(y))
+        in_axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names("input", x.shape[1:]), x.shape[1:])]
+        for name, data, axes in (("x", x, [p_axis] + in_axes), ("y", y, [p_axis])):
+            d = describe(pg.create_dataset(name, data=data), name)
+            for i, scale in enumerate(axes):
+                d.dims[i].attach_scale(scale)
+        for spec in self.layers.values():
+            if spec.state_shape is not None:
+                axes = [_axis(pg, a, n) for a, n in zip(_state_axis_names(spec.name, spec.state_shape), spec.state_shape)]
+                self._timed(pg, spec.name, (len(y),) + spec.state_shape, "f4", [p_axis] + axes, key="probe_state",
+                            per_snapshot=True)
 
     def _reopen(self, attrs: dict[str, Any], last_iteration: int) -> None:
         """Continue an existing file after a resume: keep rows up to `last_iteration`, drop the rest.
