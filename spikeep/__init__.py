@@ -1,4 +1,4 @@
-"""spikeep: Equilibrium Propagation on rate-coded (and spiking) networks."""
+"""spikeep: FreeEquilibrium Propagation on rate-coded (and spiking) networks."""
 import warnings
 
 # Norse 1.1.0 compiles its functions with torch.jit.script at import, which newer PyTorch deprecates

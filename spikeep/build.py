@@ -16,7 +16,7 @@ from .config import Config, ConfigError
 from .core.engine import FusedEngine
 from .core.fused import triton_available
 from .core.network import EqNetwork
-from .learners import BPTT, Learner, RateEP, SpikingEP, WarmStarts
+from .methods import BPTT, Learner, RateEP, SpikingEP, WarmStarts
 from .learning.plasticity import Plasticity
 from .torch_settings import resolve_device, set_deterministic, set_precision
 from .validation import spiking_params, synapse_spec

@@ -10,7 +10,7 @@ import torch
 
 from .config import Config
 from .core.network import EqNetwork
-from .learners import WarmStarts
+from .methods import WarmStarts
 from .learning.plasticity import Plasticity
 from .epoch_stats import EpochStats
 from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_state_dict, save_checkpoint

@@ -30,10 +30,10 @@ class FiniteChecks:
         if loss is not None:
             self.pending.append(("loss", ["output"], where, torch.isfinite(loss).all()[None]))
 
-    def check(self, ddp: Optional[Dist] = None) -> None:
+    def check(self, procs: Optional[Dist] = None) -> None:
         pending, self.pending = self.pending, []
         ok = bool(torch.stack([f.all() for *_, f in pending]).all()) if pending else True  # one sync
-        if ddp is not None and any_process(ddp, not ok) and ok:
+        if procs is not None and any_process(procs, not ok) and ok:
             raise DivergenceError(f"NaN or inf in another process by {pending[-1][2] if pending else 'now'}")
         if ok:
             return

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator.")
+    ap = argparse.ArgumentParser(prog="spikeep", description="FreeEquilibrium Propagation simulator.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a network from a config", description=(
         "Train a network from a TOML config into a run folder (config, metrics.csv, summary.json, env.json, "

@@ -46,28 +46,28 @@ def join_process_group() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-def place(ddp: Dist, device: torch.device) -> tuple[Dist, torch.device]:
+def place(procs: Dist, device: torch.device) -> tuple[Dist, torch.device]:
     """The process's device (cuda:LOCAL_RANK for a CUDA run of several processes), where its
     collectives run from now on."""
-    if ddp.world > 1 and device.type == "cuda":
+    if procs.world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    return ddp._replace(device=device), device
+    return procs._replace(device=device), device
 
 
 class ProcessZeroError(RuntimeError):
     """Raised in the other processes when process 0 stopped on an error (its message included)."""
 
 
-def on_main(ddp: Dist, fn: Callable[[], T]) -> T:
+def on_main(procs: Dist, fn: Callable[[], T]) -> T:
     """fn() run by process 0 alone (e.g. reading or making the run folder), its result broadcast to
     every process; an error there stops every process (ProcessZeroError elsewhere) instead of leaving
     them waiting at the next collective."""
-    if ddp.world <= 1:
+    if procs.world <= 1:
         return fn()
     box: list = [None]
     error = None
-    if ddp.main:
+    if procs.main:
         try:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 (re-raised below, after the others know)
@@ -80,20 +80,20 @@ def on_main(ddp: Dist, fn: Callable[[], T]) -> T:
     return box[0][1]
 
 
-def epoch_shard(perm: torch.Tensor, ddp: Dist) -> torch.Tensor:
+def epoch_shard(perm: torch.Tensor, procs: Dist) -> torch.Tensor:
     """This process's samples of an epoch's permutation: P[rank::world] (all of it in one process)."""
-    return perm if ddp.world <= 1 else perm[ddp.rank::ddp.world]
+    return perm if procs.world <= 1 else perm[procs.rank::procs.world]
 
 
-def batches_per_epoch(n_train: int, batch_size: int, ddp: Dist) -> int:
+def batches_per_epoch(n_train: int, batch_size: int, procs: Dist) -> int:
     """Iterations of an epoch, the same in every process (the longest shard's)."""
-    return math.ceil(math.ceil(n_train / ddp.world) / batch_size)
+    return math.ceil(math.ceil(n_train / procs.world) / batch_size)
 
 
-def global_batch_size(n_train: int, batch_size: int, ddp: Dist, i: int) -> int:
+def global_batch_size(n_train: int, batch_size: int, procs: Dist, i: int) -> int:
     """How many samples iteration i averages over in all processes together (shard r has
     len(range(r, n_train, world)) samples; its batch i the part of them in [i*B, (i+1)*B))."""
-    sizes = (len(range(r, n_train, ddp.world)) for r in range(ddp.world))
+    sizes = (len(range(r, n_train, procs.world)) for r in range(procs.world))
     return sum(min(max(n - i * batch_size, 0), batch_size) for n in sizes)
 
 
@@ -109,24 +109,24 @@ def average_gradients(net: nn.Module, n_local: int, n_global: int) -> None:
         offset += p.numel()
 
 
-def any_process(ddp: Dist, flag: bool) -> bool:
+def any_process(procs: Dist, flag: bool) -> bool:
     """True if `flag` holds in any process (one tiny all-reduce; just `flag` in a single process)."""
-    if ddp.world <= 1:
+    if procs.world <= 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ddp.device)
+    t = torch.tensor([1.0 if flag else 0.0], device=procs.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
 
-def sum_over_processes(ddp: Dist, values: list[float]) -> list[float]:
+def sum_over_processes(procs: Dist, values: list[float]) -> list[float]:
     """Element-wise sums of `values` over every process (float64, one all-reduce)."""
-    if ddp.world <= 1:
+    if procs.world <= 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=ddp.device)
+    t = torch.tensor(values, dtype=torch.float64, device=procs.device)
     dist.all_reduce(t)
     return t.tolist()
 
 
-def barrier(ddp: Dist) -> None:
-    if ddp.world > 1:
+def barrier(procs: Dist) -> None:
+    if procs.world > 1:
         dist.barrier()

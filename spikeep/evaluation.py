@@ -12,7 +12,7 @@ from .torch_settings import set_threads
 from .core.network import EqNetwork
 from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
-from .learners import Learner
+from .methods import Learner
 from .checkpoint_files import check_run_id, check_state_dict, load_checkpoint
 
 

@@ -47,7 +47,7 @@ from .validation import spiking_params
 from .core.interactions import Conv, Dense
 from .core.network import EqNetwork
 from .files import replace_atomically
-from .spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from .spiking.neurons import NeuronParams, NeuronState, neuron_step
 from .evaluation import load_run
 from .spiking.simulator import SpikingParams
 
@@ -252,7 +252,7 @@ class SubtractiveIF(torch.nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[NeuronState] = None):
         if state is None:
             state = NeuronState(torch.zeros_like(x), torch.zeros_like(x, dtype=torch.int32))
-        return lif_box_step(x, state, self.p)
+        return neuron_step(x, state, self.p)
 
 
 def run_in_norse(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None,

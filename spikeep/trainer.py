@@ -37,7 +37,7 @@ from .evaluation import Evaluation, evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
 from .runfolder import RunLock, _kind, check_run_dir, refuse_existing_run
 from .core.network import EqNetwork
-from .learners import Learner, SpikingEP, WarmStarts
+from .methods import Learner, SpikingEP, WarmStarts
 from .checks import DivergenceError, FiniteChecks
 from .epoch_stats import EpochStats
 from .learning.alignment import alignment_angles
@@ -69,13 +69,13 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     created before the config, the data and the device are known good; one process writes a folder
     at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder.
     """
-    ddp = join_process_group()
+    procs = join_process_group()
     ckpt = None
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
-        run_dir, cfg, ckpt = on_main(ddp, lambda: _resumable(check_run_dir(Path(run_dir))))
-    elif run_dir is not None and ddp.main:
+        run_dir, cfg, ckpt = on_main(procs, lambda: _resumable(check_run_dir(Path(run_dir))))
+    elif run_dir is not None and procs.main:
         run_dir = check_run_dir(Path(run_dir))
         if not overwrite:
             refuse_existing_run(run_dir)  # early, before the data is read
@@ -84,16 +84,16 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     check_config(cfg)
     ds = prepare_data(cfg.data)
     check_labels(ds, cfg.model.n_classes)
-    ddp, device = place(ddp, resolve_device(cfg.dynamics.device))
+    procs, device = place(procs, resolve_device(cfg.dynamics.device))
     if not resume:
         # ties the folder's checkpoints to it; one id for every process
-        cfg = dataclasses.replace(cfg, run_id=on_main(ddp, lambda: uuid.uuid4().hex[:16]))
+        cfg = dataclasses.replace(cfg, run_id=on_main(procs, lambda: uuid.uuid4().hex[:16]))
     locks: list[RunLock] = []  # process 0's lock on the folder (kept here: a lock is not sent to others)
     try:
-        run_dir = on_main(ddp, lambda: _open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
-        if ddp.main:
+        run_dir = on_main(procs, lambda: _open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
+        if procs.main:
             remove_stale_temporaries(run_dir)
-        return _logged(cfg, ds, run_dir, ckpt, ddp, device, echo, progress and ddp.main)
+        return _logged(cfg, ds, run_dir, ckpt, procs, device, echo, progress and procs.main)
     finally:
         for lock in locks:
             lock.release()
@@ -118,11 +118,11 @@ def _open_run_dir(cfg: Config, run_dir: Optional[Path], resume: bool, overwrite:
     return run_dir
 
 
-def _logged(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, echo: bool, progress: bool) -> TrainResult:
+def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: bool, progress: bool) -> TrainResult:
     """_train with the run's log open; divergence and storage errors logged with where to go on."""
-    log = get_logger(run_dir, enabled=ddp.main, echo=echo)
+    log = get_logger(run_dir, enabled=procs.main, echo=echo)
     try:
-        return _train(cfg, ds, run_dir, ckpt, ddp, device, log, progress)
+        return _train(cfg, ds, run_dir, ckpt, procs, device, log, progress)
     except (DivergenceError, StorageError) as e:
         ck = run_dir / "checkpoint.pt"
         msg = f"{e}; the run stops. " + (_last_checkpoint_words(ck, run_dir) if ck.exists()
@@ -178,27 +178,27 @@ def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
     return run_dir, cfg, ckpt
 
 
-def _train(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log, progress: bool) -> TrainResult:
+def _train(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log, progress: bool) -> TrainResult:
     threads = set_threads(cfg)
-    st, learner = _training_state(cfg, ds, run_dir, ckpt, ddp, device, log)
-    n_batches = batches_per_epoch(ds.train.y.shape[0], cfg.train.batch_size, ddp)
-    recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if ddp.main else None
+    st, learner = _training_state(cfg, ds, run_dir, ckpt, procs, device, log)
+    n_batches = batches_per_epoch(ds.train.y.shape[0], cfg.train.batch_size, procs)
+    recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if procs.main else None
     if recorder is not None and recorder.moved_aside is not None:
         log.warning(f"{run_dir / 'traces.h5'} was damaged and cannot be continued: kept as "
                     f"{recorder.moved_aside}; new traces start at the resumed iteration")
     B = cfg.train.batch_size
     log.info(f"{cfg.name}: {cfg.estimator.name} on {ds.name} ({ds.train.y.shape[0]} train, "
              f"{ds.test.y.shape[0]} test{' drawn at random' if cfg.data.test_subset else ''}), device {device}, "
-             f"{ddp.world} process(es)" + (f" x batch {B} = global batch {B * ddp.world}, learning rates x "
-                                           f"{lr_factor(cfg, ddp.world):.4g} ({cfg.train.lr_scaling})"
-                                           if ddp.world > 1 else "")
+             f"{procs.world} process(es)" + (f" x batch {B} = global batch {B * procs.world}, learning rates x "
+                                           f"{lr_factor(cfg, procs.world):.4g} ({cfg.train.lr_scaling})"
+                                           if procs.world > 1 else "")
              + f", {threads}, {sum(p.numel() for p in st.net.parameters())} parameters, run folder {run_dir}")
     # one process: the training set on the device once; several: each holds its shard of each epoch
-    train_set = Split(ds.train.x.to(device), ds.train.y.to(device)) if ddp.world == 1 else ds.train
+    train_set = Split(ds.train.x.to(device), ds.train.y.to(device)) if procs.world == 1 else ds.train
     try:
         while st.epoch < cfg.train.epochs:
-            seconds = _train_epoch(cfg, run_dir, ddp, device, progress, train_set, st, learner, recorder)
-            _end_epoch(cfg, run_dir, ddp, log, ds.test, st, learner, recorder, seconds, n_batches)
+            seconds = _train_epoch(cfg, run_dir, procs, device, progress, train_set, st, learner, recorder)
+            _end_epoch(cfg, run_dir, procs, log, ds.test, st, learner, recorder, seconds, n_batches)
     finally:
         if recorder is not None:
             recorder.close()
@@ -211,11 +211,11 @@ def lr_factor(cfg: Config, world: int) -> float:
     return {"none": 1.0, "linear": float(world), "sqrt": math.sqrt(world)}[cfg.train.lr_scaling]
 
 
-def _training_state(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log) -> tuple[TrainState, Learner]:
+def _training_state(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log) -> tuple[TrainState, Learner]:
     """Network, optimizer, generators, plasticity, warm starts: fresh or restored from `ckpt`."""
     net = build_network(cfg, device)
     net.check_labels = False  # checked once for the whole data set above: no device sync per batch
-    opt = make_optimizer(net, cfg, lr_factor(cfg, ddp.world))
+    opt = make_optimizer(net, cfg, lr_factor(cfg, procs.world))
     step_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
     # Poisson input draws on the run's device (the same generator on the CPU)
     device_gen = step_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
@@ -225,28 +225,28 @@ def _training_state(cfg: Config, ds, run_dir: Path, ckpt, ddp: Dist, device, log
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
-        if st.history and ddp.main:  # a crash may have come between the checkpoint and these files
+        if st.history and procs.main:  # a crash may have come between the checkpoint and these files
             _write_epoch_files(run_dir, cfg, st.history)
-    elif ddp.main:
+    elif procs.main:
         d = cfg.dynamics
-        write_json_atomic(run_dir / "env.json", environment(device, ddp.world, {
+        write_json_atomic(run_dir / "env.json", environment(device, procs.world, {
             "mode": d.precision, "engine": engine_name(d, device), "schedule": d.schedule,
             "recompute_every": d.recompute_every, "warm_start": d.warm_start}))
     return st, make_learner(cfg, net, warm)
 
 
-def _evaluate_sharded(learner: Learner, test_set: Split, cfg: Config, ddp: Dist) -> Evaluation:
+def _evaluate_sharded(learner: Learner, test_set: Split, cfg: Config, procs: Dist) -> Evaluation:
     """evaluate() on this process's share of the test set (samples rank, rank + world, ...), the sums
     reduced over processes (one all-reduce): the test set's numbers, whatever the number of processes."""
-    if ddp.world <= 1:
+    if procs.world <= 1:
         return evaluate(learner, test_set, cfg)
-    part = Split(test_set.x[ddp.rank::ddp.world], test_set.y[ddp.rank::ddp.world])
+    part = Split(test_set.x[procs.rank::procs.world], test_set.y[procs.rank::procs.world])
     n = part.y.shape[0]
     ev = evaluate(learner, part, cfg) if n else Evaluation(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    sums = sum_over_processes(ddp, [n, ev.loss * n, ev.acc * n, ev.spikes * n, ev.synops * n, ev.steps,
+    sums = sum_over_processes(procs, [n, ev.loss * n, ev.acc * n, ev.spikes * n, ev.synops * n, ev.steps,
                                     ev.neuron_updates * n, ev.input_ops * n])
     total = sums[0]
-    return Evaluation(sums[1] / total, sums[2] / total, sums[3] / total, sums[4] / total, sums[5] / ddp.world,
+    return Evaluation(sums[1] / total, sums[2] / total, sums[3] / total, sums[4] / total, sums[5] / procs.world,
                       sums[6] / total, sums[7] / total)
 
 
@@ -345,21 +345,21 @@ class _Epoch(NamedTuple):
     layer_weights: dict
 
 
-def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, train_set: Split,
+def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool, train_set: Split,
                  st: TrainState, learner: Learner, recorder: Optional[TraceRecorder]) -> float:
     """The batches of one epoch from where the state stands; returns the epoch's training seconds.
     Nothing is read from the device inside an iteration except every train.sync_every iterations
     (finite checks, progress bar), before every checkpoint and at the epoch's end."""
-    ep = _start_epoch(cfg, ddp, device, train_set, st)
+    ep = _start_epoch(cfg, procs, device, train_set, st)
     t0 = time.perf_counter() - st.stats.seconds
     bar = tqdm(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{cfg.train.epochs}",
                disable=not progress, leave=False)
     checks = FiniteChecks()
     while st.batch < ep.n_batches:
-        before = _iteration(cfg, ddp, train_set, st, learner, recorder, ep, checks)
+        before = _iteration(cfg, procs, train_set, st, learner, recorder, ep, checks)
         st.batch += 1
         st.stats.batches += 1
-        checkpoint_now = _sync_point(cfg, ddp, st, ep.n_batches, checks, bar)
+        checkpoint_now = _sync_point(cfg, procs, st, ep.n_batches, checks, bar)
         if recorder is not None:
             it_global = st.epoch * ep.n_batches + st.batch
             recorder.record(it_global, ep.number, ep.layer_weights, before,
@@ -367,7 +367,7 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
             if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
                 _snapshot(recorder, learner, it_global, ep.number)
         bar.update()
-        if checkpoint_now and ddp.main:
+        if checkpoint_now and procs.main:
             st.stats.seconds = time.perf_counter() - t0
             if recorder is not None:
                 recorder.flush()  # traces up to the checkpoint are on disk before it is
@@ -378,7 +378,7 @@ def _train_epoch(cfg: Config, run_dir: Path, ddp: Dist, device, progress: bool, 
     return time.perf_counter() - t0
 
 
-def _start_epoch(cfg: Config, ddp: Dist, device, train_set: Split, st: TrainState) -> _Epoch:
+def _start_epoch(cfg: Config, procs: Dist, device, train_set: Split, st: TrainState) -> _Epoch:
     """The epoch's permutation (replayed from its saved generator state when resumed mid-epoch) and
     this process's shard of it, moved to the device (several processes: only the shard)."""
     if st.batch == 0:
@@ -386,20 +386,20 @@ def _start_epoch(cfg: Config, ddp: Dist, device, train_set: Split, st: TrainStat
     else:
         st.order_gen.set_state(st.order_state)
     n_train = train_set.y.shape[0]
-    shard = epoch_shard(torch.randperm(n_train, generator=st.order_gen), ddp)
-    data = train_set if ddp.world == 1 else Split(train_set.x[shard].to(device), train_set.y[shard].to(device))
+    shard = epoch_shard(torch.randperm(n_train, generator=st.order_gen), procs)
+    data = train_set if procs.world == 1 else Split(train_set.x[shard].to(device), train_set.y[shard].to(device))
     net = st.net
-    return _Epoch(st.epoch + 1, shard.to(device), data, batches_per_epoch(n_train, cfg.train.batch_size, ddp),
+    return _Epoch(st.epoch + 1, shard.to(device), data, batches_per_epoch(n_train, cfg.train.batch_size, procs),
                   {n: l.weight for n, l in zip(net.layer_names(), net.layers)})
 
 
-def _batch(cfg: Config, ddp: Dist, st: TrainState, ep: _Epoch) -> tuple:
+def _batch(cfg: Config, procs: Dist, st: TrainState, ep: _Epoch) -> tuple:
     """(x, y, sample indices, dropout mask) of this process's part of the iteration's global batch;
     augmentation and masks keyed by (seed, epoch, sample), so no process draws for another."""
     B, d = cfg.train.batch_size, cfg.data
     positions = slice(st.batch * B, (st.batch + 1) * B)
     idx = ep.shard[positions]
-    where = idx if ddp.world == 1 else positions  # one process: the set itself; several: the shard's copy
+    where = idx if procs.world == 1 else positions  # one process: the set itself; several: the shard's copy
     x, y = ep.data.x[where], ep.data.y[where]
     if d.crop_padding or d.hflip:
         x = augment_keyed(x, cfg.train.seed, ep.number, idx, d.crop_padding, d.hflip, d.padding_mode)
@@ -411,11 +411,11 @@ def _batch(cfg: Config, ddp: Dist, st: TrainState, ep: _Epoch) -> tuple:
     return x, y, idx, mask
 
 
-def _iteration(cfg: Config, ddp: Dist, train_set: Split, st: TrainState, learner: Learner,
+def _iteration(cfg: Config, procs: Dist, train_set: Split, st: TrainState, learner: Learner,
                recorder: Optional[TraceRecorder], ep: _Epoch, checks: FiniteChecks):
     """One estimate and update; returns the traced synapses' values before the update (or None)."""
     net, opt = st.net, st.opt
-    x, y, idx, mask = _batch(cfg, ddp, st, ep)
+    x, y, idx, mask = _batch(cfg, procs, st, ep)
     where = f"epoch {ep.number}, iteration {st.batch + 1}"
     opt.zero_grad(set_to_none=False)
     r = learner.estimate(x, y, st.step_gen, st.device_gen, mask, idx) if y.shape[0] > 0 else None
@@ -429,8 +429,8 @@ def _iteration(cfg: Config, ddp: Dist, train_set: Split, st: TrainState, learner
         named_state = [("input", x)]
     checks.add(named_state, "state", where)
     checks.add_loss(r.loss if r is not None else None, where)
-    if ddp.world > 1:
-        average_gradients(net, y.shape[0], global_batch_size(train_set.y.shape[0], cfg.train.batch_size, ddp, st.batch))
+    if procs.world > 1:
+        average_gradients(net, y.shape[0], global_batch_size(train_set.y.shape[0], cfg.train.batch_size, procs, st.batch))
     checks.add([(n, p.grad) for n, p in net.named_parameters()], "gradient", where)
     before = recorder.sample(ep.layer_weights) if recorder is not None else None
     opt.step()
@@ -455,36 +455,36 @@ def _add_counts(stats: EpochStats, r) -> None:
     stats.nudged_phases += r.nudged_phases
 
 
-def _sync_point(cfg: Config, ddp: Dist, st: TrainState, n_batches: int, checks: FiniteChecks, bar) -> bool:
+def _sync_point(cfg: Config, procs: Dist, st: TrainState, n_batches: int, checks: FiniteChecks, bar) -> bool:
     """Where the run reads the device (finite checks, progress bar) and decides on a checkpoint (every
     checkpoint_every iterations, or checkpoint_minutes after the last one: the same in every process)."""
     every = cfg.train.checkpoint_every
     checkpoint_now = bool(every and st.batch % every == 0 and st.batch < n_batches)
     if checkpoint_now or st.batch % cfg.train.sync_every == 0 or st.batch == n_batches or cfg.traces.enabled:
-        checks.check(ddp)  # every process at the same iterations; traces record only checked ones
+        checks.check(procs)  # every process at the same iterations; traces record only checked ones
         bar.set_postfix(acc=f"{st.stats.acc:.2f}%", loss=f"{st.stats.loss:.4f}")
         if not checkpoint_now and st.batch < n_batches and cfg.train.checkpoint_minutes:
             due = time.monotonic() - st.saved_at >= 60 * cfg.train.checkpoint_minutes
-            checkpoint_now = any_process(ddp, due) if ddp.world > 1 else due
+            checkpoint_now = any_process(procs, due) if procs.world > 1 else due
     return checkpoint_now
 
 
-def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: TrainState, learner: Learner,
+def _end_epoch(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st: TrainState, learner: Learner,
                recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
     """Evaluate (every process its share of the test set), write the epoch's row, best.pt, traces, the
     checkpoint and the epoch files (process 0)."""
     epoch, stats, opt = st.epoch + 1, st.stats.synced(), st.opt
-    seen, correct, loss_sum = sum_over_processes(ddp, [stats.seen, stats.correct, stats.loss_sum])
+    seen, correct, loss_sum = sum_over_processes(procs, [stats.seen, stats.correct, stats.loss_sum])
     stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
     lr = opt.param_groups[0]["lr"]
     if st.sched is not None:
         st.sched.step()
     st.epoch, st.batch, st.stats = epoch, 0, EpochStats()
-    ev = _evaluate_sharded(learner, test_set, cfg, ddp)
+    ev = _evaluate_sharded(learner, test_set, cfg, procs)
     if not math.isfinite(ev.loss):
         raise DivergenceError(f"the test loss is {ev.loss} after epoch {epoch} (the network's output "
                               f"overflows: weights too large?)")
-    if ddp.main:
+    if procs.main:
         row = _epoch_row(cfg, run_dir, test_set, learner, stats, ev, epoch, lr, train_seconds)
         st.history.append(row)
         if ev.acc > st.best["test_acc"]:
@@ -500,4 +500,4 @@ def _end_epoch(cfg: Config, run_dir: Path, ddp: Dist, log, test_set: Split, st: 
         _write_epoch_files(run_dir, cfg, st.history)
         log.info(_epoch_line(row, ev, learner))
     st.saved_at = time.monotonic()  # the epoch's checkpoint (every process keeps the same clock of it)
-    barrier(ddp)
+    barrier(procs)

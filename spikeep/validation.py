@@ -15,7 +15,7 @@ import torch
 from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
 from .core.interactions import POOLS
 from .core.network import EqNetwork
-from .core.neurons import get_activation
+from .core.activations import get_activation
 from .data import DATA_SHAPES
 from .hardware.chips import apply_profile
 from .learning.plasticity import SynapseSpec

@@ -92,7 +92,7 @@ def test_weights_use_pytorch_layouts_and_init():
 
 @pytest.mark.parametrize("name", ["my_hard_sig", "hard_sigmoid", "sigmoid", "tanh", "identity"])
 def test_activations_in_place_equal_out_of_place(name):
-    from spikeep.core.neurons import get_activation
+    from spikeep.core.activations import get_activation
 
     a = get_activation(name)
     x = torch.linspace(-3, 3, 101, dtype=torch.float64)

@@ -186,7 +186,7 @@ def test_incremental_bf16_bound_matters():
 
 
 def test_warm_starts_save_steps_and_round_trip():
-    from spikeep.learners import WarmStarts
+    from spikeep.methods import WarmStarts
 
     net = small_conv(pools="mm", loss="cross_entropy")
     x, y = batch_for(net, 6)

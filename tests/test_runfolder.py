@@ -139,7 +139,7 @@ def test_sigint_and_sigterm_at_random_moments_end_with_one_line(tmp_path):
 
 
 def test_gpu_and_library_failures_are_not_bad_input(tmp_path, capsys, monkeypatch):
-    import spikeep.learners as ln
+    import spikeep.methods as ln
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -10,7 +10,7 @@ from spikeep.validation import config_from_dict
 from spikeep.config import ConfigError
 from spikeep.core.dynamics import free_phase
 from spikeep.learning.ep import ep_gradients
-from spikeep.spiking.neurons import NeuronParams, NeuronState, lif_box_step
+from spikeep.spiking.neurons import NeuronParams, NeuronState, neuron_step
 from spikeep.spiking.propagation import check_spikes
 from spikeep.spiking.rule import spiking_ep_gradients
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator, probe_phases
@@ -20,7 +20,7 @@ def run_neuron(current: torch.Tensor, steps: int, p: NeuronParams) -> torch.Tens
     st = NeuronState(torch.zeros_like(current), torch.zeros_like(current, dtype=torch.int32))
     count = torch.zeros_like(current)
     for _ in range(steps):
-        z, st = lif_box_step(current, st, p)
+        z, st = neuron_step(current, st, p)
         assert set(z.unique().tolist()) <= {0.0, 1.0}
         assert bool((st.v <= p.theta).all()) and bool((st.v >= p.v_min).all())
         count += z
@@ -34,7 +34,7 @@ def test_if_rate_is_clipped_current_over_theta(theta):
     expected = (current / theta).clamp(0, 1)
     assert (rate - expected).abs().max() <= 1.5 / 2000 + 1e-12
     if theta == 2.0:  # the paper's my_hard_sig
-        from spikeep.core.neurons import get_activation
+        from spikeep.core.activations import get_activation
         assert torch.allclose(expected, get_activation("my_hard_sig").fn(current))
 
 
@@ -45,7 +45,7 @@ def test_leaky_neuron_is_norses_lif_box_with_subtractive_reset():
     v_ref = torch.zeros(50, dtype=torch.float64)
     for _ in range(100):
         i = torch.rand(50, generator=g, dtype=torch.float64) * 0.5
-        z, ours = lif_box_step(i, ours, p)
+        z, ours = neuron_step(i, ours, p)
         # the same equation written out: v <- (1 - leak) v + I, spike if v > theta, subtract theta
         v_ref = (1 - 0.1) * v_ref + i
         z_ref = (v_ref > 1.0).double()

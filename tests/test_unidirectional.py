@@ -127,7 +127,7 @@ def test_dropout_mask_is_the_same_in_every_phase_and_off_in_evaluation(monkeypat
     ep_gradients(net, x, y, "symmetric", 0.5, 10, 4, mask=mask)
     assert len(seen) == 18 and all(m is mask for m in seen)  # free, +beta, -beta: one mask
     seen.clear()
-    from spikeep.learners import RateEP
+    from spikeep.methods import RateEP
     RateEP(net, "symmetric", 0.5, 10, 4).free_equilibrium(x)
     assert seen and all(m is None for m in seen)  # evaluation: no dropout
     monkeypatch.undo()

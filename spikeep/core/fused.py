@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .interactions import _windows, max_pool_2x2
-from .neurons import get_activation
+from .activations import get_activation
 
 Tensor = torch.Tensor
 ACT_IDS = {"identity": 0, "my_hard_sig": 1, "hard_sigmoid": 2, "sigmoid": 3, "tanh": 4}
@@ -107,7 +107,7 @@ def triton_available() -> bool:
 if triton is not None:
     @triton.jit
     def _act(z, ACT: tl.constexpr):
-        if ACT == 1:  # (1 + hardtanh(z - 1)) / 2, in core.neurons' order of operations
+        if ACT == 1:  # (1 + hardtanh(z - 1)) / 2, in core.activations' order of operations
             z = (tl.minimum(tl.maximum(z - 1.0, -1.0), 1.0) + 1.0) * 0.5
         elif ACT == 2:  # (1 + hardtanh(2 z - 1)) / 2
             z = (tl.minimum(tl.maximum(z * 2.0 - 1.0, -1.0), 1.0) + 1.0) * 0.5

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout, UniConv, UniDense
-from .neurons import get_activation
+from .activations import get_activation
 
 Tensor = torch.Tensor
 State = tuple[Tensor, ...]

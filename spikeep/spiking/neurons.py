@@ -42,7 +42,7 @@ def check_neuron_params(p: NeuronParams) -> NeuronParams:
     return p
 
 
-def lif_box_step(current: Tensor, state: NeuronState, p: NeuronParams) -> tuple[Tensor, NeuronState]:
+def neuron_step(current: Tensor, state: NeuronState, p: NeuronParams) -> tuple[Tensor, NeuronState]:
     """One step of an IF (leak = 0) or LIF-box neuron with reset by subtraction; returns (z, state).
 
     With leak > 0 this is Norse's `lif_box_feed_forward_step` with Norse's `reset_subtract`

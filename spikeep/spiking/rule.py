@@ -7,9 +7,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..learning.ep import EPResult
-from ..learning.estimators import (Equilibria, Grads, check_estimator, estimate, finish, needs_minus, nudge_beta,
-                                  write_grads)
+from ..core.network import Inputs, State
+from ..learning.ep import EPResult, ep_result, ep_step
+from ..learning.estimators import Grads
 from .metrics import Counts
 from .simulator import Phase, SpikingSimulator
 
@@ -22,34 +22,45 @@ class SpikingEPResult(NamedTuple):
     free_counts: Counts  # the free phase alone (= one inference)
 
 
+class SpikingRelaxation:
+    """The spiking network as EP's minimiser: phases of the simulator (T1 / T2 steps, whole windows),
+    each nudged phase from the free phase's network state; differences on spike rates."""
+
+    def __init__(self, sim: SpikingSimulator, T1: int, T2: int, poisson_generator: Optional[torch.Generator]):
+        self.sim, self.T1, self.T2, self.pg = sim, T1, T2, poisson_generator
+
+    def free_phase(self, inp: Inputs) -> Phase:
+        return self.sim.run_phase(inp, None, self.T1, 0.0, self.pg)
+
+    def nudged_phases(self, inp: Inputs, free: Phase, beta: float, minus: bool):
+        plus = self.sim.run_phase(inp, free.state, self.T2, beta, self.pg)
+        return plus, (self.sim.run_phase(inp, free.state, self.T2, -beta, self.pg) if minus else None)
+
+    def delta(self, inp: Inputs, a: Phase, beta_a: float, b: Phase, beta_b: float) -> Grads:
+        # rates of each synapse's two layers (the input's for the first: x itself for constant current)
+        return self.sim.net.dphi_dtheta_delta(inp._replace(x=a.input_rate), a.rates, beta_a,
+                                              inp._replace(x=b.input_rate), b.rates, beta_b)
+
+    def equilibrium(self, phase: Phase) -> State:
+        return phase.rates
+
+
 def spiking_ep_gradients(sim: SpikingSimulator, x: Tensor, y: Tensor, estimator: str = "symmetric",
                          beta: float = 0.5, T1: int = 200, T2: int = 100,
                          generator: Optional[torch.Generator] = None,
                          poisson_generator: Optional[torch.Generator] = None,
                          kp_leak: float = 0.0) -> SpikingEPResult:
     """Free phase, nudged phase(s) from the free network state, and the local spike-rate estimate
-    written into .grad (same sign convention as the rate network's). `generator` draws the random
-    sign, `poisson_generator` (default: `generator`) the Poisson input spikes."""
-    check_estimator(estimator, beta)
+    written into .grad (same sign convention as the rate network's): learning.ep.ep_step with the
+    SpikingRelaxation. `generator` draws the random sign, `poisson_generator` (default: `generator`)
+    the Poisson input spikes."""
     net = sim.net
     pg = poisson_generator if poisson_generator is not None else generator
     with torch.no_grad():
         inp = net.prepare(x, y)
-        free = sim.run_phase(inp, None, T1, 0.0, pg)
-        beta = nudge_beta(estimator, beta, generator)
-        plus = sim.run_phase(inp, free.state, T2, beta, pg)
-        minus = sim.run_phase(inp, free.state, T2, -beta, pg) if needs_minus(estimator) else None
-
-        def delta(a: Phase, beta_a: float, b: Phase, beta_b: float) -> Grads:
-            # rates of each synapse's two layers (the input's for the first: x itself for constant current)
-            return net.dphi_dtheta_delta(inp._replace(x=a.input_rate), a.rates, beta_a,
-                                         inp._replace(x=b.input_rate), b.rates, beta_b)
-
-        g = estimate(estimator, delta, Equilibria(free, plus, minus, beta))
-        write_grads(net, finish(estimator, g, net, kp_leak))
-        counts, steps = free.counts + plus.counts, free.steps + plus.steps
-        if minus is not None:
-            counts, steps = counts + minus.counts, steps + minus.steps
-        ep = EPResult(free.rates, net.loss(free.rates, inp.y), net.logits(free.rates), steps, beta, free.steps,
-                      1 if minus is None else 2)
-        return SpikingEPResult(ep, counts, free.counts)
+        ph = ep_step(SpikingRelaxation(sim, T1, T2, pg), net, inp, estimator, beta, generator, kp_leak)
+        counts = ph.free.counts + ph.plus.counts
+        if ph.minus is not None:
+            counts = counts + ph.minus.counts
+        ep = ep_result(ph, net.loss(ph.free.rates, inp.y), net.logits(ph.free.rates), ph.free.rates)
+        return SpikingEPResult(ep, counts, ph.free.counts)

@@ -37,7 +37,7 @@ from norse.torch.functional.encode import poisson_encode_step
 from ..core.interactions import Conv
 from ..core.network import EqNetwork, Inputs
 from .metrics import Counts, fan_out
-from .neurons import NeuronParams, NeuronState, check_neuron_params, lif_box_step
+from .neurons import NeuronParams, NeuronState, check_neuron_params, neuron_step
 from .propagation import Tables, check_spikes, conv_feedback_events, fan_out_tables, propagate
 
 Tensor = torch.Tensor
@@ -255,7 +255,7 @@ class SpikingSimulator:
         current = net.total_drives(drive, f, st.rho, inp.target, beta)
         zs, neurons = [], []
         for k in range(n):
-            z, ns = lif_box_step(current[k], st.neurons[k], p.neuron)
+            z, ns = neuron_step(current[k], st.neurons[k], p.neuron)
             zs.append(z)
             neurons.append(ns)
         rho = st.rho + (zs[-1] - st.rho) / p.trace_tau

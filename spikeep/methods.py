@@ -39,7 +39,7 @@ class StepResult(NamedTuple):
     input_ops: float = 0.0  # and the synaptic events of a constant input current
 
 
-class Equilibrium(NamedTuple):
+class FreeEquilibrium(NamedTuple):
     state: State  # free equilibrium (spike rates for spiking networks)
     spikes: float = float("nan")  # spiking networks: spikes and synaptic events of the free phase
     synops: float = float("nan")
@@ -114,7 +114,7 @@ class Learner:
         positions in the training set (per-sample warm starts)."""
         raise NotImplementedError
 
-    def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Equilibrium:
+    def free_equilibrium(self, x: Tensor, generator: Optional[torch.Generator] = None) -> FreeEquilibrium:
         raise NotImplementedError
 
     def skip(self, generator: Optional[torch.Generator] = None) -> None:
@@ -131,9 +131,9 @@ class _RateNetwork(Learner):
     tol_every: int = 1
 
     @torch.no_grad()
-    def free_equilibrium(self, x, generator=None) -> Equilibrium:
+    def free_equilibrium(self, x, generator=None) -> FreeEquilibrium:
         r = free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every)
-        return Equilibrium(r.state, steps=r.steps)
+        return FreeEquilibrium(r.state, steps=r.steps)
 
 
 class RateEP(_RateNetwork):
@@ -182,9 +182,9 @@ class SpikingEP(Learner):
                           r.ep.nudged_phases, r.counts.neuron_updates, r.counts.input_current_ops)
 
     @torch.no_grad()
-    def free_equilibrium(self, x, generator=None) -> Equilibrium:
+    def free_equilibrium(self, x, generator=None) -> FreeEquilibrium:
         ph = self.sim.run_phase(self.net.prepare(x), None, self.T1, 0.0, generator)
-        return Equilibrium(ph.rates, *ph.counts.totals(), ph.steps, ph.counts.neuron_updates,
+        return FreeEquilibrium(ph.rates, *ph.counts.totals(), ph.steps, ph.counts.neuron_updates,
                            ph.counts.input_current_ops)
 
     def skip(self, generator=None) -> None:
