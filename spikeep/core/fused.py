@@ -129,6 +129,26 @@ if triton is not None:
         return v
 
     @triton.jit
+    def _pooled_position(idx, C, Ho, Wo, CL: tl.constexpr):
+        """(batch, channel, row, column) of flat pooled indices, walked in the layout's memory order:
+        NHWC (CL) has channels fastest, NCHW columns."""
+        if CL:
+            n3, n2, n1 = C, Wo, Ho
+        else:
+            n3, n2, n1 = Wo, Ho, C
+        x3 = idx % n3
+        r = idx // n3
+        x2 = r % n2
+        r = r // n2
+        x1 = r % n1
+        b = r // n1
+        if CL:
+            c, i, j = x3, x1, x2
+        else:
+            c, i, j = x1, x2, x3
+        return b, c, i, j
+
+    @triton.jit
     def maxpool_unpool_kernel(u_ptr, s_ptr, p_ptr, U_ptr, dU_ptr, n, C, Ho, Wo,
                               su0, su1, su2, su3, ss0, ss1, ss2, ss3,
                               CL: tl.constexpr, HAS_PREV: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
@@ -136,20 +156,7 @@ if triton is not None:
         pid = tl.program_id(0)
         idx = pid * BLOCK + tl.arange(0, BLOCK)
         ok = idx < n
-        if CL:  # NHWC: channels fastest
-            c = idx % C
-            r = idx // C
-            j = r % Wo
-            r = r // Wo
-            i = r % Ho
-            b = r // Ho
-        else:
-            j = idx % Wo
-            r = idx // Wo
-            i = r % Ho
-            r = r // Ho
-            c = r % C
-            b = r // C
+        b, c, i, j = _pooled_position(idx, C, Ho, Wo, CL)
         base = b * su0 + c * su1 + (2 * i) * su2 + (2 * j) * su3
         o00 = base
         o01 = base + su3

@@ -67,21 +67,11 @@ class Traces:
         d.refresh()
         return d[:]
 
-    @property
-    def iteration(self) -> np.ndarray:
-        return self._axis("iteration")
-
-    @property
-    def epoch(self) -> np.ndarray:
-        return self._axis("epoch")
-
-    @property
-    def snapshot_iteration(self) -> np.ndarray:
-        return self._axis("snapshot_iteration")
-
-    @property
-    def snapshot_epoch(self) -> np.ndarray:
-        return self._axis("snapshot_epoch")
+    # the time axes, as numpy arrays (refreshed: a live writer's newest rows included)
+    iteration = property(lambda self: self._axis("iteration"), doc="iteration of each per-iteration row")
+    epoch = property(lambda self: self._axis("epoch"), doc="epoch of each per-iteration row")
+    snapshot_iteration = property(lambda self: self._axis("snapshot_iteration"), doc="iteration of each snapshot")
+    snapshot_epoch = property(lambda self: self._axis("snapshot_epoch"), doc="epoch of each snapshot")
 
     @property
     def config(self) -> dict:
