@@ -5,9 +5,10 @@ torch.optim optimizer on top, in a run folder that survives crashes and resumes 
                                   data-parallel over torch.distributed when started by torchrun
 
 Randomness: the data order comes from one generator (its state at the start of each epoch is
-checkpointed, so a run resumed mid-epoch replays the same permutation), augmentation and random
-signs from a second one, checkpointed as it is. Every process of a distributed run draws the same
-numbers and takes its own slice of each global batch.
+checkpointed, so a run resumed mid-epoch replays the same permutation), random signs from a second one,
+checkpointed as it is; augmentation and dropout masks are keyed per sample (seed, epoch, sample index:
+spikeep.data.keyed_uniform). A process of a distributed run holds its shard of each epoch
+(spikeep.distributed) and draws only for its own samples.
 """
 from __future__ import annotations
 
