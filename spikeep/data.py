@@ -204,35 +204,12 @@ def normalize(split: Split, mean: list[float], std: list[float]) -> Split:
     return Split(TF.normalize(split.x, mean, std), split.y)
 
 
-def augment(x: Tensor, generator: torch.Generator, crop_padding: int = 0, hflip: bool = False,
-            padding_mode: str = "edge") -> Tensor:
-    """Per-sample random crop (after padding by crop_padding) and horizontal flip of a batch, as
-    batched tensor operations on the batch's device (no per-sample loop, no host round trip).
-
-    Random numbers come from `generator`, on its own device, drawn for the whole batch in a fixed
-    order (crop rows, crop columns, flips), so a batch augments the same whatever process handles it.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    n, _, h, w = x.shape
-    dev, gdev = x.device, generator.device
-    if crop_padding > 0:
-        p = crop_padding
-        i = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
-        j = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(dev)
-        x = _crop(TF.pad(x, [p, p, p, p], padding_mode=padding_mode), i, j, h, w)
-    if hflip:
-        flip = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], TF.horizontal_flip(x), x)
-    return x
-
-
 _M32 = 0xFFFFFFFF
 
 
-def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash (xor-shift-multiply), on int64 tensors holding values < 2^32: every
-    product stays below 2^63, so no overflow on any device."""
+def _mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply), on Python ints or int64 tensors holding values < 2^32:
+    every product stays below 2^63, so no overflow on any device."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _M32
     x = x ^ (x >> 15)
@@ -245,10 +222,10 @@ def keyed_uniform(seed: int, epoch: int, index: Tensor, stream: int, n: int = 1)
     stream, j < n): shape (len(index), n), on index's device. A sample draws the same numbers whichever
     process handles it and wherever it sits in a batch, so data-parallel processes need no shared
     generator and mirror nothing (streams: see AUGMENT_STREAM, DROPOUT_STREAM)."""
-    key = _mix32(torch.tensor([seed & _M32], dtype=torch.int64, device=index.device))
+    key = _mix32(seed & _M32)  # the batch-independent part in Python: no tensor made or copied for it
     for part in (epoch, stream):
         key = _mix32(key ^ (part & _M32))
-    h = _mix32(key ^ (index.to(torch.int64) & _M32))[:, None]
+    h = _mix32((index.to(torch.int64) & _M32) ^ key)[:, None]
     h = _mix32(h ^ torch.arange(n, dtype=torch.int64, device=index.device)[None, :])
     return (h >> 8).to(torch.float32) / float(1 << 24)
 
@@ -256,14 +233,14 @@ def keyed_uniform(seed: int, epoch: int, index: Tensor, stream: int, n: int = 1)
 AUGMENT_STREAM, DROPOUT_STREAM = 1, 2
 
 
-def augment_keyed(x: Tensor, seed: int, epoch: int, index: Tensor, crop_padding: int = 0, hflip: bool = False,
-                  padding_mode: str = "edge") -> Tensor:
-    """`augment` with each sample's crop and flip drawn by keyed_uniform from (seed, epoch, its index
-    in the training set): the same sample gets the same augmentation in any process and batch."""
+def augment(x: Tensor, u: Tensor, crop_padding: int = 0, hflip: bool = False, padding_mode: str = "edge") -> Tensor:
+    """Per-sample random crop (after padding by crop_padding) and horizontal flip of a batch, as batched
+    tensor operations on the batch's device (no per-sample loop, no host round trip), from uniform
+    numbers u (n, 3) in [0, 1): crop row, crop column, flip (< 0.5)."""
     from torchvision.transforms.v2 import functional as TF
 
     n, _, h, w = x.shape
-    u = keyed_uniform(seed, epoch, index.to(x.device), AUGMENT_STREAM, 3)
+    u = u.to(x.device)
     if crop_padding > 0:
         p = crop_padding
         i = (u[:, 0] * (2 * p + 1)).long().clamp_(max=2 * p)
@@ -272,6 +249,14 @@ def augment_keyed(x: Tensor, seed: int, epoch: int, index: Tensor, crop_padding:
     if hflip:
         x = torch.where((u[:, 2] < 0.5)[:, None, None, None], TF.horizontal_flip(x), x)
     return x
+
+
+def augment_keyed(x: Tensor, seed: int, epoch: int, index: Tensor, crop_padding: int = 0, hflip: bool = False,
+                  padding_mode: str = "edge") -> Tensor:
+    """`augment` with each sample's numbers from keyed_uniform(seed, epoch, its index in the training
+    set): the same sample gets the same augmentation in any process and batch."""
+    u = keyed_uniform(seed, epoch, index.to(x.device), AUGMENT_STREAM, 3)
+    return augment(x, u, crop_padding, hflip, padding_mode)
 
 
 def _crop(padded: Tensor, i: Tensor, j: Tensor, h: int, w: int) -> Tensor:

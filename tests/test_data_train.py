@@ -142,16 +142,19 @@ def test_real_cifar10_npz():
 def test_augment_is_per_sample_reproducible_and_correct():
     from torchvision.transforms.v2 import functional as TF
 
-    from spikeep.data import augment, normalize
+    from spikeep.data import AUGMENT_STREAM, augment_keyed, keyed_uniform, normalize
     from spikeep.data import Split
 
     x = torch.rand(64, 3, 8, 8)
-    a = augment(x, torch.Generator().manual_seed(3), 2, True)
-    b = augment(x, torch.Generator().manual_seed(3), 2, True)
+    index = torch.arange(100, 164)
+    a = augment_keyed(x, 3, 1, index, 2, True)
+    b = augment_keyed(x, 3, 1, index, 2, True)
     assert torch.equal(a, b) and a.shape == x.shape
-    g = torch.Generator().manual_seed(3)
-    i, j = torch.randint(0, 5, (64,), generator=g), torch.randint(0, 5, (64,), generator=g)
-    flip = torch.rand(64, generator=g) < 0.5
+    # a sample's augmentation depends on its index, not on its batch or position in it
+    assert torch.equal(augment_keyed(x[5:9].flip(0), 3, 1, index[5:9].flip(0), 2, True), a[5:9].flip(0))
+    u = keyed_uniform(3, 1, index, AUGMENT_STREAM, 3)
+    i, j = (u[:, 0] * 5).long(), (u[:, 1] * 5).long()
+    flip = u[:, 2] < 0.5
     padded = TF.pad(x, [2, 2, 2, 2], padding_mode="edge")
     for k in range(64):
         want = padded[k, :, i[k]:i[k] + 8, j[k]:j[k] + 8]
