@@ -13,44 +13,40 @@ spikeep.data.keyed_uniform). A process of a distributed run holds its shard of e
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .build import build_network, engine_name, make_learner, make_optimizer, make_plasticity, make_scheduler
-from .validation import check_config, config_from_dict
-from .torch_settings import resolve_device, set_threads
 from .checkpoint import TrainState
-from .config import Config, read_json_config
+from .checkpoint_files import CHECKPOINT_FORMAT, save_checkpoint
+from .checks import DivergenceError, FiniteChecks
+from .config import Config
 from .data import DROPOUT_STREAM, Split, augment_keyed, check_labels, keyed_uniform, prepare_data
 from .distributed import Dist, any_process, average_gradients, barrier, batches_per_epoch, epoch_shard, \
     global_batch_size, join_process_group, on_main, place, sum_over_processes
+from .epoch_files import write_epoch_files
+from .epoch_stats import EpochStats
 from .evaluation import Evaluation, evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
-from .runfolder import RunLock, _kind, check_run_dir, refuse_existing_run
-from .core.network import EqNetwork
-from .methods import Learner, SpikingEP, WarmStarts
-from .checks import DivergenceError, FiniteChecks
-from .epoch_stats import EpochStats
-from .learning.alignment import alignment_angles
 from .hardware.energy import energy_columns
-from .plots import spike_pictures
-from .spiking.simulator import probe_phases
-from .traces import TraceRecorder, layer_specs
-from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_run_id, check_state_dict, load_checkpoint, save_checkpoint
-from .epoch_files import write_epoch_files
+from .learning.alignment import alignment_angles
 from .logs import close_logger, get_logger, log_traceback_to_file
-from .provenance import environment, git_commit
-from .runfolder import new_run_dir
+from .methods import Learner, SpikingEP, WarmStarts
+from .plots import spike_pictures
+from .provenance import environment
+from .run_start import last_checkpoint_words, open_run_dir, resumable
+from .runfolder import RunLock, check_run_dir, refuse_existing_run
+from .spiking.simulator import probe_phases
+from .torch_settings import resolve_device, set_threads
+from .trace_recording import open_recorder, record_snapshot
+from .traces import TraceRecorder
+from .validation import check_config
 
 
 class TrainResult(NamedTuple):
@@ -75,7 +71,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
-        run_dir, cfg, ckpt = on_main(procs, lambda: _resumable(check_run_dir(Path(run_dir))))
+        run_dir, cfg, ckpt = on_main(procs, lambda: resumable(check_run_dir(Path(run_dir))))
     elif run_dir is not None and procs.main:
         run_dir = check_run_dir(Path(run_dir))
         if not overwrite:
@@ -91,32 +87,13 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         cfg = dataclasses.replace(cfg, run_id=on_main(procs, lambda: uuid.uuid4().hex[:16]))
     locks: list[RunLock] = []  # process 0's lock on the folder (kept here: a lock is not sent to others)
     try:
-        run_dir = on_main(procs, lambda: _open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
+        run_dir = on_main(procs, lambda: open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
         if procs.main:
             remove_stale_temporaries(run_dir)
         return _logged(cfg, ds, run_dir, ckpt, procs, device, echo, progress and procs.main)
     finally:
         for lock in locks:
             lock.release()
-
-
-def _open_run_dir(cfg: Config, run_dir: Optional[Path], resume: bool, overwrite: bool, base_dir,
-                  locks: list) -> Path:
-    """(process 0) The run folder made, or found for a resume, and locked; config.json written."""
-    if resume:
-        locks.append(RunLock(run_dir).acquire())
-        return run_dir
-    if run_dir is None:
-        run_dir = new_run_dir(cfg.name, base_dir)
-    else:
-        aside = refuse_existing_run(run_dir, overwrite)
-        if aside is not None:
-            print(f"spikeep: the run that was in {run_dir} was moved to {aside}", file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    locks.append(RunLock(run_dir).acquire())
-    refuse_existing_run(run_dir)  # nothing came in between (another writer that got here first)
-    write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    return run_dir
 
 
 def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: bool, progress: bool) -> TrainResult:
@@ -126,7 +103,7 @@ def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: boo
         return _train(cfg, ds, run_dir, ckpt, procs, device, log, progress)
     except (DivergenceError, StorageError) as e:
         ck = run_dir / "checkpoint.pt"
-        msg = f"{e}; the run stops. " + (_last_checkpoint_words(ck, run_dir) if ck.exists()
+        msg = f"{e}; the run stops. " + (last_checkpoint_words(ck, run_dir) if ck.exists()
                                          else "No checkpoint had been written yet.")
         log.error(msg)
         raise type(e)(msg) if isinstance(e, DivergenceError) else StorageError(msg, e.errno) from None
@@ -137,53 +114,11 @@ def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: boo
         close_logger(log)
 
 
-def _last_checkpoint_words(ck: Path, run_dir: Path) -> str:
-    """What the last checkpoint of a stopped run holds: finite weights can still be far off (a run that
-    diverges passes through weights of 1e30 before they overflow), so say how large they are and where
-    the best weights are."""
-    try:
-        state = load_checkpoint(ck)["model"]
-        largest = max(float(v.abs().max()) for v in state.values() if torch.is_tensor(v) and v.numel())
-    except Exception:  # noqa: BLE001 (the words are a courtesy: never hide the divergence itself)
-        return f"The last checkpoint is {ck}."
-    best = run_dir / "best.pt"
-    where = f"; the best weights are in {best}" if best.is_file() else ""
-    if largest > 1e6:
-        return (f"The last checkpoint, {ck}, holds weights up to {largest:.3g}: the run was already diverging "
-                f"when it was written, so resuming it would diverge again (lower the learning rates){where}.")
-    return f"The last good checkpoint is {ck} (largest weight {largest:.3g}){where}."
-
-
-def _resumable(run_dir: Path) -> tuple[Path, Config, dict]:
-    """The config and checkpoint of a run folder to resume, refusing (and touching nothing) a folder
-    without a usable checkpoint or with one that belongs to another run."""
-    cfg_path = run_dir / "config.json"
-    if not run_dir.is_dir() or not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a spikeep run folder (no config.json)")
-    cfg = config_from_dict(read_json_config(cfg_path), str(cfg_path))
-    ck = run_dir / "checkpoint.pt"
-    if ck.exists() and not ck.is_file():
-        raise CheckpointError(f"{ck} is not a regular file (a {_kind(ck)}), so it cannot be a checkpoint; "
-                                   f"nothing was changed")
-    if not ck.is_file():
-        there = ", ".join(sorted(p.name for p in run_dir.iterdir())) or "nothing"
-        raise CheckpointError(
-            f"{run_dir}: no checkpoint.pt to resume from (the folder holds {there}); nothing was changed. "
-            f"A run killed before its first checkpoint cannot be resumed: start it anew with "
-            f"`spikeep train CONFIG` (checkpoints are written every epoch and every train.checkpoint_every "
-            f"iterations)")
-    ckpt = load_checkpoint(ck)
-    check_run_id(ck, ckpt, cfg.run_id, run_dir)
-    with torch.device("meta"):  # the weights fit the config's network: refused before the folder is locked
-        check_state_dict(ck, ckpt["model"], EqNetwork(cfg.model))
-    return run_dir, cfg, ckpt
-
-
 def _train(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log, progress: bool) -> TrainResult:
     threads = set_threads(cfg)
     st, learner = _training_state(cfg, ds, run_dir, ckpt, procs, device, log)
     n_batches = batches_per_epoch(ds.train.y.shape[0], cfg.train.batch_size, procs)
-    recorder = _open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if procs.main else None
+    recorder = open_recorder(cfg, run_dir, st, ds.test, ckpt, n_batches) if procs.main else None
     if recorder is not None and recorder.moved_aside is not None:
         log.warning(f"{run_dir / 'traces.h5'} was damaged and cannot be continued: kept as "
                     f"{recorder.moved_aside}; new traces start at the resumed iteration")
@@ -290,53 +225,6 @@ def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
     write_epoch_files(run_dir, history, cfg.train.epochs, f"{cfg.name} ({cfg.estimator.name})")
 
 
-def _open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, ckpt,
-                   n_batches: int) -> Optional[TraceRecorder]:
-    tc = cfg.traces
-    if not tc.enabled:
-        return None
-    probe = (test_set.x[:tc.probe].numpy(), test_set.y[:tc.probe].numpy()) if tc.probe else None
-    resume_it = None if ckpt is None else int(ckpt["epoch"]) * n_batches + int(ckpt["batch"])
-    attrs = {"spikeep_version": __version__, "config": json.dumps(cfg.to_dict()), "seed": cfg.train.seed,
-             "git_commit": git_commit() or "", **_normalisation_attrs(cfg)}
-    quantized, pl = {}, st.plasticity
-    if pl is not None and pl.spec.device == "linear":  # memristor conductances stay float
-        quantized = {n: (q.scale, pl.spec.bits) for n, q in pl.layers.items()}
-    return TraceRecorder(run_dir / "traces.h5", layer_specs(st.net, tc.sample, tc.seed, quantized), attrs=attrs,
-                         compression=tc.compression, gzip_level=tc.gzip_level, chunk=tc.chunk,
-                         flush_every=_flush_interval(cfg), probe=probe, resume_iteration=resume_it)
-
-
-def _normalisation_attrs(cfg: Config) -> dict:
-    """How the inputs (and the probe batch in the file) were normalised, as plain attributes."""
-    d = cfg.data
-    how = ("x = (pixel / 255 - input_mean[c]) / input_std[c] per channel c" if d.mean
-           else "x = pixel / 255 (no per-channel normalisation)")
-    return {"dataset": d.name, "input_mean": np.asarray(d.mean, dtype=np.float64),
-            "input_std": np.asarray(d.std, dtype=np.float64), "input_normalisation": how}
-
-
-def _flush_interval(cfg: Config) -> int:
-    """How many rows a trace flush writes: traces.flush_every, or fewer when checkpoints come more often
-    (every checkpoint flushes the traces first), so trace chunks are each written once, whole, and the
-    file does not grow with dead copies of rewritten compressed chunks."""
-    every = cfg.traces.flush_every
-    if cfg.train.checkpoint_every:
-        every = min(every, cfg.train.checkpoint_every)
-    return every
-
-
-def _snapshot(recorder: TraceRecorder, learner: Learner, iteration: int, epoch: int) -> None:
-    net = learner.net
-    weights = {n: l.weight for n, l in zip(net.layer_names(), net.layers)}
-    biases = {n: l.bias for n, l in zip(net.layer_names(), net.layers)}
-    states = None
-    if recorder.probe is not None:
-        x, y = (torch.from_numpy(a).to(net.synapses[0].weight.device) for a in recorder.probe)
-        states = dict(zip(net.layer_names(), learner.free_equilibrium(x).state))
-    recorder.snapshot(iteration, epoch, weights, biases, states)
-
-
 class _Epoch(NamedTuple):
     """What an epoch's iterations share."""
     number: int  # 1-based
@@ -366,7 +254,7 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
             recorder.record(it_global, ep.number, ep.layer_weights, before,
                             {n: w.grad for n, w in ep.layer_weights.items()}, alignment_angles(st.net))
             if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
-                _snapshot(recorder, learner, it_global, ep.number)
+                record_snapshot(recorder, learner, it_global, ep.number)
         bar.update()
         if checkpoint_now and procs.main:
             st.stats.seconds = time.perf_counter() - t0
@@ -495,7 +383,7 @@ def _end_epoch(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st
         if recorder is not None:
             it_end = epoch * n_batches
             if cfg.traces.full_each_epoch and not (cfg.traces.full_every and it_end % cfg.traces.full_every == 0):
-                _snapshot(recorder, learner, it_end, epoch)
+                record_snapshot(recorder, learner, it_end, epoch)
             recorder.flush()
         st.save(run_dir / "checkpoint.pt", cfg)
         _write_epoch_files(run_dir, cfg, st.history)

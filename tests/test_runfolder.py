@@ -232,15 +232,15 @@ def test_trace_file_stays_near_its_data_size_with_checkpoints_every_iteration(tm
 
 
 def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp_path):
-    from spikeep.trainer import _last_checkpoint_words
+    from spikeep.run_start import last_checkpoint_words
 
     run = tmp_path / "r"
     train(load_config(QUICK, TINY), run, progress=False, echo=False)
     ck = load_checkpoint(run / "checkpoint.pt")
-    assert "last good checkpoint" in _last_checkpoint_words(run / "checkpoint.pt", run)
+    assert "last good checkpoint" in last_checkpoint_words(run / "checkpoint.pt", run)
     ck["model"]["synapses.0.weight"].fill_(3e37)
     save_checkpoint(run / "checkpoint.pt", ck)
-    words = _last_checkpoint_words(run / "checkpoint.pt", run)
+    words = last_checkpoint_words(run / "checkpoint.pt", run)
     assert "already diverging" in words and "3e+37" in words and "best.pt" in words
 
 
