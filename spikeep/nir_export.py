@@ -297,11 +297,6 @@ def run_in_norse(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronPara
     return counts[0], outs[0]
 
 
-def norse_spike_counts(graph, x: torch.Tensor, steps: int, neuron: Optional[NeuronParams] = None) -> dict:
-    """The spike counts of run_in_norse."""
-    return run_in_norse(graph, x, steps, neuron)[0]
-
-
 def export_run(run_dir: str | Path, out: str | Path, which: str = "best", approximate: bool = False) -> dict:
     """Write a spiking run's trained network (best.pt or checkpoint.pt) to `out` as a NIR file."""
     nir = _nir()

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, batch_for, small_conv, small_mlp
 from spikeep.validation import load_config
 from spikeep.cli import main
-from spikeep.nir_export import ExportError, norse_spike_counts, read_graph, run_in_norse, to_nir
+from spikeep.nir_export import ExportError, read_graph, run_in_norse, to_nir
 from spikeep.spiking.neurons import NeuronParams
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 from spikeep.trainer import train
@@ -108,7 +108,7 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
     T = 400
     twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
     ours = [(r * T).round() for r in twin.rates]  # spike counts of the one window
-    sub = norse_spike_counts(graph, x.flatten(1), T, NeuronParams())
+    sub, _ = run_in_norse(graph, x.flatten(1), T, NeuronParams())
     for k, c in enumerate(ours):
         d = (sub[f"if_{k}"] - c).abs()
         if len(hidden) == 1:  # one spiking layer driven by a constant current: the very same spikes
@@ -119,7 +119,7 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
     # layer (constant current I = W x + b) it fires every floor(theta / I) + 1 steps, never faster
     # than the twin's clip(I / theta, 0, 1) (the explained, bounded difference)
     if len(hidden) == 1:
-        zero = norse_spike_counts(graph, x.flatten(1), T)["if_0"]
+        zero = run_in_norse(graph, x.flatten(1), T)[0]["if_0"]
         with torch.no_grad():
             current = net.prepare(x).drive  # (B, 16): W_1 x + b_1
         period = torch.where(current > 0, torch.floor(2.0 / current.clamp(min=1e-9)) + 1,
@@ -173,7 +173,7 @@ def test_leaky_neurons_export_as_lif_nodes(tmp_path):
         twin = SpikingSimulator(net, params).run_phase(net.prepare(x), None, 300)
     ours = (twin.rates[0] * 300).round()
     assert float(ours.sum()) > 100
-    counts = norse_spike_counts(graph, x.flatten(1), 300, params.neuron)
+    counts, _ = run_in_norse(graph, x.flatten(1), 300, params.neuron)
     assert torch.equal(counts["lif_0"], ours)
     with pytest.raises(ExportError, match="refractory"):
         to_nir(net, SpikingParams(neuron=NeuronParams(refractory=2)), approximate=True)
