@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from .config import Config, ConfigError
+from .core.dynamics import Settling
 from .core.engine import FusedEngine
 from .core.fused import triton_available
 from .core.network import EqNetwork
@@ -69,7 +70,8 @@ def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None)
         return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2, e.kp_leak)
     if e.name == "bptt":
         return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
-    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm)
+    settling = Settling(d.rtol, d.tol_every, d.patience) if d.stop == "relative" else None
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm, settling)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config, lr_factor: float = 1.0) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ import torch
 
 from .config import Config
 from .core.network import EqNetwork
-from .methods import WarmStarts
+from .methods import Learner, WarmStarts
 from .learning.plasticity import Plasticity
 from .epoch_stats import EpochStats
 from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_state_dict, save_checkpoint
@@ -34,6 +34,7 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"test_acc": -1.0, "epoch": 0})
     device_gen: Optional[torch.Generator] = None  # augmentation, Poisson input on the run's device (CPU: step_gen)
     warm: Optional[WarmStarts] = None  # dynamics.warm_start states (None: "none")
+    learner: Optional[Learner] = None  # what it carries between batches (Learner.state_dict)
     saved_at: float = field(default_factory=lambda: time.monotonic())  # when this process last saved (or started): not saved
 
     def __post_init__(self):
@@ -51,6 +52,7 @@ class TrainState:
                 "epoch_stats": self.stats.state_dict(), "history": self.history, "best": dict(self.best),
                 "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
                 **({"warm_start": self.warm.state_dict()} if self.warm is not None else {}),
+                **({"learner": self.learner.state_dict()} if self.learner is not None else {}),
                 "config": cfg.to_dict()}
 
     def restore(self, ckpt: dict, path: Path) -> None:
@@ -73,6 +75,8 @@ class TrainState:
                 self.plasticity.load_state_dict(ckpt["plasticity"])
             if self.warm is not None:
                 self.warm.load_state_dict(ckpt["warm_start"])
+            if self.learner is not None:
+                self.learner.load_state_dict(ckpt.get("learner", {}))
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 

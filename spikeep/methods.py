@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .core.dynamics import free_phase
+from .core.dynamics import Settling, free_phase
 from .core.network import EqNetwork, State
 from .learning.bptt import bptt_gradients
 from .learning.ep import ep_gradients
@@ -123,29 +123,46 @@ class Learner:
     def weights_changed(self) -> None:
         """The weights were changed (optimizer step, plasticity): drop what was derived from them."""
 
+    def state_dict(self) -> dict:
+        """What the learner carries from batch to batch beyond the weights (checkpointed)."""
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        pass
+
 
 class _RateNetwork(Learner):
     """Learners of the rate dynamics: predictions come from T1 free steps (early stop at `tol`)."""
     T1: int
     tol: float
     tol_every: int = 1
+    settling: Optional[Settling] = None
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> FreeEquilibrium:
-        r = free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every)
+        r = free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every,
+                       settling=self.settling)
         return FreeEquilibrium(r.state, steps=r.steps)
 
 
 class RateEP(_RateNetwork):
+    """Rate EP. With `settling` (dynamics.stop = "relative") phases end by core.dynamics.Settling; the
+    free phases (training and evaluation) measure themselves against the last batch's nudged phases'
+    gaps, which the learner keeps (and checkpoints: state_dict)."""
+
     def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0,
-                 tol_every: int = 1, kp_leak: float = 0.0, warm: Optional[WarmStarts] = None):
+                 tol_every: int = 1, kp_leak: float = 0.0, warm: Optional[WarmStarts] = None,
+                 settling: Optional[Settling] = None):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
-        self.tol, self.tol_every, self.kp_leak, self.warm = tol, tol_every, kp_leak, warm
+        self.tol, self.tol_every, self.kp_leak, self.warm, self.settling = tol, tol_every, kp_leak, warm, settling
 
     def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
         start = self.warm.start(index, x.shape[0]) if self.warm is not None else None
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
-                         state=start, tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask)
+                         state=start, tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask,
+                         settling=self.settling)
+        if self.settling is not None and r.gaps is not None:
+            self.settling = self.settling.with_gaps(r.gaps)
         if self.warm is not None:
             self.warm.keep(index, r.s_free)
         return StepResult(r.loss, r.logits, r.s_free, steps=r.steps, free_steps=r.free_steps,
@@ -153,6 +170,16 @@ class RateEP(_RateNetwork):
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)
+
+    def state_dict(self) -> dict:
+        gaps = self.settling.gaps if self.settling is not None else None
+        return {"phase_gaps": gaps.cpu() if gaps is not None else None}
+
+    def load_state_dict(self, d: dict) -> None:
+        gaps = d.get("phase_gaps")
+        if self.settling is not None:
+            dev = self.net.synapses[0].weight.device
+            self.settling = self.settling.with_gaps(gaps.to(dev) if gaps is not None else None)
 
 
 class BPTT(_RateNetwork):

@@ -156,8 +156,9 @@ def _training_state(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, l
     # Poisson input draws on the run's device (the same generator on the CPU)
     device_gen = step_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     warm = WarmStarts(cfg.dynamics.warm_start, net, ds.train.y.shape[0]) if cfg.dynamics.warm_start != "none" else None
+    learner = make_learner(cfg, net, warm)
     st = TrainState(net, opt, make_scheduler(opt, cfg), torch.Generator().manual_seed(cfg.train.seed),
-                    step_gen, make_plasticity(cfg, net), device_gen=device_gen, warm=warm)
+                    step_gen, make_plasticity(cfg, net), device_gen=device_gen, warm=warm, learner=learner)
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
@@ -168,7 +169,7 @@ def _training_state(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, l
         write_json_atomic(run_dir / "env.json", environment(device, procs.world, {
             "mode": d.precision, "engine": engine_name(d, device), "schedule": d.schedule,
             "recompute_every": d.recompute_every, "warm_start": d.warm_start}))
-    return st, make_learner(cfg, net, warm)
+    return st, learner
 
 
 def _evaluate_sharded(learner: Learner, test_set: Split, cfg: Config, procs: Dist) -> Evaluation:
@@ -219,6 +220,12 @@ def _epoch_line(row: dict, ev: Evaluation, learner: Learner) -> str:
     return (f"epoch {row['epoch']}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
             f"(loss {ev.loss:.4f}) | lr {row['lr']:.3g} | {row['seconds']:.1f} s | steps per phase: free "
             f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")
+
+
+def _weights_file(st: TrainState, cfg: Config, epoch: int, test_acc: float) -> dict:
+    """best.pt's content (and weights/epoch_NNN.pt's): the weights, the epoch, its test accuracy, the config."""
+    return {"format": CHECKPOINT_FORMAT, "model": st.net.state_dict(), "epoch": epoch, "test_acc": test_acc,
+            "config": cfg.to_dict()}
 
 
 def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
@@ -378,8 +385,10 @@ def _end_epoch(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st
         st.history.append(row)
         if ev.acc > st.best["test_acc"]:
             st.best = {"test_acc": ev.acc, "epoch": epoch}
-            save_checkpoint(run_dir / "best.pt", {"format": CHECKPOINT_FORMAT, "model": st.net.state_dict(),
-                                                  "epoch": epoch, "test_acc": ev.acc, "config": cfg.to_dict()})
+            save_checkpoint(run_dir / "best.pt", _weights_file(st, cfg, epoch, ev.acc))
+        if cfg.train.keep_epoch_weights:
+            (run_dir / "weights").mkdir(exist_ok=True)
+            save_checkpoint(run_dir / "weights" / f"epoch_{epoch:03d}.pt", _weights_file(st, cfg, epoch, ev.acc))
         if recorder is not None:
             it_end = epoch * n_batches
             if cfg.traces.full_each_epoch and not (cfg.traces.full_every and it_end % cfg.traces.full_every == 0):

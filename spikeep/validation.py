@@ -58,6 +58,10 @@ def check_config(cfg: Config) -> Config:
         except (RuntimeError, ValueError):
             raise ConfigError(f"dynamics.device: {cfg.dynamics.device!r} is not a device; use 'cpu', 'cuda', "
                               f"'cuda:N' or 'auto'") from None
+    if cfg.dynamics.stop == "relative" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
+        raise ConfigError("dynamics.stop = 'relative' measures EP's nudged phases: it is for rate EP "
+                          f"(model.neurons = {cfg.model.neurons!r}, estimator.name = {cfg.estimator.name!r}); "
+                          "use 'max_change'")
     if cfg.dynamics.warm_start != "none" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
         raise ConfigError("dynamics.warm_start is for rate EP (model.neurons = 'rate', an EP estimator)")
     if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):

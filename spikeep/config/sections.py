@@ -84,6 +84,12 @@ class DynamicsConfig:
     T2: int = 4
     tol: float = 0.0  # a phase ends early once max |s_{t+1} - s_t| < tol (0: run all steps)
     tol_every: int = 1  # steps between convergence checks (each reads one number from the device)
+    # how a phase ends early: "max_change" (the largest single change below tol), or "relative" (every
+    # layer's change over tol_every steps below rtol times the phases' difference |s^beta - s*|, at
+    # `patience` checks in a row; core.dynamics.Settling; rate EP only)
+    stop: str = "max_change"
+    rtol: float = 0.05
+    patience: int = 2
     dtype: str = "float32"  # or "float64" for checks
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     channels_last: bool = True  # NHWC conv layers (same math, faster oneDNN/cuDNN convolutions)
@@ -131,6 +137,15 @@ class DynamicsConfig:
         check_magnitude("dynamics.tol", self.tol)
         if self.tol_every < 1:
             raise ConfigError(f"dynamics.tol_every must be >= 1 step, got {self.tol_every}")
+        if self.stop not in ("max_change", "relative"):
+            raise ConfigError(f"dynamics.stop must be 'max_change' or 'relative', got {self.stop!r}")
+        if not (0 < self.rtol < 1e6):
+            raise ConfigError(f"dynamics.rtol must be a number > 0, got {self.rtol}")
+        if self.patience < 1:
+            raise ConfigError(f"dynamics.patience must be >= 1 check, got {self.patience}")
+        if self.stop == "relative" and self.tol:
+            raise ConfigError("dynamics.stop = 'relative' ends phases by dynamics.rtol: set dynamics.tol = 0 "
+                              f"(got {self.tol})")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dynamics.dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
@@ -191,6 +206,9 @@ class TrainConfig:
     # deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic): what bitwise
     # resume needs on CUDA, at some cost in speed; the CPU is deterministic either way
     deterministic: bool = False
+    # keep the weights after every epoch as weights/epoch_NNN.pt (best.pt's format), for analyses of
+    # the network at several stages of training (steps to equilibrium, estimate quality, spiking twins)
+    keep_epoch_weights: bool = False
 
     def validate(self) -> None:
         if self.sync_every < 1:

@@ -1,22 +1,54 @@
 """Relaxation to equilibrium: the free phase (beta = 0) and the nudged phases (beta != 0).
 
 One loop for every neuron model: it calls the network's pure `step` T times, optionally stopping
-once the largest change of any neuron falls below `tol`. A network with a relaxation engine
-(core.engine, EqNetwork.use_engine) runs its steps in blocks through that engine instead.
+early. Two stopping rules (dynamics.stop):
+
+  "max_change"  the first checked step whose largest change of any neuron is below `tol` (absolute);
+  "relative"    `Settling`: every layer's change over the last check interval, relative to the size
+                of the phases' difference that EP's estimate is made of (see Settling).
+
+A network with a relaxation engine (core.engine, EqNetwork.use_engine) runs its steps in blocks
+through that engine instead.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from .network import EqNetwork, Inputs, State
 
+Tensor = torch.Tensor
+
 
 class Relaxed(NamedTuple):
     state: State
     steps: int  # steps actually run
-    delta: float  # max |s_T - s_{T-1}| over all neurons at the end (nan if not measured)
+    delta: float  # max |s_T - s_{T-1}| over all neurons at the end (nan if not measured); Settling: the ratio
+    gaps: Optional[Tensor] = None  # Settling, nudged phases: per layer, the batch's mean |s^beta - s*| (L2)
+
+
+class Settling(NamedTuple):
+    """dynamics.stop = "relative": a phase ends once, at `patience` checks in a row, every layer k has
+    moved by less than rtol * g_k over the last `every` steps (per sample, L2 over the layer's neurons;
+    the batch's largest). g_k is the size of what EP's estimate is a difference of (Laborieux et al.
+    2021, Eq. 3: s^beta - s*, which is O(beta)): the batch's mean |s_k^beta - s_k*| (L2). A nudged phase
+    measures it as it goes, from its own start s*; a free phase has no s^beta yet and takes `gaps`,
+    the last nudged phases' (a training run's previous batch); without them it runs its whole budget.
+    Unlike an absolute tolerance on the largest single change, this does not tighten as the network
+    learns and its equilibria slow down, and a sample whose change dips once does not end the phase."""
+    rtol: float
+    every: int = 10
+    patience: int = 2
+    gaps: Optional[Tensor] = None  # (layers,) a free phase's reference
+
+    def with_gaps(self, gaps: Optional[Tensor]) -> "Settling":
+        return self._replace(gaps=gaps)
+
+
+def layer_distances(a: State, b: State) -> Tensor:
+    """(layers, batch): for each sample, the L2 norm of each layer's a - b (the difference formed first)."""
+    return torch.stack([(x - y).flatten(1).norm(dim=1) for x, y in zip(a, b)])
 
 
 def _check_steps(T: int, what: str) -> None:
@@ -25,18 +57,26 @@ def _check_steps(T: int, what: str) -> None:
 
 
 def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
-          tol: float = 0.0, every: int = 1) -> Relaxed:
+          tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None,
+          origin: Optional[State] = None) -> Relaxed:
     """Run s_{t+1} = sigma(dPhi^beta/ds) for at most T steps from `state`.
 
     With tol > 0 the loop stops at the first checked step whose largest change is below tol; a check
-    reads one number from the device, and runs every `every` steps (1: each step). Runs under no_grad
-    unless autograd is wanted by the caller (BPTT relaxes with the same step function).
+    reads one number from the device, and runs every `every` steps (1: each step). With `settling`
+    (which then replaces tol and every) it stops by that rule, measuring the phase's gap from `origin`
+    (a nudged phase's s*; None: a free phase). Runs under no_grad unless autograd is wanted by the
+    caller (BPTT relaxes with the same step function).
     """
     _check_steps(T, "T")
     _check_steps(every, "the convergence check interval")
     if (torch.is_tensor(beta) or beta != 0.0) and inp.target is None:
         raise ValueError("a nudged phase (beta != 0) needs labels y")
     engine = getattr(net, "engine", None)
+    if settling is not None:
+        _check_steps(settling.every, "the convergence check interval")
+        advance = (lambda s, n: _engine_steps(engine, inp, s, beta, n)) if engine is not None else \
+            (lambda s, n: _eager_steps(net, inp, s, beta, n))
+        return _relax_settling(advance, state, T, settling, origin)
     if engine is not None:
         return _relax_blocks(engine, inp, state, T, beta, tol, every)
     delta = float("nan")
@@ -70,20 +110,57 @@ def _relax_blocks(engine, inp: Inputs, state: State, T: int, beta, tol: float, e
     return Relaxed(state, done, delta)
 
 
+def _eager_steps(net: EqNetwork, inp: Inputs, state: State, beta, n: int) -> State:
+    for _ in range(n):
+        state = net.step(inp, state, beta)
+    return state
+
+
+def _engine_steps(engine, inp: Inputs, state: State, beta, n: int) -> State:
+    size = min(n, engine.recompute_every) if engine.incremental else n  # an exact recomputation opens each block
+    done = 0
+    while done < n:
+        k = min(size, n - done)
+        state = engine.run_block(inp, state, beta, k).state
+        done += k
+    return state
+
+
+def _relax_settling(advance: Callable[[State, int], State], state: State, T: int, rule: Settling,
+                    origin: Optional[State]) -> Relaxed:
+    """relax() with the relative rule (Settling): blocks of rule.every steps, one device read per check."""
+    done, calm, ratio, gaps = 0, 0, float("nan"), None
+    while done < T:
+        new = advance(state, min(rule.every, T - done))
+        done += min(rule.every, T - done)
+        if origin is not None:
+            gaps = layer_distances(new, origin).mean(1)
+        ref = gaps if origin is not None else rule.gaps
+        if ref is not None:
+            change = layer_distances(new, state).amax(1)
+            # a layer the nudge has not reached yet (gap 0) is not settled: 0/0 and x/0 count as infinite
+            ratio = float(torch.where(ref > 0, change / ref, torch.full_like(change, float("inf"))).max())
+            calm = calm + 1 if ratio < rule.rtol else 0
+        state = new
+        if calm >= rule.patience:
+            break
+    return Relaxed(state, done, ratio, gaps)
+
+
 @torch.no_grad()
 def free_phase(net: EqNetwork, inp: Inputs, T1: int, state: State | None = None,
-               tol: float = 0.0, every: int = 1) -> Relaxed:
+               tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None) -> Relaxed:
     """First phase: from `state` (zeros by default) to the free equilibrium s*."""
     _check_steps(T1, "T1")
     state = net.init_state(inp.x.shape[0]) if state is None else state
-    return relax(net, inp, state, T1, 0.0, tol, every)
+    return relax(net, inp, state, T1, 0.0, tol, every, settling)
 
 
 @torch.no_grad()
 def nudged_phase(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float,
-                 tol: float = 0.0, every: int = 1) -> Relaxed:
+                 tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None) -> Relaxed:
     """Nudged phase: from s* with the loss pulling the output, for any beta != 0 (+ or -)."""
     _check_steps(T2, "T2")
     if not torch.is_tensor(beta) and beta == 0.0:
         raise ValueError("a nudged phase needs beta != 0")
-    return relax(net, inp, s_free, T2, beta, tol, every)
+    return relax(net, inp, s_free, T2, beta, tol, every, settling, s_free)

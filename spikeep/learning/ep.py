@@ -6,7 +6,7 @@ from typing import Any, NamedTuple, Optional, Protocol
 
 import torch
 
-from ..core.dynamics import Relaxed, free_phase, nudged_phase
+from ..core.dynamics import Relaxed, Settling, free_phase, nudged_phase
 from ..core.engine import batched_inputs, plus_minus_beta
 from ..core.network import EqNetwork, Inputs, State
 from .estimators import Equilibria, Grads, check_estimator, estimate, finish, needs_minus, nudge_beta, write_grads
@@ -22,6 +22,7 @@ class EPResult(NamedTuple):
     beta: float  # the beta of the first nudged phase (its sign, for random-sign)
     free_steps: int = 0  # steps of the free phase alone (the rest went to the nudged phase(s))
     nudged_phases: int = 1  # 2 for the symmetric estimators
+    gaps: Optional[Tensor] = None  # Settling: per layer, the nudged phases' mean |s^beta - s*| (the next free phase's reference)
 
 
 class Minimizer(Protocol):
@@ -58,22 +59,23 @@ def ep_step(m: Minimizer, net: EqNetwork, inp: Inputs, estimator: str, beta: flo
 
 
 class RateRelaxation:
-    """The rate dynamics as EP's minimiser: T1 / T2 relaxation steps (ending early at `tol`), the
-    +beta and -beta phases as one batch of 2B when the network has an engine."""
+    """The rate dynamics as EP's minimiser: T1 / T2 relaxation steps (ending early at `tol`, or by the
+    `settling` rule), the +beta and -beta phases as one batch of 2B when the network has an engine."""
 
     def __init__(self, net: EqNetwork, T1: int, T2: int, tol: float = 0.0, tol_every: int = 1,
-                 state: Optional[State] = None):
+                 state: Optional[State] = None, settling: Optional[Settling] = None):
         self.net, self.T1, self.T2, self.tol, self.tol_every, self.state = net, T1, T2, tol, tol_every, state
+        self.settling = settling
 
     def free_phase(self, inp: Inputs) -> Relaxed:
-        return free_phase(self.net, inp, self.T1, self.state, self.tol, self.tol_every)
+        return free_phase(self.net, inp, self.T1, self.state, self.tol, self.tol_every, self.settling)
 
     def nudged_phases(self, inp: Inputs, free: Relaxed, beta: float, minus: bool):
-        net, T2, tol, every = self.net, self.T2, self.tol, self.tol_every
+        net, T2, tol, every, rule = self.net, self.T2, self.tol, self.tol_every, self.settling
         if minus and getattr(net, "engine", None) is not None:
-            return both_nudged_phases(net, inp, free.state, T2, beta, tol, every)
-        plus = nudged_phase(net, inp, free.state, T2, beta, tol, every)
-        return plus, (nudged_phase(net, inp, free.state, T2, -beta, tol, every) if minus else None)
+            return both_nudged_phases(net, inp, free.state, T2, beta, tol, every, rule)
+        plus = nudged_phase(net, inp, free.state, T2, beta, tol, every, rule)
+        return plus, (nudged_phase(net, inp, free.state, T2, -beta, tol, every, rule) if minus else None)
 
     def delta(self, inp: Inputs, a: Relaxed, beta_a: float, b: Relaxed, beta_b: float) -> Grads:
         return self.net.dphi_dtheta_delta(inp, a.state, beta_a, inp, b.state, beta_b)
@@ -85,30 +87,36 @@ class RateRelaxation:
 def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric",
                  beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
                  generator: Optional[torch.Generator] = None, state: Optional[State] = None,
-                 tol_every: int = 1, kp_leak: float = 0.0, mask: Optional[Tensor] = None) -> EPResult:
+                 tol_every: int = 1, kp_leak: float = 0.0, mask: Optional[Tensor] = None,
+                 settling: Optional[Settling] = None) -> EPResult:
     """EP on the rate dynamics: free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen
-    estimate in .grad; with tol > 0 a phase ends early once converged (checked every `tol_every` steps);
-    `mask` is the batch's dropout mask (EqNetwork.draw_mask), the same in every phase."""
+    estimate in .grad; with tol > 0 a phase ends early once converged (checked every `tol_every` steps),
+    with `settling` by that rule instead (core.dynamics.Settling; its free-phase gaps are the caller's:
+    EPResult.gaps gives this batch's for the next); `mask` is the batch's dropout mask
+    (EqNetwork.draw_mask), the same in every phase."""
     with torch.no_grad():
         inp = net.prepare(x, y)._replace(mask=mask)
-        ph = ep_step(RateRelaxation(net, T1, T2, tol, tol_every, state), net, inp, estimator, beta, generator,
-                     kp_leak)
+        ph = ep_step(RateRelaxation(net, T1, T2, tol, tol_every, state, settling), net, inp, estimator, beta,
+                     generator, kp_leak)
         return ep_result(ph, net.loss(ph.free.state, inp.y, mask), net.logits(ph.free.state, mask), ph.free.state)
 
 
 def ep_result(ph: EPPhases, loss: Tensor, logits: Tensor, s_free: State) -> EPResult:
     steps = ph.free.steps + ph.plus.steps + (ph.minus.steps if ph.minus is not None else 0)
-    return EPResult(s_free, loss, logits, steps, ph.beta, ph.free.steps, 1 if ph.minus is None else 2)
+    gaps = ph.plus.gaps
+    if gaps is not None and ph.minus is not None and ph.minus.gaps is not None and ph.minus.gaps is not gaps:
+        gaps = (gaps + ph.minus.gaps) / 2
+    return EPResult(s_free, loss, logits, steps, ph.beta, ph.free.steps, 1 if ph.minus is None else 2, gaps)
 
 
 def both_nudged_phases(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float, tol: float = 0.0,
-                       tol_every: int = 1) -> tuple[Relaxed, Relaxed]:
+                       tol_every: int = 1, settling: Optional[Settling] = None) -> tuple[Relaxed, Relaxed]:
     """The +beta and -beta phases as one batch of 2B (both start from s*; each sample's nudge carries its
     own sign), split back into two. Needs an engine that takes a per-sample beta (core.engine); with
     tol > 0 both halves run until the slower one has converged."""
     B = s_free[0].shape[0]
     both = nudged_phase(net, batched_inputs(inp), tuple(torch.cat([s, s]) for s in s_free), T2,
-                        plus_minus_beta(beta, B, s_free[0]), tol, tol_every)
+                        plus_minus_beta(beta, B, s_free[0]), tol, tol_every, settling)
     plus = tuple(s[:B] for s in both.state)
     minus = tuple(s[B:] for s in both.state)
-    return Relaxed(plus, both.steps, both.delta), Relaxed(minus, both.steps, both.delta)
+    return Relaxed(plus, both.steps, both.delta, both.gaps), Relaxed(minus, both.steps, both.delta, both.gaps)
