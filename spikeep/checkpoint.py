@@ -35,6 +35,7 @@ class TrainState:
     device_gen: Optional[torch.Generator] = None  # augmentation, Poisson input on the run's device (CPU: step_gen)
     warm: Optional[WarmStarts] = None  # dynamics.warm_start states (None: "none")
     learner: Optional[Learner] = None  # what it carries between batches (Learner.state_dict)
+    plan: Optional[dict] = None  # train.minutes: the plan the run follows (time_budget.Plan.to_dict)
     saved_at: float = field(default_factory=lambda: time.monotonic())  # when this process last saved (or started): not saved
 
     def __post_init__(self):
@@ -53,6 +54,7 @@ class TrainState:
                 "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
                 **({"warm_start": self.warm.state_dict()} if self.warm is not None else {}),
                 **({"learner": self.learner.state_dict()} if self.learner is not None else {}),
+                **({"plan": self.plan} if self.plan is not None else {}),
                 "config": cfg.to_dict()}
 
     def restore(self, ckpt: dict, path: Path) -> None:
@@ -77,6 +79,7 @@ class TrainState:
                 self.warm.load_state_dict(ckpt["warm_start"])
             if self.learner is not None:
                 self.learner.load_state_dict(ckpt.get("learner", {}))
+            self.plan = ckpt.get("plan")
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .files import write_json_atomic, write_text_atomic
 from .plots import plot_angles, plot_curves
@@ -33,20 +33,24 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def summary(history: list[dict], total_seconds: float, epochs: int) -> dict[str, Any]:
+def summary(history: list[dict], total_seconds: float, epochs: int, extra: Optional[dict] = None) -> dict[str, Any]:
+    """extra: more keys (a time budget's plan, a cut)."""
     best = max(history, key=lambda h: h["test_acc"])
     last = history[-1]
-    return {"epochs_done": last["epoch"], "epochs": epochs, "finished": last["epoch"] == epochs,
+    return {"epochs_done": last["epoch"], "epochs": epochs, "finished": last["epoch"] == epochs, **(extra or {}),
             "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
             "final_test_acc": last["test_acc"], "final_test_loss": last["test_loss"],
             "final_train_acc": last["train_acc"], "final_train_loss": last["train_loss"],
             "train_seconds": total_seconds}
 
 
-def write_epoch_files(run_dir: Path, history: list[dict], epochs: int, title: str) -> None:
-    """metrics.csv, summary.json and curves.png of the epochs so far."""
+def write_epoch_files(run_dir: Path, history: list[dict], epochs: int, title: str, extra: Optional[dict] = None) -> None:
+    """metrics.csv, summary.json and curves.png of the epochs so far (a run cut by its time budget: the
+    row of the cut evaluation has a fractional epoch, epochs done + iterations done / per epoch)."""
     write_metrics(run_dir / "metrics.csv", history)
-    write_json_atomic(run_dir / "summary.json", summary(history, sum(h["seconds"] for h in history), epochs))
+    whole = [h for h in history if float(h["epoch"]).is_integer()]  # a cut row's seconds go on in its epoch's row
+    seconds = sum(h["seconds"] for h in whole) + (history[-1]["seconds"] if history[-1] not in whole else 0.0)
+    write_json_atomic(run_dir / "summary.json", summary(history, seconds, epochs, extra))
     plot_curves(run_dir / "curves.png", history, title)
     if any(k.startswith("angle_") for k in history[-1]):
         plot_angles(run_dir / "angles.png", history, title)

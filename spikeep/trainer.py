@@ -43,6 +43,7 @@ from .provenance import environment
 from .run_start import last_checkpoint_words, open_run_dir, resumable
 from .runfolder import RunLock, check_run_dir, refuse_existing_run
 from .spiking.simulator import probe_phases
+from .time_budget import Deadline, Plan, Probe, make_plan
 from .torch_settings import resolve_device, set_threads
 from .trace_recording import open_recorder, record_snapshot
 from .traces import TraceRecorder
@@ -131,14 +132,77 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log, progr
              + f", {threads}, {sum(p.numel() for p in st.net.parameters())} parameters, run folder {run_dir}")
     # one process: the training set on the device once; several: each holds its shard of each epoch
     train_set = Split(ds.train.x.to(device), ds.train.y.to(device)) if procs.world == 1 else ds.train
+    budget = _Budget(cfg, device, ds.test.y.shape[0], run_dir, log) if cfg.train.minutes else None
     try:
-        while st.epoch < cfg.train.epochs:
-            seconds = _train_epoch(cfg, run_dir, procs, device, progress, train_set, st, learner, recorder)
+        while st.epoch < _epochs(cfg, st):
+            seconds = _train_epoch(cfg, run_dir, procs, device, progress, train_set, st, learner, recorder, budget)
+            if budget is not None and budget.cut:
+                _end_cut(cfg, run_dir, procs, log, ds.test, st, learner, recorder, seconds, n_batches)
+                break
             _end_epoch(cfg, run_dir, procs, log, ds.test, st, learner, recorder, seconds, n_batches)
+        if cfg.train.half_weights and procs.main:
+            save_checkpoint(run_dir / "weights_fp16.pt", _half(_weights_file(st, cfg, st.epoch, st.history[-1]["test_acc"]
+                                                                             if st.history else float("nan"))))
     finally:
         if recorder is not None:
             recorder.close()
     return TrainResult(st.net, st.history, run_dir)
+
+
+def _epochs(cfg: Config, st: TrainState) -> int:
+    """The epochs the run trains: train.epochs, or its time budget's plan."""
+    return st.plan["epochs"] if st.plan is not None else cfg.train.epochs
+
+
+def _half(weights: dict) -> dict:
+    """A weights file with its floating-point tensors in float16 (load_state_dict casts them back)."""
+    return {**weights, "model": {k: v.half() if v.is_floating_point() else v for k, v in weights["model"].items()},
+            "dtype": "float16"}
+
+
+class _Budget:
+    """train.minutes in the loop (spikeep.time_budget): time a few iterations, fix the plan once (plan.json,
+    the cosine's T_max), and cut the run at a batch boundary when the time left would not cover an
+    evaluation and a checkpoint."""
+
+    def __init__(self, cfg: Config, device, test_images: int, run_dir: Path, log):
+        self.deadline = Deadline(cfg.train.minutes)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self.probe, self.test_images, self.run_dir, self.log = Probe(sync), test_images, run_dir, log
+        self.setup: Optional[float] = None  # seconds from the budget's start to the first iteration
+        self.cut = False
+
+    def before_epoch(self, st: TrainState, n_batches: int) -> None:
+        if st.plan is None:  # (a probe that an epoch's end interrupted starts again)
+            self.setup = self.deadline.elapsed() if self.setup is None else self.setup
+            self.probe = Probe(self.probe.sync)
+            self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
+
+    def after_iteration(self, cfg: Config, st: TrainState, procs: Dist, n_batches: int) -> None:
+        if st.plan is None and self.setup is not None:
+            m = self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
+            if m is not None:
+                it, steps = sum_over_processes(procs, [m[0], m[1]]) if procs.world > 1 else m[:2]
+                it, steps = it / procs.world, steps / procs.world
+                plan = make_plan(cfg.train.minutes, cfg.train.epochs, it, n_batches, cfg.train.batch_size, steps,
+                                 self.test_images, cfg.dynamics.T1, self.setup, m[2], cfg.train.budget_margin)
+                self._adopt(plan, st, procs)
+        if st.plan is not None and st.batch < n_batches:
+            reserve = (st.plan["evaluation_seconds"] + 2 * st.plan["seconds_per_iteration"]
+                       + min(5.0, 3.0 * cfg.train.minutes))  # + a checkpoint's writing
+            due = self.deadline.left() < reserve
+            self.cut = any_process(procs, due) if procs.world > 1 else due
+
+    def _adopt(self, plan: Plan, st: TrainState, procs: Dist) -> None:
+        st.plan = plan.to_dict()
+        if st.sched is not None and hasattr(st.sched, "T_max"):
+            st.sched.T_max = plan.T_max  # no scheduler step has been taken yet: the whole cosine is the plan's
+        if procs.main:
+            write_json_atomic(self.run_dir / "plan.json", st.plan)
+            self.log.info(f"time budget {plan.minutes:g} min: {plan.seconds_per_iteration:.3g} s per iteration "
+                          f"({plan.iterations_per_epoch} per epoch), evaluation <= {plan.evaluation_seconds:.3g} s, "
+                          f"setup {plan.setup_seconds:.3g} s: {plan.epochs} epoch(s), cosine T_max {plan.T_max} "
+                          f"(plan.json; the same schedule without a budget: {st.plan['repeat']})")
 
 
 def lr_factor(cfg: Config, world: int) -> float:
@@ -163,7 +227,7 @@ def _training_state(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, l
         st.restore(ckpt, run_dir / "checkpoint.pt")
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
         if st.history and procs.main:  # a crash may have come between the checkpoint and these files
-            _write_epoch_files(run_dir, cfg, st.history)
+            _write_epoch_files(run_dir, cfg, st)
     elif procs.main:
         d = cfg.dynamics
         write_json_atomic(run_dir / "env.json", environment(device, procs.world, {
@@ -228,8 +292,11 @@ def _weights_file(st: TrainState, cfg: Config, epoch: int, test_acc: float) -> d
             "config": cfg.to_dict()}
 
 
-def _write_epoch_files(run_dir: Path, cfg: Config, history: list[dict]) -> None:
-    write_epoch_files(run_dir, history, cfg.train.epochs, f"{cfg.name} ({cfg.estimator.name})")
+def _write_epoch_files(run_dir: Path, cfg: Config, st: TrainState, cut: Optional[dict] = None) -> None:
+    extra = {"plan": st.plan} if st.plan is not None else {}
+    if cut is not None:
+        extra["cut"] = cut
+    write_epoch_files(run_dir, st.history, _epochs(cfg, st), f"{cfg.name} ({cfg.estimator.name})", extra)
 
 
 class _Epoch(NamedTuple):
@@ -242,15 +309,18 @@ class _Epoch(NamedTuple):
 
 
 def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool, train_set: Split,
-                 st: TrainState, learner: Learner, recorder: Optional[TraceRecorder]) -> float:
+                 st: TrainState, learner: Learner, recorder: Optional[TraceRecorder],
+                 budget: Optional[_Budget] = None) -> float:
     """The batches of one epoch from where the state stands; returns the epoch's training seconds.
     Nothing is read from the device inside an iteration except every train.sync_every iterations
     (finite checks, progress bar), before every checkpoint and at the epoch's end."""
     ep = _start_epoch(cfg, procs, device, train_set, st)
     t0 = time.perf_counter() - st.stats.seconds
-    bar = tqdm(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{cfg.train.epochs}",
+    bar = tqdm(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{_epochs(cfg, st)}",
                disable=not progress, leave=False)
     checks = FiniteChecks()
+    if budget is not None:
+        budget.before_epoch(st, ep.n_batches)
     while st.batch < ep.n_batches:
         before = _iteration(cfg, procs, train_set, st, learner, recorder, ep, checks)
         st.batch += 1
@@ -270,6 +340,10 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
             st.save(run_dir / "checkpoint.pt", cfg)
         if checkpoint_now:
             st.saved_at = time.monotonic()  # every process: the next time-based checkpoint is agreed on
+        if budget is not None:
+            budget.after_iteration(cfg, st, procs, ep.n_batches)
+            if budget.cut:
+                break
     bar.close()
     return time.perf_counter() - t0
 
@@ -395,7 +469,42 @@ def _end_epoch(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st
                 record_snapshot(recorder, learner, it_end, epoch)
             recorder.flush()
         st.save(run_dir / "checkpoint.pt", cfg)
-        _write_epoch_files(run_dir, cfg, st.history)
+        _write_epoch_files(run_dir, cfg, st)
         log.info(_epoch_line(row, ev, learner))
     st.saved_at = time.monotonic()  # the epoch's checkpoint (every process keeps the same clock of it)
+    barrier(procs)
+
+
+def _end_cut(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st: TrainState, learner: Learner,
+             recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
+    """The time budget ran out mid-epoch: checkpoint where the run stands (a resume goes on from there),
+    evaluate the test set, and write a row at the fractional epoch reached, marked as a cut."""
+    stats = st.stats.synced()
+    seen, correct, loss_sum = sum_over_processes(procs, [stats.seen, stats.correct, stats.loss_sum])
+    stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
+    st.stats.seconds = train_seconds  # the resumed epoch's clock goes on from here
+    ck = None
+    if procs.main:
+        if recorder is not None:
+            recorder.flush()
+        ck = st.checkpoint(cfg)
+        save_checkpoint(run_dir / "checkpoint.pt", ck)  # before the evaluation: resumable whatever happens
+    ev = _evaluate_sharded(learner, test_set, cfg, procs)
+    if procs.main:
+        at = round(st.epoch + st.batch / n_batches, 4)
+        row = _epoch_row(cfg, run_dir, test_set, learner, stats, ev, at, st.opt.param_groups[0]["lr"], train_seconds)
+        st.history.append(row)
+        if ev.acc > st.best["test_acc"]:
+            st.best = {"test_acc": ev.acc, "epoch": at}
+            save_checkpoint(run_dir / "best.pt", _weights_file(st, cfg, at, ev.acc))
+        ck.update(history=st.history, best=dict(st.best))
+        save_checkpoint(run_dir / "checkpoint.pt", ck)  # the same state, with the cut's row
+        cut = {"epoch": st.epoch + 1, "iteration": st.batch, "iterations_per_epoch": n_batches, "at_epoch": at,
+               "minutes": cfg.train.minutes}
+        _write_epoch_files(run_dir, cfg, st, cut)
+        log.info(_epoch_line(row, ev, learner))
+        log.warning(f"the time budget ({cfg.train.minutes:g} min) cut the run in epoch {st.epoch + 1} of "
+                    f"{_epochs(cfg, st)}, after iteration {st.batch} of {n_batches}: evaluated and checkpointed as "
+                    f"it stands (`spikeep train --resume {run_dir}` goes on, with a new budget)")
+    st.saved_at = time.monotonic()
     barrier(procs)

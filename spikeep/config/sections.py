@@ -209,12 +209,23 @@ class TrainConfig:
     # keep the weights after every epoch as weights/epoch_NNN.pt (best.pt's format), for analyses of
     # the network at several stages of training (steps to equilibrium, estimate quality, spiking twins)
     keep_epoch_weights: bool = False
+    # a wall-clock budget for this invocation's training, evaluations included (0: none): the epochs and
+    # the cosine's T_max are fitted to it from timed iterations (plan.json), and a run that would overrun
+    # stops at a batch boundary, checkpoints and evaluates (spikeep.time_budget)
+    minutes: float = 0.0
+    budget_margin: float = 1.1  # the plan fills minutes / budget_margin
+    # also write weights_fp16.pt at the end (and at a cut): the weights in float16, a small file to keep
+    half_weights: bool = False
 
     def validate(self) -> None:
         if self.sync_every < 1:
             raise ConfigError(f"train.sync_every must be >= 1 iteration, got {self.sync_every}")
         if self.checkpoint_every < 0 or self.T_max < 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ConfigError("train.checkpoint_every, T_max, weight_decay and momentum must be >= 0")
+        if not 0 <= self.minutes < 1e6:
+            raise ConfigError(f"train.minutes must be >= 0 (0: no time budget), got {self.minutes}")
+        if not 1 <= self.budget_margin < 100:
+            raise ConfigError(f"train.budget_margin must be >= 1, got {self.budget_margin}")
         if not 0 <= self.checkpoint_minutes < 1e6:
             raise ConfigError(f"train.checkpoint_minutes must be >= 0 (0: off), got {self.checkpoint_minutes}")
         if self.lr_scaling not in ("none", "linear", "sqrt"):
