@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 PROBE_SKIP = 3  # iterations not timed: first-call costs (compilation, graph capture, autotuning)
-PROBE_TIMED = 10  # iterations timed for the plan (fewer if the epoch is shorter)
+PROBE_TIMED = 10  # iterations timed for the plan (at most a tenth of an epoch, at least one)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Probe:
                 self.sync()
                 self.t0, self.steps0, self.at = time.perf_counter(), steps, iteration
             return None
-        if iteration - self.at >= PROBE_TIMED or iteration == n_batches:
+        if iteration - self.at >= min(PROBE_TIMED, max(1, n_batches // 10)) or iteration == n_batches:
             self.sync()
             n = iteration - self.at
             return (time.perf_counter() - self.t0) / n, (steps - self.steps0) / n, n
