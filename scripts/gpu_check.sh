@@ -37,7 +37,7 @@ stage bench 170 python3 analysis/bench_gpu.py --batches 512,128,2048 --full-at 5
 NPZ=$PWD/.cifar-sub/cifar10_sub.npz
 stage precision 60 python3 analysis/precision.py --device cuda --impl triton --npz "$NPZ" --out "$OUTDIR/precision"
 if [ -f "$NPZ" ]; then
-  stage train_fast $(( $(left) - 15 )) python3 -m spikeep.cli train models/cifar10_fast.toml --device cuda \
+  stage train_fast $(( $(left) - 15 )) python3 -m spikeep.cli train cifar10_fast --device cuda \
     --set data.npz="$NPZ" --set train.epochs=30 --run-dir /tmp/run_fast --no-progress
   cp /tmp/run_fast/metrics.csv "$OUTDIR/fast_metrics.csv" 2>/dev/null
   cp /tmp/run_fast/env.json "$OUTDIR/fast_env.json" 2>/dev/null

@@ -1,7 +1,7 @@
 """A config checked against the package: activation and pooling names, spiking and synapse parameters,
 chip profiles, shapes that fit together; and the one entry point that reads a config file.
 
-    load_config(path, overrides)   TOML file + --set items -> a validated Config
+    load_config(path, overrides)   TOML file (or a shipped config's name) + --set items -> a validated Config
     config_from_dict(data, source) a dict (e.g. a run folder's config.json) -> a validated Config
     check_config(cfg)              every check, with the key named in the error
 """
@@ -12,7 +12,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
+from .config import (Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, resolve_config,
+                     with_overrides)
 from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.activations import get_activation
@@ -90,8 +91,10 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
-    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings. Errors
-    name the file, or the --set item they come from."""
+    """Read a TOML config (a file, or the name of a shipped config such as 'quickstart') into a validated
+    Config; `overrides` are 'section.key=value' strings. Errors name the file, or the --set item they
+    come from."""
     overrides = list(overrides or [])
+    path = resolve_config(path)
     data = with_overrides(read_toml(path), overrides, str(path))
     return config_from_dict(data, str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))

@@ -21,7 +21,7 @@ from spikeep.files import StorageError, write_json_atomic
 from spikeep.trainer import train
 from spikeep.checkpoint_files import load_checkpoint
 
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
         "train.checkpoint_every=2", "train.epochs=2"]
 TRACED = TINY + ["traces.enabled=true", "traces.sample=20", "traces.flush_every=3"]
