@@ -31,7 +31,6 @@ def iteration(learner, opt, x, y, gen) -> None:
     opt.zero_grad(set_to_none=False)
     learner.estimate(x, y, gen, gen)
     opt.step()
-    learner.weights_changed()
 
 
 def bench(path: str, threads: list[int], iters: int, blocks: int) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -56,7 +57,7 @@ class TrainResult(NamedTuple):
 
 
 def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
-          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs",
+          progress: Optional[bool] = None, echo: bool = True, base_dir: str | Path = "runs",
           overwrite: bool = False) -> TrainResult:
     """Train cfg.model on cfg.data in a run folder.
 
@@ -64,7 +65,8 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given). A given run_dir
     that holds anything is refused (overwrite=True moves it aside first, deleting nothing). Nothing is
     created before the config, the data and the device are known good; one process writes a folder
-    at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder.
+    at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder. progress: tqdm bars
+    (None: only when stderr is a terminal, so logs and pipes get none).
     """
     procs = join_process_group()
     ckpt = None
@@ -90,10 +92,19 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         run_dir = on_main(procs, lambda: open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
         if procs.main:
             remove_stale_temporaries(run_dir)
+        if progress is None:
+            progress = _stderr_is_terminal()
         return _logged(cfg, ds, run_dir, ckpt, procs, device, echo, progress and procs.main)
     finally:
         for lock in locks:
             lock.release()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: bool, progress: bool) -> TrainResult:
@@ -327,7 +338,6 @@ def _iteration(cfg: Config, procs: Dist, train_set: Split, st: TrainState, learn
         st.stats.updates = st.stats.updates + st.plasticity.apply()
     else:
         st.stats.updates = st.stats.updates + sum(w.numel() for w in ep.layer_weights.values())
-    learner.weights_changed()
     checks.add(list(net.named_parameters()), "weights", where)
     if r is not None:
         st.stats.add_batch(r.loss, r.logits, y)
