@@ -1,4 +1,5 @@
-"""Command line: spikeep train | evaluate | gdu | traces. A thin layer over the library functions."""
+"""Command line: spikeep train | evaluate | gdu | traces | export | configs (also `python -m spikeep`). A thin
+layer over the library functions."""
 from __future__ import annotations
 
 import os
@@ -63,14 +64,14 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.config or args.overrides:
             raise ValueError("--resume continues a run with the config stored in its folder: give no CONFIG or --set")
-        result = train(run_dir=args.resume, resume=True, progress=not args.no_progress)
+        result = train(run_dir=args.resume, resume=True, progress=False if args.no_progress else None)
     else:
         if not args.config:
             raise ValueError("give a CONFIG file, or --resume RUN_DIR")
         cfg = _config(args)
         if args.download:
             cfg.data.download = True
-        result = train(cfg, args.run_dir, progress=not args.no_progress, base_dir=args.runs,
+        result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs,
                        overwrite=args.overwrite)
     if result.history:
         last = result.history[-1]
@@ -150,14 +151,38 @@ def main(argv: list[str] | None = None) -> int:
     # first thing, before torch and the rest are imported: SIGINT / SIGTERM end with one line
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:  # the reader went away (`spikeep export ... | head -1`): stop quietly, as
+        _drop_stdout()       # a process killed by SIGPIPE would
+        return 141
     finally:  # in-process callers (tests, notebooks) get their handlers back
         for sig, h in previous.items():
             signal.signal(sig, h)
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit finds no closed pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush
+        pass
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"spikeep {__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spikeep", description="FreeEquilibrium Propagation simulator.")
+    ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator: rate and spiking "
+                                 "networks, trained by EP or BPTT, from TOML configs (`spikeep configs` lists the "
+                                 "shipped ones).")
+    ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a network from a config", description=(
         "Train a network from a TOML config into a run folder (config, metrics.csv, summary.json, env.json, "
@@ -170,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="where new run folders go (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("evaluate", help="test accuracy of a run's weights",
                        description="Evaluate a run folder's best (or last) weights on its test set.")
