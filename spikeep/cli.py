@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 
 def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
-    p.add_argument("config", nargs=None if config_required else "?", help="TOML config file (see models/)")
+    p.add_argument("config", nargs=None if config_required else "?",
+                   help="a shipped config's name (see `spikeep configs`, e.g. quickstart) or a TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides dynamics.device)")
@@ -131,6 +132,26 @@ def cmd_traces(args) -> int:
             raise ValueError("traces export needs --layer NAME (see 'spikeep traces info FILE')")
         out = traces.export(args.file, args.layer, args.format, args.out)
         print(f"wrote {out}")
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from .config import shipped_configs
+
+    shipped = shipped_configs()
+    if args.name:  # one config's text, to read or to copy and edit
+        name = args.name[:-5] if args.name.endswith(".toml") else args.name
+        if name not in shipped:
+            raise ValueError(f"no shipped config named {args.name!r}; `spikeep configs` lists them")
+        print(shipped[name].read_text(encoding="utf-8"), end="")
+        return 0
+    width = max(map(len, shipped), default=0)
+    for name, path in shipped.items():
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:<{width}}  {about}")
+    print(f"\n{len(shipped)} configs in {next(iter(shipped.values())).parent if shipped else '(none)'}; "
+          f"use one by name (spikeep train quickstart), show one with `spikeep configs NAME`")
     return 0
 
 
@@ -222,6 +243,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "npz"], default="npz", help="export format (default npz)")
     p.add_argument("--out", help="output file (default: next to FILE)")
     p.set_defaults(fn=cmd_traces)
+    _add_export_and_configs(sub)
+    return ap
+
+
+def _add_export_and_configs(sub) -> None:
     p = sub.add_parser("export", help="write a trained spiking network as a NIR graph (needs spikeep[nir])",
                        description="Write a spiking run's trained network (the free phase) as a NIR graph: IF "
                                    "or LIF nodes, Affine / Conv2d (an average pool's 1/4 folded in) + SumPool2d, "
@@ -233,7 +259,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave out what NIR cannot express (reset by subtraction, the membrane clamp, conv feedback) "
                         "and list it in the graph's metadata, instead of refusing")
     p.set_defaults(fn=cmd_export)
-    return ap
+    p = sub.add_parser("configs", help="list the configs shipped with spikeep (or print one)",
+                       description="List the configs shipped inside spikeep, which `spikeep train NAME` and "
+                                   "spikeep.load_config(NAME) take by name; with NAME, print that config's file.")
+    p.add_argument("name", nargs="?", help="print this config (copy it to change it: configs may start from "
+                                           "another one with base = \"other.toml\", relative to the file)")
+    p.set_defaults(fn=cmd_configs)
 
 
 def _main(argv: list[str] | None = None) -> int:

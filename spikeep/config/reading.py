@@ -129,7 +129,8 @@ def resolve_config(path_or_name: Union[str, Path]) -> Path:
 def read_toml(path: Union[str, Path]) -> dict[str, Any]:
     """A TOML config file (or a shipped config's name, see resolve_config) as a dict, `name` defaulting to the file's stem (spikeep.validation.load_config
     turns it into a validated Config). A top-level `base = "other.toml"` (relative to this file's folder)
-    starts from that file's settings, section by section, and this file's keys win; bases may have bases."""
+    starts from that file's settings, section by section, and this file's keys win; bases may have bases.
+    A base that is no file there but a shipped config's name ("quickstart.toml") is that shipped config."""
     path = resolve_config(path)
     data = _read_toml_with_bases(path, [])
     data.setdefault("name", path.stem)
@@ -144,6 +145,8 @@ def _read_toml_with_bases(path: Path, chain: list[Path]) -> dict[str, Any]:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base must be the name of another config file, got {base!r}")
     base_path = (path.parent / base).resolve()
+    if not base_path.is_file() and len(Path(base).parts) == 1 and Path(base).stem in shipped_configs():
+        base_path = shipped_configs()[Path(base).stem].resolve()  # a shipped config's name, from a file elsewhere
     here = [*chain, path.resolve()]
     if base_path in here:
         raise ConfigError(f"{path}: base {base!r} makes a loop: " + " -> ".join(str(p) for p in [*here, base_path]))
