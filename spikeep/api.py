@@ -145,7 +145,7 @@ def evaluate(run_dir: PathLike, weights: str = "best", device: Optional[str] = N
     return evaluate_run(run_dir, weights, device)
 
 
-def train(cfg: Union[Config, PathLike], run_dir: Optional[PathLike] = None, *, overrides: Optional[list[str]] = None,
+def train(cfg: Union[Config, PathLike, None] = None, run_dir: Optional[PathLike] = None, *, overrides: Optional[list[str]] = None,
           resume: bool = False, progress: Optional[bool] = None, echo: bool = True, base_dir: PathLike = "runs",
           overwrite: bool = False) -> TrainResult:
     """A whole training run, as `spikeep train` does it: a config (or a config's name or file, with
@@ -153,7 +153,7 @@ def train(cfg: Union[Config, PathLike], run_dir: Optional[PathLike] = None, *, o
     refused unless overwrite=True, which moves it aside), with checkpoints, metrics.csv, best.pt.
     resume=True continues the run in run_dir (cfg None). progress: tqdm bars (None: only when stderr is
     a terminal); echo: log lines to the console. Returns TrainResult(net, history, run_dir)."""
-    if isinstance(cfg, (str, Path)):
+    if isinstance(cfg, (str, Path)) and not resume:
         cfg = load_config(cfg, overrides)
     elif overrides:
         raise ValueError("overrides go with a config's name or file; change a Config object directly")

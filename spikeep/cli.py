@@ -63,8 +63,13 @@ def cmd_train(args) -> int:
     from .trainer import train
 
     if args.resume:
-        if args.config or args.overrides:
-            raise ValueError("--resume continues a run with the config stored in its folder: give no CONFIG or --set")
+        given = [what for what, on in (("CONFIG", args.config), ("--set", args.overrides), ("--device", args.device),
+                                       ("--run-dir", args.run_dir is not None), ("--overwrite", args.overwrite),
+                                       ("--runs", args.runs is not None)) if on]
+        if given:
+            raise ValueError(f"--resume continues a run in its own folder with the config stored there (device "
+                             f"included): give no CONFIG, --set, --device, --run-dir, --overwrite or --runs "
+                             f"(got {', '.join(given)}). To change any of them, start a new run")
         result = train(run_dir=args.resume, resume=True, progress=False if args.no_progress else None)
     else:
         if not args.config:
@@ -72,7 +77,7 @@ def cmd_train(args) -> int:
         cfg = _config(args)
         if args.download:
             cfg.data.download = True
-        result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs,
+        result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs or "runs",
                        overwrite=args.overwrite)
     if result.history:
         last = result.history[-1]
@@ -213,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "anything is refused")
     p.add_argument("--overwrite", action="store_true",
                    help="with --run-dir: move a run already there aside (to RUN_DIR.replaced-<time>; nothing is deleted)")
-    p.add_argument("--runs", default="runs", help="where new run folders go (default: runs)")
+    p.add_argument("--runs", help="where new run folders go (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
     p.add_argument("--no-progress", action="store_true",

@@ -73,9 +73,12 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
+        if cfg is not None or overwrite:
+            raise ValueError("resume continues a run with the config stored in its folder: give no config "
+                             "(and no overwrite)")
         run_dir, cfg, ckpt = on_main(procs, lambda: resumable(check_run_dir(Path(run_dir))))
     elif run_dir is not None and procs.main:
-        run_dir = check_run_dir(Path(run_dir))
+        run_dir = check_run_dir(run_dir, overwrite)
         if not overwrite:
             refuse_existing_run(run_dir)  # early, before the data is read
     if cfg is None:

@@ -7,6 +7,7 @@ chip profiles, shapes that fit together; and the one entry point that reads a co
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -14,6 +15,7 @@ import torch
 
 from .config import (Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, resolve_config,
                      with_overrides)
+from .core.fused import triton_available
 from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.activations import get_activation
@@ -59,6 +61,7 @@ def check_config(cfg: Config) -> Config:
         except (RuntimeError, ValueError):
             raise ConfigError(f"dynamics.device: {cfg.dynamics.device!r} is not a device; use 'cpu', 'cuda', "
                               f"'cuda:N' or 'auto'") from None
+    _check_engine(cfg)
     if cfg.dynamics.warm_start != "none" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
         raise ConfigError("dynamics.warm_start is for rate EP (model.neurons = 'rate', an EP estimator)")
     if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):
@@ -74,6 +77,23 @@ def check_config(cfg: Config) -> Config:
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     return cfg
+
+
+def _check_engine(cfg: Config) -> None:
+    """dynamics.engine = 'triton' runs Triton kernels on a CUDA device (or, slowly, in Triton's interpreter
+    with TRITON_INTERPRET=1): refused here, before any run folder exists, where neither is possible."""
+    d = cfg.dynamics
+    if d.engine != "triton" or cfg.model.neurons != "rate":  # spiking networks run their own simulator
+        return
+    if not triton_available():
+        raise ConfigError("dynamics.engine = 'triton' needs the triton package (not importable here); use "
+                          "engine = 'fused' or 'auto'")
+    on_cpu = d.device == "cpu" or (d.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and os.environ.get("TRITON_INTERPRET") != "1":
+        where = "dynamics.device = 'cpu'" if d.device == "cpu" else "no CUDA device here (device 'auto')"
+        raise ConfigError(f"dynamics.engine = 'triton' runs its kernels on a CUDA device, and this run is on the CPU "
+                          f"({where}); use engine = 'fused' (the same layer updates in PyTorch) or 'auto', or "
+                          f"set TRITON_INTERPRET=1 to run the kernels in Triton's slow interpreter")
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:

@@ -198,8 +198,12 @@ def read_json_config(path: Union[str, Path]) -> dict[str, Any]:
     """A run folder's config.json as a dict; a damaged file is an error that names it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path.parent} is not a spikeep run folder (no config.json)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: damaged (not valid JSON: {e}); the run's config cannot be read") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: damaged (valid JSON, but {type(data).__name__} {json.dumps(data)[:40]} instead of "
+                          f"a config's table of sections); the run's config cannot be read")
+    return data
