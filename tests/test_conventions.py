@@ -95,3 +95,32 @@ def test_license_and_metadata():
     assert text.startswith("MIT License") and "the spikeep authors" in text
     assert any(c.startswith("Programming Language :: Python :: 3") for c in meta["classifiers"])
     assert meta["urls"] and all(u.startswith("https://") for u in meta["urls"].values())
+
+
+def test_the_readme_test_command_runs_the_fast_tests_and_slow_ones_are_asked_for(tmp_path):
+    """`python -m pytest -q` (the README's command) leaves the slow tests out; `-m slow` selects them."""
+    def collected(*args):
+        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args, "tests/test_runs.py"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return {line.split("::")[1] for line in r.stdout.splitlines() if "::" in line}
+
+    fast, slow = collected(), collected("-m", "slow")
+    assert fast and slow and not fast & slow
+    assert "test_resume_after_kill_gives_bitwise_identical_weights" in slow
+    assert fast | slow == collected("-m", "")  # together: every test
+
+
+def test_ci_runs_the_readme_command_then_the_slow_tests_and_fails_on_any_failure(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("Run the tests", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert command == "python -m pytest -q"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert f"# the README's test command: {command}" in ci and 'step "long tests" -q -m slow' in ci
+    assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0
+    # the step function with a stand-in for pytest: each exit status, 5 (nothing collected) included
+    step = ci[ci.index("step() {"):ci.index("\n}\n", ci.index("step() {")) + 3]
+    for rc, verdict in ((0, "passed"), (1, "FAILED (pytest exit 1)"), (5, "FAILED: no tests collected")):
+        script = f"set -euo pipefail\npython() {{ return {rc}; }}\n{step}\nout=0; step demo -q || out=$?\necho \"rc=$out\""
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+        assert r.returncode == 0 and f"== demo: {verdict}" in r.stdout and f"rc={rc}" in r.stdout, r.stdout + r.stderr
