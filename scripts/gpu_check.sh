@@ -31,7 +31,7 @@ export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 } > "$OUTDIR/versions.txt" 2>&1
 cat "$OUTDIR/versions.txt"
 
-stage cuda_tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py
+stage cuda_tests 100 python3 -m pytest -q -m "" -p no:cacheprovider tests/test_cuda.py tests/test_engine.py  # -m "": the slow ones too
 stage bench 170 python3 analysis/bench_gpu.py --batches 512,128,2048 --full-at 512 --steps 30 --repeats 3 \
   --iterations 2 --profile --json "$OUTDIR/bench_gpu.json"
 NPZ=$PWD/.cifar-sub/cifar10_sub.npz
