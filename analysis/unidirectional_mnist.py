@@ -35,9 +35,11 @@ VARIANTS = {
 def run(config: str, overrides: list[str], run_dir: Path) -> None:
     if (run_dir / "summary.json").is_file() and json.loads((run_dir / "summary.json").read_text())["finished"]:
         return
-    cmd = [sys.executable, "-m", "spikeep.cli", "train", config, "--no-progress"]
-    cmd += ["--resume", str(run_dir)] if (run_dir / "checkpoint.pt").is_file() else ["--run-dir", str(run_dir)]
-    if "--resume" not in cmd:
+    cmd = [sys.executable, "-m", "spikeep.cli", "train", "--no-progress"]
+    if (run_dir / "checkpoint.pt").is_file():  # a resumed run keeps its config: no CONFIG or --set with --resume
+        cmd += ["--resume", str(run_dir)]
+    else:
+        cmd += [config, "--run-dir", str(run_dir)]
         for o in overrides:
             cmd += ["--set", o]
     subprocess.run(cmd, cwd=REPO, check=True)
