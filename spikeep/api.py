@@ -91,8 +91,8 @@ def relax(net: EqNetwork, x: Tensor, T: int = 20, *, y: Optional[Tensor] = None,
     inputs x: the free phase (beta = 0), or a nudged phase towards labels y (beta != 0, usually from the
     free state). With tol > 0 it stops once no neuron moves by more than tol. Returns Relaxed(state,
     steps, delta): the state is one tensor per layer."""
-    inp = net.prepare(x, y)
     with torch.no_grad():
+        inp = net.prepare(x, y)
         return _relax(net, inp, net.init_state(inp.x.shape[0]) if state is None else state, T, beta, tol)
 
 
