@@ -30,7 +30,8 @@ def _resume_hint(which: str) -> str:
 
 
 
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep":  # the command line: at once, before
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep"  # the command line (also python -m
+        or sys.argv[0].endswith(os.path.join("spikeep", "__main__.py"))):   # spikeep): at once, before
     for _sig in (signal.SIGINT, signal.SIGTERM):                           # anything else is imported
         signal.signal(_sig, _on_signal)
 
