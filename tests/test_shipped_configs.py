@@ -42,6 +42,9 @@ def test_train_a_config_by_name_from_another_folder(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 2 and "nonesuch is neither a file nor the name of a shipped config" in r.stderr
     assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "spikeep.cli", "train", "models/quickstart.toml"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "give its name, quickstart" in r.stderr  # the old path says where it went
 
 
 def test_a_file_in_the_folder_wins_over_a_shipped_name(tmp_path, monkeypatch):

@@ -166,7 +166,9 @@ def _read_one_toml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a config file (give a .toml file or a shipped config's name, e.g. quickstart)")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        shipped = path.stem in shipped_configs() and path.suffix == ".toml"
+        raise ConfigError(f"config file not found: {path}" + (f" (the configs once in models/ ship inside the package "
+                                                             f"now: give its name, {path.stem})" if shipped else ""))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
