@@ -33,7 +33,7 @@ from spikeep.core.interactions import Conv
 from spikeep.core.network import EqNetwork
 from spikeep.learning.ep import ep_gradients
 
-PAPER = load_config(Path(__file__).resolve().parents[1] / "models" / "cifar10_paper.toml").model  # Table 2's ConvNet
+PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model  # Table 2's ConvNet
 CONV_KERNELS = ("conv", "xmma", "implicit", "gemm", "cudnn", "fprop", "dgrad", "wgrad", "cutlass", "sm90",
                 "sm80", "winograd", "fft")
 

@@ -31,7 +31,7 @@ from spikeep.core.network import EqNetwork
 NETS = {
     # Laborieux et al. 2021: CIFAR-10 ConvNet, 128-256-512-512, kernels 3, paddings 1-1-1-0, max-pools,
     # softmax readout
-    "conv": load_config(Path(__file__).resolve().parents[1] / "models" / "cifar10_paper.toml").model,
+    "conv": load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model,
     "mlp": ModelConfig(input_shape=[1, 28, 28], hidden=[512], n_classes=10, activation="my_hard_sig",
                        loss="mse"),
 }

@@ -6,7 +6,7 @@ real batches (the config's own data, batch size and phases), alternating blocks 
 Prints seconds per iteration (best block) and each setting's time relative to one thread.
 
     python analysis/bench_threads.py                                # quickstart, MNIST MLP, spiking MLP, spiking ConvNet
-    python analysis/bench_threads.py models/mnist_conv.toml --threads 1 2 4
+    python analysis/bench_threads.py spikeep/configs/mnist_conv.toml --threads 1 2 4
 """
 from __future__ import annotations
 
@@ -23,15 +23,14 @@ from spikeep.validation import load_config
 from spikeep.data import prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT = ["models/quickstart.toml", "models/mnist_mlp.toml", "models/mnist_mlp_spiking.toml",
-           "models/mnist_conv_spiking.toml"]
+DEFAULT = ["spikeep/configs/quickstart.toml", "spikeep/configs/mnist_mlp.toml", "spikeep/configs/mnist_mlp_spiking.toml",
+           "spikeep/configs/mnist_conv_spiking.toml"]
 
 
 def iteration(learner, opt, x, y, gen) -> None:
     opt.zero_grad(set_to_none=False)
     learner.estimate(x, y, gen, gen)
     opt.step()
-    learner.weights_changed()
 
 
 def bench(path: str, threads: list[int], iters: int, blocks: int) -> dict:

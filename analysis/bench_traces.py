@@ -25,7 +25,7 @@ from spikeep.learning.ep import ep_gradients
 from spikeep.core.network import EqNetwork
 from spikeep.traces import TraceRecorder, layer_specs
 
-PAPER = load_config(Path(__file__).resolve().parents[1] / "models" / "cifar10_paper.toml").model  # Table 2's ConvNet
+PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model  # Table 2's ConvNet
 
 
 def main() -> None:

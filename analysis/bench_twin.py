@@ -6,7 +6,7 @@ update of the same real training batches; blocks alternate between the two `--ro
 fastest block of each counts (the least disturbed by other work). With --weights (trained weights),
 both are also evaluated on the test set, which shows the accuracy at which the costs are compared.
 
-    python analysis/bench_twin.py models/mnist_mlp2_spiking.toml --rate-T1 40 --rate-T2 15 --weights RUN/best.pt
+    python analysis/bench_twin.py spikeep/configs/mnist_mlp2_spiking.toml --rate-T1 40 --rate-T2 15 --weights RUN/best.pt
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ for the same images (what a per-sample warm start sees one epoch later); the fir
 The relative stopping rule (dynamics.stop = "relative") takes its free-phase reference from a primer
 batch of other images run just before, as the previous batch of a training run would give it.
 
-    python analysis/schedules.py models/cifar10_cpu_sym_ce.toml --weights init RUN/weights/epoch_001.pt \\
+    python analysis/schedules.py cifar10_cpu_sym_ce --weights init RUN/weights/epoch_001.pt \\
         RUN/weights/epoch_003.pt --out analysis/results/schedules/estimates
 """
 from __future__ import annotations
@@ -58,6 +58,11 @@ CANDIDATES: dict[str, tuple[list[str], bool]] = {
                                         "dynamics.rtol=0.02", "dynamics.tol_every=5"], False),
     "warm relative 0.05 (T1 250 / T2 50)": (["dynamics.T1=250", "dynamics.T2=50", "dynamics.stop=relative",
                                              "dynamics.rtol=0.05", "dynamics.tol_every=5"], True),
+    # the same budgets in float64 and the reference's budget in float32: schedule and precision apart
+    "float64 T1 60 / T2 15": (["dynamics.T1=60", "dynamics.T2=15", "dynamics.dtype=float64"], False),
+    "float64 T1 250 / T2 25": (["dynamics.T1=250", "dynamics.T2=25", "dynamics.dtype=float64"], False),
+    "float64 T1 250 / T2 100": (["dynamics.T1=250", "dynamics.T2=100", "dynamics.dtype=float64"], False),
+    "float32 T1 800 / T2 200": (["dynamics.T1=800", "dynamics.T2=200"], False),
 }
 
 
@@ -102,7 +107,8 @@ def candidate(cfg_path: str, sets: list, spec: str, x, y, primer, warm_from: Opt
     e = cfg.estimator
     if cfg.dynamics.stop == "relative":  # the free phase's reference from a batch before this one
         learner.estimate(primer[0], primer[1], torch.Generator().manual_seed(1))
-    start = tuple(s.to(torch.float32) for s in warm_from) if warm_from is not None else None
+    dtype = next(net.parameters()).dtype
+    start = tuple(s.to(dtype) for s in warm_from) if warm_from is not None else None
     t0 = time.perf_counter()
     r = ep_gradients(net, x, y, e.name, e.beta, cfg.dynamics.T1, cfg.dynamics.T2, cfg.dynamics.tol,
                      torch.Generator().manual_seed(0), state=start, tol_every=cfg.dynamics.tol_every,

@@ -9,7 +9,7 @@ network's own EP update on the same weights and batch (rate dynamics run to conv
 * test accuracy of the free phase (inference) on the test slice, and spikes per inference;
 * seconds per training image (estimate) and per test image (inference), in this process.
 
-    python analysis/settling.py models/mnist_mlp2_spiking.toml --weights RUN/best.pt --out analysis/results/spiking_deep/settling_mlp
+    python analysis/settling.py spikeep/configs/mnist_mlp2_spiking.toml --weights RUN/best.pt --out analysis/results/spiking_deep/settling_mlp
 """
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO / "analysis"))
 import table2  # noqa: E402
 
 NETS = {
-    "mlp": ("models/mnist_mlp.toml", ["model.hidden=[256,256]", "train.lrs=[0.1,0.05,0.05]", "dynamics.T1=30",
+    "mlp": ("spikeep/configs/mnist_mlp.toml", ["model.hidden=[256,256]", "train.lrs=[0.1,0.05,0.05]", "dynamics.T1=30",
                                       "dynamics.T2=8"]),
-    "conv": ("models/mnist_conv.toml", ["train.checkpoint_every=0"]),
+    "conv": ("spikeep/configs/mnist_conv.toml", ["train.checkpoint_every=0"]),
 }
 VARIANTS = {
     "bidirectional": ["estimator.name=symmetric"],
@@ -35,9 +35,11 @@ VARIANTS = {
 def run(config: str, overrides: list[str], run_dir: Path) -> None:
     if (run_dir / "summary.json").is_file() and json.loads((run_dir / "summary.json").read_text())["finished"]:
         return
-    cmd = [sys.executable, "-m", "spikeep.cli", "train", config, "--no-progress"]
-    cmd += ["--resume", str(run_dir)] if (run_dir / "checkpoint.pt").is_file() else ["--run-dir", str(run_dir)]
-    if "--resume" not in cmd:
+    cmd = [sys.executable, "-m", "spikeep.cli", "train", "--no-progress"]
+    if (run_dir / "checkpoint.pt").is_file():  # a resumed run keeps its config: no CONFIG or --set with --resume
+        cmd += ["--resume", str(run_dir)]
+    else:
+        cmd += [config, "--run-dir", str(run_dir)]
         for o in overrides:
             cmd += ["--set", o]
     subprocess.run(cmd, cwd=REPO, check=True)

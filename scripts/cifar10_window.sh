@@ -9,7 +9,7 @@
 #        left of BUDGET seconds (default 300). Report: $OUT/window_first.tgz.
 #   bash scripts/cifar10_window.sh second [--dry-run] [--minutes M] [--config TOML]
 #        carried: .cifar-parts/part2 and .whl. Joins part1 and part2 (join_cifar10.py checks every array's
-#        sha256) and trains CONFIG (default models/cifar10_window.toml) on all 50,000 images for M minutes
+#        sha256) and trains CONFIG (default cifar10_window, spikeep/configs/cifar10_window.toml) on all 50,000 images for M minutes
 #        (default: the config's train.minutes) with a final evaluation of the 10,000 test images. If part1 is
 #        gone (the machine was released between the calls), it says so and trains on what part2 alone holds
 #        (18,000 random training images, the whole test set). Report: $OUT/window_second.tgz (run folder
@@ -23,7 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}
 shift || true
-DRY=0; BUDGET=300; MINUTES=""; CONFIG=models/cifar10_window.toml
+DRY=0; BUDGET=300; MINUTES=""; CONFIG=cifar10_window
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;

@@ -5,12 +5,12 @@
 #
 # 1. the CUDA tests (tests/test_cuda.py), 2. analysis/bench_gpu.py (paper ConvNet, batch 128, every
 # precision, against the paper code's method), 3. analysis/precision.py on the GPU (TF32 rows included),
-# 4. training CONFIG (default models/cifar10_ep_symmetric_ce.toml) for at most MINUTES (default 8) of
+# 4. training CONFIG (default spikeep/configs/cifar10_ep_symmetric_ce.toml) for at most MINUTES (default 8) of
 # this invocation, into OUT_DIR/run: a later invocation with the same OUT_DIR resumes it (--resume), so
 # a long run goes on across jobs limited to 10 minutes. Needs CIFAR-10 under $SPIKEEP_DATA.
 set -uo pipefail
 out=${1:?usage: scripts/cuda_report.sh OUT_DIR [CONFIG] [MINUTES]}
-config=${2:-models/cifar10_ep_symmetric_ce.toml}
+config=${2:-spikeep/configs/cifar10_ep_symmetric_ce.toml}
 minutes=${3:-8}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."

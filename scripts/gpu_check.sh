@@ -31,13 +31,13 @@ export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 } > "$OUTDIR/versions.txt" 2>&1
 cat "$OUTDIR/versions.txt"
 
-stage cuda_tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_engine.py
+stage cuda_tests 100 python3 -m pytest -q -m "" -p no:cacheprovider tests/test_cuda.py tests/test_engine.py  # -m "": the slow ones too
 stage bench 170 python3 analysis/bench_gpu.py --batches 512,128,2048 --full-at 512 --steps 30 --repeats 3 \
   --iterations 2 --profile --json "$OUTDIR/bench_gpu.json"
 NPZ=$PWD/.cifar-sub/cifar10_sub.npz
 stage precision 60 python3 analysis/precision.py --device cuda --impl triton --npz "$NPZ" --out "$OUTDIR/precision"
 if [ -f "$NPZ" ]; then
-  stage train_fast $(( $(left) - 15 )) python3 -m spikeep.cli train models/cifar10_fast.toml --device cuda \
+  stage train_fast $(( $(left) - 15 )) python3 -m spikeep.cli train cifar10_fast --device cuda \
     --set data.npz="$NPZ" --set train.epochs=30 --run-dir /tmp/run_fast --no-progress
   cp /tmp/run_fast/metrics.csv "$OUTDIR/fast_metrics.csv" 2>/dev/null
   cp /tmp/run_fast/env.json "$OUTDIR/fast_env.json" 2>/dev/null

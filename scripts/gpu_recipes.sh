@@ -13,7 +13,7 @@ NPZ=$PWD/.cifar-sub/cifar10_sub.npz
 T=$(( BUDGET - ($(date +%s) - START) - 10 ))
 run() {  # run NAME OVERRIDES...
   local name=$1; shift
-  timeout $T python3 -m spikeep.cli train models/cifar10_fast.toml --device cuda --set data.npz="$NPZ" \
+  timeout $T python3 -m spikeep.cli train cifar10_fast --device cuda --set data.npz="$NPZ" \
     --run-dir $R/$name --no-progress "$@" > $R/$name.out 2>&1 &
 }
 # the paper's schedule (T1 250, T2 25, zeros) in bf16_incremental; the fast candidate without tolerances

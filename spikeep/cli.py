@@ -1,4 +1,5 @@
-"""Command line: spikeep train | evaluate | gdu | traces. A thin layer over the library functions."""
+"""Command line: spikeep train | evaluate | gdu | traces | export | configs (also `python -m spikeep`). A thin
+layer over the library functions."""
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ def _resume_hint(which: str) -> str:
 
 
 
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep":  # the command line: at once, before
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep"  # the command line (also python -m
+        or sys.argv[0].endswith(os.path.join("spikeep", "__main__.py"))):   # spikeep): at once, before
     for _sig in (signal.SIGINT, signal.SIGTERM):                           # anything else is imported
         signal.signal(_sig, _on_signal)
 
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
 
 
 def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
-    p.add_argument("config", nargs=None if config_required else "?", help="TOML config file (see models/)")
+    p.add_argument("config", nargs=None if config_required else "?",
+                   help="a shipped config's name (see `spikeep configs`, e.g. quickstart) or a TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides dynamics.device)")
@@ -61,16 +64,21 @@ def cmd_train(args) -> int:
     from .trainer import train
 
     if args.resume:
-        if args.config or args.overrides:
-            raise ValueError("--resume continues a run with the config stored in its folder: give no CONFIG or --set")
-        result = train(run_dir=args.resume, resume=True, progress=not args.no_progress)
+        given = [what for what, on in (("CONFIG", args.config), ("--set", args.overrides), ("--device", args.device),
+                                       ("--run-dir", args.run_dir is not None), ("--overwrite", args.overwrite),
+                                       ("--runs", args.runs is not None)) if on]
+        if given:
+            raise ValueError(f"--resume continues a run in its own folder with the config stored there (device "
+                             f"included): give no CONFIG, --set, --device, --run-dir, --overwrite or --runs "
+                             f"(got {', '.join(given)}). To change any of them, start a new run")
+        result = train(run_dir=args.resume, resume=True, progress=False if args.no_progress else None)
     else:
         if not args.config:
             raise ValueError("give a CONFIG file, or --resume RUN_DIR")
         cfg = _config(args)
         if args.download:
             cfg.data.download = True
-        result = train(cfg, args.run_dir, progress=not args.no_progress, base_dir=args.runs,
+        result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs or "runs",
                        overwrite=args.overwrite)
     if result.history:
         last = result.history[-1]
@@ -133,6 +141,26 @@ def cmd_traces(args) -> int:
     return 0
 
 
+def cmd_configs(args) -> int:
+    from .config import shipped_configs
+
+    shipped = shipped_configs()
+    if args.name:  # one config's text, to read or to copy and edit
+        name = args.name[:-5] if args.name.endswith(".toml") else args.name
+        if name not in shipped:
+            raise ValueError(f"no shipped config named {args.name!r}; `spikeep configs` lists them")
+        print(shipped[name].read_text(encoding="utf-8"), end="")
+        return 0
+    width = max(map(len, shipped), default=0)
+    for name, path in shipped.items():
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:<{width}}  {about}")
+    print(f"\n{len(shipped)} configs in {next(iter(shipped.values())).parent if shipped else '(none)'}; "
+          f"use one by name (spikeep train quickstart), show one with `spikeep configs NAME`")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .nir_export import export_run
 
@@ -150,14 +178,38 @@ def main(argv: list[str] | None = None) -> int:
     # first thing, before torch and the rest are imported: SIGINT / SIGTERM end with one line
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:  # the reader went away (`spikeep export ... | head -1`): stop quietly, as
+        _drop_stdout()       # a process killed by SIGPIPE would
+        return 141
     finally:  # in-process callers (tests, notebooks) get their handlers back
         for sig, h in previous.items():
             signal.signal(sig, h)
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit finds no closed pipe either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush
+        pass
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"spikeep {__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spikeep", description="FreeEquilibrium Propagation simulator.")
+    ap = argparse.ArgumentParser(prog="spikeep", description="Equilibrium Propagation simulator: rate and spiking "
+                                 "networks, trained by EP or BPTT, from TOML configs (`spikeep configs` lists the "
+                                 "shipped ones).")
+    ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a network from a config", description=(
         "Train a network from a TOML config into a run folder (config, metrics.csv, summary.json, env.json, "
@@ -167,10 +219,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "anything is refused")
     p.add_argument("--overwrite", action="store_true",
                    help="with --run-dir: move a run already there aside (to RUN_DIR.replaced-<time>; nothing is deleted)")
-    p.add_argument("--runs", default="runs", help="where new run folders go (default: runs)")
+    p.add_argument("--runs", help="where new run folders go (default: runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("evaluate", help="test accuracy of a run's weights",
                        description="Evaluate a run folder's best (or last) weights on its test set.")
@@ -196,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "npz"], default="npz", help="export format (default npz)")
     p.add_argument("--out", help="output file (default: next to FILE)")
     p.set_defaults(fn=cmd_traces)
+    _add_export_and_configs(sub)
+    return ap
+
+
+def _add_export_and_configs(sub) -> None:
     p = sub.add_parser("export", help="write a trained spiking network as a NIR graph (needs spikeep[nir])",
                        description="Write a spiking run's trained network (the free phase) as a NIR graph: IF "
                                    "or LIF nodes, Affine / Conv2d (an average pool's 1/4 folded in) + SumPool2d, "
@@ -207,7 +265,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave out what NIR cannot express (reset by subtraction, the membrane clamp, conv feedback) "
                         "and list it in the graph's metadata, instead of refusing")
     p.set_defaults(fn=cmd_export)
-    return ap
+    p = sub.add_parser("configs", help="list the configs shipped with spikeep (or print one)",
+                       description="List the configs shipped inside spikeep, which `spikeep train NAME` and "
+                                   "spikeep.load_config(NAME) take by name; with NAME, print that config's file.")
+    p.add_argument("name", nargs="?", help="print this config (copy it to change it: configs may start from "
+                                           "another one with base = \"other.toml\", relative to the file)")
+    p.set_defaults(fn=cmd_configs)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -60,10 +60,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: Optional[str] = N
     data = read_json_config(cfg_path)
     if neurons:
         data.setdefault("model", {})["neurons"] = neurons
+    if device:  # before the checks: a device that cannot run the run's engine is refused with the config
+        data.setdefault("dynamics", {})["device"] = device
     apply_overrides(data, overrides or [])
     cfg = config_from_dict(data, str(cfg_path))
-    if device:
-        cfg.dynamics.device = device
     path = run_dir / ("best.pt" if which == "best" else "checkpoint.pt")
     ckpt = load_checkpoint(path, "weights")
     check_run_id(path, ckpt, cfg.run_id, run_dir)

@@ -21,10 +21,26 @@ def get_logger(run_dir: Optional[Path], enabled: bool = True, echo: bool = True)
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(fh)
     if echo:
-        sh = logging.StreamHandler(sys.stdout)
+        sh = _Console(sys.stdout)
         sh.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(sh)
     return log
+
+
+class _Console(logging.StreamHandler):
+    """The terminal's copy of the log; a reader that went away (`spikeep train ... | head -1`) ends the
+    copy quietly (train.log goes on), instead of a "Logging error" traceback per line."""
+    closed_pipe = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.closed_pipe:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            self.closed_pipe = True
+            return
+        super().handleError(record)
 
 
 def log_traceback_to_file(log: logging.Logger, message: str) -> None:

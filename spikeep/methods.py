@@ -5,9 +5,19 @@ the gradient estimate of the batch into .grad (an optimizer step follows in the 
     SpikingEP   the same three phases as spiking neurons (it owns its simulator), local rule on rates
     BPTT        backpropagation through the free phase (the baseline)
 
-Each also gives the free equilibrium of a batch (`free_equilibrium`, for evaluation and probes),
-keeps the random generators in step when a process has no sample of a batch (`skip`), and is told
-when the weights have changed (`weights_changed`, after every optimizer step).
+Each also gives the free equilibrium of a batch (`free_equilibrium`, for evaluation and probes) and
+keeps the random generators in step when a process has no sample of a batch (`skip`). Nothing needs
+to be called after an optimizer step: what a learner derives from the weights (the spiking
+simulator's fan-out tables) notices a change by itself; `weights_changed()` is for changes PyTorch
+does not count (writes through `.data`).
+
+A training loop of one's own (see examples/train_from_python.py):
+
+    learner = make_learner(cfg, net)
+    for x, y in loader:
+        opt.zero_grad()
+        learner.estimate(x, y)      # the gradient estimate of the batch, in .grad
+        opt.step()
 """
 from __future__ import annotations
 
@@ -121,7 +131,9 @@ class Learner:
         """This process has no sample of the batch: draw what estimate would have drawn."""
 
     def weights_changed(self) -> None:
-        """The weights were changed (optimizer step, plasticity): drop what was derived from them."""
+        """Not needed after optimizer steps, load_state_dict or other in-place changes (they are noticed);
+        only after writes through `.data`, which PyTorch does not count: drop what was derived from
+        the weights."""
 
     def state_dict(self) -> dict:
         """What the learner carries from batch to batch beyond the weights (checkpointed)."""

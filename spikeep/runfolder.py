@@ -19,7 +19,8 @@ The folder's safety: a usable path, never a second run on top of a first one (mo
 request, never deleted), and one writer at a time.
 
     new_run_dir(name, base)       a fresh runs/<name>/<timestamp> folder
-    check_run_dir(path)           the path can hold a run folder (not a file, no symlink loop, names short
+    check_run_dir(path, overwrite)
+                                  the path can hold a run folder (not a file, no symlink loop, names short
                                   enough), else RunFolderError naming the problem
     refuse_existing_run(path, overwrite)
                                   a folder that holds files is refused, or with overwrite moved aside to
@@ -46,9 +47,13 @@ class RunFolderError(ValueError):
     """A run folder cannot be used as asked (bad path, holds a run, another writer)."""
 
 
-def check_run_dir(path: Path) -> Path:
-    """Refuse paths that cannot hold a run folder, before anything is created."""
-    path = Path(path)
+def check_run_dir(path, overwrite: bool = False) -> Path:
+    """Refuse paths that cannot hold a run folder, before anything is created; with `overwrite`, also
+    those that cannot be moved aside (the current folder, one above it, a name ending in '.' or '..')."""
+    if str(path).strip() == "":
+        raise RunFolderError("--run-dir is empty; give a folder for the run (or leave --run-dir out: "
+                             "runs/<config name>/<time>)")
+    raw, path = str(path), Path(path)
     try:
         max_name = os.pathconf(path.anchor or "/", "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -80,7 +85,29 @@ def check_run_dir(path: Path) -> Path:
         raise RunFolderError(f"--run-dir {path}: {parent} is not a folder")
     if not os.access(parent if not path.exists() else path, os.W_OK | os.X_OK):
         raise RunFolderError(f"--run-dir {path}: {parent if not path.exists() else path} is not writable")
+    if overwrite:
+        _refuse_moving_aside(raw)
     return path
+
+
+def _refuse_moving_aside(raw: str) -> None:
+    """--overwrite moves the folder aside: not the folder the command runs in, nor one above it (that would
+    move the caller's own files), nor a path named by '.' or '..' (no name to move it to)."""
+    path = Path(raw)
+    last = raw.rstrip("/").rsplit("/", 1)[-1]
+    here = Path.cwd().resolve()
+    target = path.resolve()
+    if last in (".", ".."):
+        what = f"named by {last!r}"
+    elif target == here:
+        what = "the current folder"
+    elif target in here.parents:
+        what = "a folder above the current one"
+    else:
+        return
+    raise RunFolderError(f"--run-dir {raw!r} with --overwrite: {target} is {what}, and --overwrite moves a run "
+                         f"folder aside whole; give the run folder by its own name (e.g. --run-dir runs/x); "
+                         f"nothing was changed")
 
 
 def _kind(p: Path) -> str:
@@ -108,7 +135,7 @@ def refuse_existing_run(path: Path, overwrite: bool = False) -> Optional[Path]:
         what = "holds a run" if "config.json" in held else "is not empty"
         resume = (f"continue it with `spikeep train --resume {path}`, "
                   if (path / "checkpoint.pt").is_file() else "")
-        raise RunFolderError(f"--run-dir {path} {what} ({shown}); nothing was changed. {resume.capitalize()}"
+        raise RunFolderError(f"--run-dir {path} {what} ({shown}); nothing was changed. {resume[:1].upper()}{resume[1:]}"
                              f"{'c' if resume else 'C'}hoose another --run-dir, or pass --overwrite to move it "
                              f"aside (to {path.name}.replaced-<time>, nothing is deleted)")
     with RunLock(path):  # not while another process writes it

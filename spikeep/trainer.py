@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -57,7 +58,7 @@ class TrainResult(NamedTuple):
 
 
 def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
-          progress: bool = True, echo: bool = True, base_dir: str | Path = "runs",
+          progress: Optional[bool] = None, echo: bool = True, base_dir: str | Path = "runs",
           overwrite: bool = False) -> TrainResult:
     """Train cfg.model on cfg.data in a run folder.
 
@@ -65,16 +66,20 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given). A given run_dir
     that holds anything is refused (overwrite=True moves it aside first, deleting nothing). Nothing is
     created before the config, the data and the device are known good; one process writes a folder
-    at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder.
+    at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder. progress: tqdm bars
+    (None: only when stderr is a terminal, so logs and pipes get none).
     """
     procs = join_process_group()
     ckpt = None
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run folder")
+        if cfg is not None or overwrite:
+            raise ValueError("resume continues a run with the config stored in its folder: give no config "
+                             "(and no overwrite)")
         run_dir, cfg, ckpt = on_main(procs, lambda: resumable(check_run_dir(Path(run_dir))))
     elif run_dir is not None and procs.main:
-        run_dir = check_run_dir(Path(run_dir))
+        run_dir = check_run_dir(run_dir, overwrite)
         if not overwrite:
             refuse_existing_run(run_dir)  # early, before the data is read
     if cfg is None:
@@ -91,10 +96,19 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
         run_dir = on_main(procs, lambda: open_run_dir(cfg, run_dir, resume, overwrite, base_dir, locks))
         if procs.main:
             remove_stale_temporaries(run_dir)
+        if progress is None:
+            progress = _stderr_is_terminal()
         return _logged(cfg, ds, run_dir, ckpt, procs, device, echo, progress and procs.main)
     finally:
         for lock in locks:
             lock.release()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def _logged(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, echo: bool, progress: bool) -> TrainResult:
@@ -408,7 +422,6 @@ def _iteration(cfg: Config, procs: Dist, train_set: Split, st: TrainState, learn
         st.stats.updates = st.stats.updates + st.plasticity.apply()
     else:
         st.stats.updates = st.stats.updates + sum(w.numel() for w in ep.layer_weights.values())
-    learner.weights_changed()
     checks.add(list(net.named_parameters()), "weights", where)
     if r is not None:
         st.stats.add_batch(r.loss, r.logits, y)

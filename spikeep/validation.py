@@ -1,18 +1,21 @@
 """A config checked against the package: activation and pooling names, spiking and synapse parameters,
 chip profiles, shapes that fit together; and the one entry point that reads a config file.
 
-    load_config(path, overrides)   TOML file + --set items -> a validated Config
+    load_config(path, overrides)   TOML file (or a shipped config's name) + --set items -> a validated Config
     config_from_dict(data, source) a dict (e.g. a run folder's config.json) -> a validated Config
     check_config(cfg)              every check, with the key named in the error
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from .config import Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, with_overrides
+from .config import (Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, resolve_config,
+                     with_overrides)
+from .core.fused import triton_available
 from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.activations import get_activation
@@ -62,6 +65,7 @@ def check_config(cfg: Config) -> Config:
         raise ConfigError("dynamics.stop = 'relative' measures EP's nudged phases: it is for rate EP "
                           f"(model.neurons = {cfg.model.neurons!r}, estimator.name = {cfg.estimator.name!r}); "
                           "use 'max_change'")
+    _check_engine(cfg)
     if cfg.dynamics.warm_start != "none" and (cfg.model.neurons != "rate" or cfg.estimator.name == "bptt"):
         raise ConfigError("dynamics.warm_start is for rate EP (model.neurons = 'rate', an EP estimator)")
     if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):
@@ -79,6 +83,23 @@ def check_config(cfg: Config) -> Config:
     return cfg
 
 
+def _check_engine(cfg: Config) -> None:
+    """dynamics.engine = 'triton' runs Triton kernels on a CUDA device (or, slowly, in Triton's interpreter
+    with TRITON_INTERPRET=1): refused here, before any run folder exists, where neither is possible."""
+    d = cfg.dynamics
+    if d.engine != "triton" or cfg.model.neurons != "rate":  # spiking networks run their own simulator
+        return
+    if not triton_available():
+        raise ConfigError("dynamics.engine = 'triton' needs the triton package (not importable here); use "
+                          "engine = 'fused' or 'auto'")
+    on_cpu = d.device == "cpu" or (d.device == "auto" and not torch.cuda.is_available())
+    if on_cpu and os.environ.get("TRITON_INTERPRET") != "1":
+        where = "dynamics.device = 'cpu'" if d.device == "cpu" else "no CUDA device here (device 'auto')"
+        raise ConfigError(f"dynamics.engine = 'triton' runs its kernels on a CUDA device, and this run is on the CPU "
+                          f"({where}); use engine = 'fused' (the same layer updates in PyTorch) or 'auto', or "
+                          f"set TRITON_INTERPRET=1 to run the kernels in Triton's slow interpreter")
+
+
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """A validated Config from a dict: chip profile filled in, types and values checked; errors
     name `source`."""
@@ -94,8 +115,10 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def load_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> Config:
-    """Read a TOML config into a validated Config; `overrides` are 'section.key=value' strings. Errors
-    name the file, or the --set item they come from."""
+    """Read a TOML config (a file, or the name of a shipped config such as 'quickstart') into a validated
+    Config; `overrides` are 'section.key=value' strings. Errors name the file, or the --set item they
+    come from."""
     overrides = list(overrides or [])
+    path = resolve_config(path)
     data = with_overrides(read_toml(path), overrides, str(path))
     return config_from_dict(data, str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))

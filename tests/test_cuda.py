@@ -108,7 +108,7 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
     over = ['dynamics.device="cuda"', "train.deterministic=true", "data.subset=500", "model.hidden=[64]",
             "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5", "train.checkpoint_every=3", "train.epochs=1",
             "estimator.name=random_sign", "data.crop_padding=2", "data.hflip=true"]
-    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
     try:
         tr.train(cfg, tmp_path / "a", progress=False, echo=False)
         restore = crash_at_update(monkeypatch, 7)

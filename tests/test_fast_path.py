@@ -11,7 +11,7 @@ from spikeep.checks import DivergenceError
 from spikeep.trainer import train
 from spikeep.checkpoint_files import load_checkpoint
 
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
         "train.epochs=2", "estimator.name=random_sign"]
 

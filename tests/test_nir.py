@@ -16,7 +16,7 @@ from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 from spikeep.trainer import train
 
 nir = pytest.importorskip("nir")
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 
 
 def folder_hash(folder):

@@ -166,7 +166,7 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     over = ["train.epochs=2", "data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.checkpoint_every=4", "plasticity.bits=4", f"plasticity.rounding={rounding}",
             "plasticity.headroom=2.0", "plasticity.scale=pow2"]
-    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
     a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
     state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["plasticity"]["layers"]
     for name, layer in zip(a.net.layer_names(), a.net.layers):
@@ -273,7 +273,7 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
     over = ["train.epochs=1", "data.subset=200", "model.hidden=[24]", "train.batch_size=20",
             "model.neurons=\"spiking\"", "spiking.T1=40", "spiking.T2=20", "spiking.window=20",
             "plasticity.profile=\"loihi2\"", "traces.enabled=true", "traces.sample=30", "traces.full_every=5"]
-    cfg = load_config(REPO / "models" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
     r = train(cfg, tmp_path, progress=False, echo=False)
     row = r.history[-1]
     assert row["spikes_per_inference"] > 0 and row["synops_per_inference"] >= row["spikes_per_inference"]

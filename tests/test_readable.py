@@ -44,7 +44,7 @@ def _legend_texts(legend):
 def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figures):
     from spikeep.cli import main
 
-    assert main(["gdu", str(REPO / "models" / "gdu_conv.toml"), "--out", str(tmp_path), "--set", "gdu.K=6"]) == 0
+    assert main(["gdu", str(REPO / "spikeep" / "configs" / "gdu_conv.toml"), "--out", str(tmp_path), "--set", "gdu.K=6"]) == 0
     (name, fig, dpi), = [f for f in saved_figures if f[0].endswith("gdu.png")]
     assert [_legend_texts(lg) for lg in fig.legends] == [["EP symmetric", "EP one-sided", "BPTT"]]
     top = fig.axes[:3]
@@ -59,7 +59,7 @@ def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
     from spikeep.validation import load_config
     from spikeep.trainer import train
 
-    cfg = load_config(REPO / "models" / "quickstart.toml",
+    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml",
                       ["data.subset=200", "model.hidden=[8]", "train.batch_size=20", "dynamics.T1=10", "dynamics.T2=4",
                        "train.epochs=1", "traces.enabled=true", "traces.sample=6"])
     train(cfg, tmp_path / "run", progress=False, echo=False)

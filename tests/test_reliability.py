@@ -21,7 +21,7 @@ from spikeep.files import StorageError, write_json_atomic
 from spikeep.trainer import train
 from spikeep.checkpoint_files import load_checkpoint
 
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
         "train.checkpoint_every=2", "train.epochs=2"]
 TRACED = TINY + ["traces.enabled=true", "traces.sample=20", "traces.flush_every=3"]
@@ -326,3 +326,83 @@ def test_a_real_full_disk(tmp_path):
                 assert (lt.sample_weight[:n] != 0).any(axis=1).all()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+# issue 29: a config.json that is JSON but no table; triton without a GPU; --run-dir hints and paths;
+# --resume with options that would change the run ----------------------------------------------------
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", "null", '"hello"', "42"])
+def test_a_config_json_that_is_not_a_table_names_the_file(tmp_path, capsys, monkeypatch, content):
+    run = tmp_path / "run"
+    interrupted_run(run, TINY, monkeypatch=monkeypatch)
+    (run / "config.json").write_text(content)
+    before = hashes(run)
+    for cmd in (["train", "--resume", str(run)], ["evaluate", str(run)]):
+        assert main(cmd) == 2  # an error message, no traceback
+        err = capsys.readouterr().err
+        assert f"{run / 'config.json'}: damaged (valid JSON, but" in err and "Traceback" not in err, err
+    assert hashes(run) == before
+
+
+def test_triton_engine_without_a_gpu_is_refused_before_the_run_folder(tmp_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the Triton kernels can run")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run = tmp_path / "run"
+    for device in ("cpu", "auto"):
+        assert main(["train", str(QUICK), "--set", "dynamics.engine=triton", "--device", device, "--run-dir",
+                     str(run)]) == 2
+        err = capsys.readouterr().err
+        assert "dynamics.engine = 'triton'" in err and ("runs its kernels on a CUDA device" in err
+                                                         or "needs the triton package" in err), err
+        assert not run.exists()
+    # spiking networks run their own simulator: the rate engine does not matter there
+    load_config(QUICK, ["dynamics.engine=triton", 'model.neurons="spiking"'])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter on the CPU: allowed (the tests use it)
+    from spikeep.core.fused import triton_available
+
+    if triton_available():
+        load_config(QUICK, ["dynamics.engine=triton"])
+
+
+def test_the_hint_after_a_refused_run_dir_keeps_the_paths_case(tmp_path, capsys):
+    run = tmp_path / "MyRuns" / "Run_A"
+    assert main(["train", str(QUICK), "--no-progress", "--run-dir", str(run), *sum((["--set", o] for o in TINY), [])]) == 0
+    capsys.readouterr()
+    assert main(["train", str(QUICK), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"Continue it with `spikeep train --resume {run}`" in err, err
+
+
+@pytest.mark.parametrize("given", [".", "", "sub/..", "HERE", "ABOVE"])
+def test_run_dirs_that_cannot_be_moved_aside_are_refused(tmp_path, capsys, monkeypatch, given):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    raw = {"HERE": str(work), "ABOVE": str(tmp_path)}.get(given, given)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    assert main(["train", str(QUICK), "--run-dir", raw, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --run-dir" in err and "Traceback" not in err, err
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")} == before  # no .spikeep.lock, nothing moved
+    if given == "":
+        assert main(["train", str(QUICK), "--run-dir", ""]) == 2  # empty, also without --overwrite
+        assert "--run-dir is empty" in capsys.readouterr().err
+
+
+def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    interrupted_run(run, TINY, monkeypatch=monkeypatch)
+    before = hashes(run)
+    for extra in (["--device", "cuda"], ["--device", "cpu"], ["--run-dir", str(tmp_path / "other")], ["--overwrite"],
+                  ["--runs", str(tmp_path / "elsewhere")], ["--set", "train.epochs=5"], [str(QUICK)]):
+        assert main(["train", "--resume", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        named = "CONFIG" if extra == [str(QUICK)] else extra[0]
+        assert "--resume continues a run in its own folder" in err and f"(got {named})" in err, (extra, err)
+    assert hashes(run) == before and not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
+    with pytest.raises(ValueError, match="give no config"):
+        train(load_config(QUICK, TINY), run, resume=True)

@@ -20,7 +20,7 @@ from spikeep.runfolder import LOCK_NAME, RunFolderError, RunLock
 from spikeep.trainer import train
 from spikeep.checkpoint_files import load_checkpoint, save_checkpoint
 
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 TINY = ["data.subset=200", "model.hidden=[16]", "train.batch_size=25", "dynamics.T1=10", "dynamics.T2=3",
         "train.checkpoint_every=2", "train.epochs=1"]
 
@@ -187,7 +187,7 @@ def test_unusable_run_dirs_are_refused_before_anything_runs(tmp_path, capsys):
 
 def test_missing_data_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPIKEEP_DATA", str(tmp_path / "nothing"))
-    cfg = REPO / "models" / "cifar10_cpu_sym_ce.toml"
+    cfg = REPO / "spikeep" / "configs" / "cifar10_cpu_sym_ce.toml"
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(cfg), "--no-progress"]) == 2
     assert "cifar10" in capsys.readouterr().err.lower()

@@ -12,7 +12,7 @@ from spikeep.checkpoint import TrainState
 from spikeep.cli import main
 from spikeep.trainer import train
 
-QUICK = REPO / "models" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
 SMALL = ["data.subset=200", "model.hidden=[16]", "train.batch_size=20", "dynamics.T1=10", "dynamics.T2=4",
          "train.epochs=2"]
 
@@ -21,10 +21,10 @@ def test_threads_follow_the_rule(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert choose_threads(load_config(QUICK, ["train.threads=3"])) == (3, "train.threads")
     assert choose_threads(load_config(QUICK)) == (1, "auto: no conv layers")
-    n, why = choose_threads(load_config(REPO / "models" / "mnist_conv.toml"))
+    n, why = choose_threads(load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml"))
     assert why.startswith("auto: conv layers") and 1 <= n <= torch.get_num_threads() + 64
     monkeypatch.setattr("os.getloadavg", lambda: (64.0, 0.0, 0.0))  # a machine busy on every core: one thread
-    assert choose_threads(load_config(REPO / "models" / "mnist_conv.toml"))[0] == 1
+    assert choose_threads(load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml"))[0] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads(load_config(QUICK))[1] == "OMP_NUM_THREADS"  # the user's setting wins
     with pytest.raises(Exception, match="train.threads"):

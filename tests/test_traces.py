@@ -20,7 +20,7 @@ TRACED = ["--set", "data.subset=500", "--set", "model.hidden=[48]", "--set", "tr
           "--set", "dynamics.T1=20", "--set", "dynamics.T2=6", "--set", "train.epochs=3",
           "--set", "train.checkpoint_every=3", "--set", "traces.enabled=true", "--set", "traces.sample=40",
           "--set", "traces.flush_every=2", "--set", "traces.full_every=7", "--set", "traces.probe=4"]
-QUICK = str(REPO / "models" / "quickstart.toml")
+QUICK = str(REPO / "spikeep" / "configs" / "quickstart.toml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

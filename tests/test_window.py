@@ -18,7 +18,7 @@ SHARED = REPO.parent / "shared"
 
 
 def quick(overrides):
-    return load_config(REPO / "models" / "quickstart.toml", overrides)
+    return load_config("quickstart", overrides)
 
 
 def test_budget_fits_epochs_and_the_cosine_to_the_minutes(tmp_path):

@@ -8,10 +8,12 @@ whose `load_config` is the one entry point that reads and validates a config fil
     sections.py   the sections (dataclasses) and their own checks
     reading.py    typed reading of dicts, TOML files, --set overrides and run folders' config.json
 """
-from .reading import apply_overrides, parse_config, read_json_config, read_toml, with_overrides
+from .reading import (apply_overrides, parse_config, read_json_config, read_toml, resolve_config, shipped_configs,
+                      with_overrides)
 from .sections import (ESTIMATORS, Config, ConfigError, DataConfig, DynamicsConfig, EstimatorConfig, GDUConfig,
                        ModelConfig, PlasticityConfig, SpikingConfig, TraceConfig, TrainConfig)
 
-__all__ = ["apply_overrides", "parse_config", "read_json_config", "read_toml", "with_overrides", "ESTIMATORS", "Config",
+__all__ = ["apply_overrides", "parse_config", "read_json_config", "read_toml", "resolve_config", "shipped_configs",
+           "with_overrides", "ESTIMATORS", "Config",
            "ConfigError", "DataConfig", "DynamicsConfig", "EstimatorConfig", "GDUConfig", "ModelConfig",
            "PlasticityConfig", "SpikingConfig", "TraceConfig", "TrainConfig"]

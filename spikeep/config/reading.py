@@ -102,12 +102,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# the configs shipped inside the package (spikeep/configs/*.toml), found by name from any folder
+SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped with spikeep, by name (file stem) -> path."""
+    return {p.stem: p for p in sorted(SHIPPED.glob("*.toml"))}
+
+
+def resolve_config(path_or_name: Union[str, Path]) -> Path:
+    """A config file from a path, or from the name of a shipped config ('quickstart' or 'quickstart.toml'
+    -> spikeep/configs/quickstart.toml). An existing file always wins; a plain name that is neither a
+    file here nor a shipped config is an error that lists the shipped ones."""
+    path = Path(path_or_name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = shipped_configs()
+    name = path.stem if path.suffix == ".toml" else path.name
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config not found: {path_or_name} is neither a file nor the name of a shipped config "
+                      f"({', '.join(shipped) or 'none found'}; `spikeep configs` lists them)")
+
+
 def read_toml(path: Union[str, Path]) -> dict[str, Any]:
-    """A TOML config file as a dict, `name` defaulting to the file's stem (spikeep.validation.load_config
+    """A TOML config file (or a shipped config's name, see resolve_config) as a dict, `name` defaulting to the file's stem (spikeep.validation.load_config
     turns it into a validated Config). A top-level `base = "other.toml"` (relative to this file's folder)
-    starts from that file's settings, section by section, and this file's keys win; bases may have bases."""
-    data = _read_toml_with_bases(Path(path), [])
-    data.setdefault("name", Path(path).stem)
+    starts from that file's settings, section by section, and this file's keys win; bases may have bases.
+    A base that is no file there but a shipped config's name ("quickstart.toml") is that shipped config."""
+    path = resolve_config(path)
+    data = _read_toml_with_bases(path, [])
+    data.setdefault("name", path.stem)
     return data
 
 
@@ -119,6 +145,8 @@ def _read_toml_with_bases(path: Path, chain: list[Path]) -> dict[str, Any]:
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base must be the name of another config file, got {base!r}")
     base_path = (path.parent / base).resolve()
+    if not base_path.is_file() and len(Path(base).parts) == 1 and Path(base).stem in shipped_configs():
+        base_path = shipped_configs()[Path(base).stem].resolve()  # a shipped config's name, from a file elsewhere
     here = [*chain, path.resolve()]
     if base_path in here:
         raise ConfigError(f"{path}: base {base!r} makes a loop: " + " -> ".join(str(p) for p in [*here, base_path]))
@@ -136,9 +164,11 @@ def _read_toml_with_bases(path: Path, chain: list[Path]) -> dict[str, Any]:
 
 def _read_one_toml(path: Path) -> dict[str, Any]:
     if path.is_dir():
-        raise ConfigError(f"{path} is a directory, not a config file (give a .toml file, e.g. models/quickstart.toml)")
+        raise ConfigError(f"{path} is a directory, not a config file (give a .toml file or a shipped config's name, e.g. quickstart)")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        shipped = path.stem in shipped_configs() and path.suffix == ".toml"
+        raise ConfigError(f"config file not found: {path}" + (f" (the configs once in models/ ship inside the package "
+                                                             f"now: give its name, {path.stem})" if shipped else ""))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
@@ -170,8 +200,12 @@ def read_json_config(path: Union[str, Path]) -> dict[str, Any]:
     """A run folder's config.json as a dict; a damaged file is an error that names it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path.parent} is not a spikeep run folder (no config.json)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: damaged (not valid JSON: {e}); the run's config cannot be read") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: damaged (valid JSON, but {type(data).__name__} {json.dumps(data)[:40]} instead of "
+                          f"a config's table of sections); the run's config cannot be read")
+    return data

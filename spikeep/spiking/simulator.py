@@ -149,8 +149,10 @@ class SpikingSimulator:
     """Runs an EqNetwork's weights as a network of spiking neurons (see the module docstring).
 
     It caches what depends on the weights (the event back end's fan-out tables, built on first use)
-    and what depends on the shapes only (fan-out counts). Call `invalidate()` after changing the
-    weights: the trainer does so after every optimizer step.
+    and what depends on the shapes only (fan-out counts). The tables are rebuilt by themselves when a
+    weight has changed since they were built (an optimizer step, load_state_dict, any in-place change:
+    each parameter's storage and version counter are compared), so nothing needs to be called after a
+    step. A change PyTorch does not count (writing through `.data`) needs `invalidate()`.
     """
 
     def __init__(self, net: EqNetwork, params: SpikingParams = SpikingParams()):
@@ -159,6 +161,7 @@ class SpikingSimulator:
         self.net, self.p = net, params
         self._fan_out: Optional[tuple[Tensor, list[Tensor]]] = None
         self._tables: Optional[Tables] = None
+        self._tables_of: Optional[tuple] = None  # the weights' (storage, version) when the tables were built
         # per source layer (input first): the activity below which `auto` sends its spikes as events,
         # conv_crossover for a layer that drives a conv synapse (forward or feedback), else crossover
         syn, n = net.synapses, len(net.synapses)
@@ -172,15 +175,20 @@ class SpikingSimulator:
         return self._fan_out
 
     def invalidate(self) -> None:
-        """Forget the fan-out tables: the weights have changed."""
+        """Forget the fan-out tables (needed only after a change PyTorch does not count, through `.data`)."""
         self._tables = None
+
+    def _weights_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.net.parameters())
 
     def tables(self) -> Optional[Tables]:
         """The fan-out tables of the current weights (None for the dense back end)."""
         if self.p.backend == "dense":
             return None
-        if self._tables is None:  # an input table only for spiking input encodings
+        key = self._weights_key()
+        if self._tables is None or key != self._tables_of:  # an input table only for spiking input encodings
             self._tables = fan_out_tables(self.net, self.p.encoding != "current")
+            self._tables_of = key
         return self._tables
 
     def init_state(self, inp: Inputs) -> SimState:

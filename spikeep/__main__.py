@@ -1,0 +1,7 @@
+"""`python -m spikeep ...`: the same command line as `spikeep ...`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
