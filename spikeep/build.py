@@ -70,7 +70,7 @@ def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None)
         return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2, e.kp_leak)
     if e.name == "bptt":
         return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
-    settling = Settling(d.rtol, d.tol_every, d.patience) if d.stop == "relative" else None
+    settling = Settling(d.rtol, d.tol_every, d.patience, free_rtol=d.free_rtol or None) if d.stop == "relative" else None
     return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm, settling)
 
 

@@ -89,6 +89,7 @@ class DynamicsConfig:
     # `patience` checks in a row; core.dynamics.Settling; rate EP only)
     stop: str = "max_change"
     rtol: float = 0.05
+    free_rtol: float = 0.0  # the free phase's rtol under "relative" (0: rtol)
     patience: int = 2
     dtype: str = "float32"  # or "float64" for checks
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
@@ -141,6 +142,8 @@ class DynamicsConfig:
             raise ConfigError(f"dynamics.stop must be 'max_change' or 'relative', got {self.stop!r}")
         if not (0 < self.rtol < 1e6):
             raise ConfigError(f"dynamics.rtol must be a number > 0, got {self.rtol}")
+        if not (0 <= self.free_rtol < 1e6):
+            raise ConfigError(f"dynamics.free_rtol must be >= 0 (0: dynamics.rtol), got {self.free_rtol}")
         if self.patience < 1:
             raise ConfigError(f"dynamics.patience must be >= 1 check, got {self.patience}")
         if self.stop == "relative" and self.tol:

@@ -29,18 +29,24 @@ class Relaxed(NamedTuple):
 
 
 class Settling(NamedTuple):
-    """dynamics.stop = "relative": a phase ends once, at `patience` checks in a row, every layer k has
-    moved by less than rtol * g_k over the last `every` steps (per sample, L2 over the layer's neurons;
-    the batch's largest). g_k is the size of what EP's estimate is a difference of (Laborieux et al.
-    2021, Eq. 3: s^beta - s*, which is O(beta)): the batch's mean |s_k^beta - s_k*| (L2). A nudged phase
-    measures it as it goes, from its own start s*; a free phase has no s^beta yet and takes `gaps`,
-    the last nudged phases' (a training run's previous batch); without them it runs its whole budget.
+    """dynamics.stop = "relative": a phase ends once, at `patience` checks in a row, every layer k is
+    estimated to lie within rtol * g_k of its equilibrium. The estimate is the geometric tail of the
+    last check interval's change c_k (per sample, L2 over the layer's neurons, the batch's largest):
+    c_k q / (1 - q), with q = c_k / c_k' the contraction observed between this interval and the one
+    before (q >= 1: not converging, never settled); a slow contraction thus asks for a smaller change
+    than a fast one. g_k is the size of what EP's estimate is a difference of (Laborieux et al. 2021,
+    Eq. 3: s^beta - s*, which is O(beta)): the batch's mean |s_k^beta - s_k*| (L2). A nudged phase
+    measures it as it goes, from its own start s*; a free phase has no s^beta yet and takes `gaps`, the
+    last nudged phases' (a training run's previous batch); without them it runs its whole budget.
     Unlike an absolute tolerance on the largest single change, this does not tighten as the network
     learns and its equilibria slow down, and a sample whose change dips once does not end the phase."""
     rtol: float
     every: int = 10
     patience: int = 2
     gaps: Optional[Tensor] = None  # (layers,) a free phase's reference
+    # the free phase's rtol (None: rtol). The symmetric estimate reads only s^+ and s^-: nudged phases
+    # that settle by rtol wherever they start make it exact, so its free phase may stop further out
+    free_rtol: Optional[float] = None
 
     def with_gaps(self, gaps: Optional[Tensor]) -> "Settling":
         return self._replace(gaps=gaps)
@@ -129,7 +135,8 @@ def _engine_steps(engine, inp: Inputs, state: State, beta, n: int) -> State:
 def _relax_settling(advance: Callable[[State, int], State], state: State, T: int, rule: Settling,
                     origin: Optional[State]) -> Relaxed:
     """relax() with the relative rule (Settling): blocks of rule.every steps, one device read per check."""
-    done, calm, ratio, gaps = 0, 0, float("nan"), None
+    done, calm, ratio, gaps, before = 0, 0, float("nan"), None, None
+    rtol = rule.rtol if origin is not None or rule.free_rtol is None else rule.free_rtol
     while done < T:
         new = advance(state, min(rule.every, T - done))
         done += min(rule.every, T - done)
@@ -138,13 +145,23 @@ def _relax_settling(advance: Callable[[State, int], State], state: State, T: int
         ref = gaps if origin is not None else rule.gaps
         if ref is not None:
             change = layer_distances(new, state).amax(1)
-            # a layer the nudge has not reached yet (gap 0) is not settled: 0/0 and x/0 count as infinite
-            ratio = float(torch.where(ref > 0, change / ref, torch.full_like(change, float("inf"))).max())
-            calm = calm + 1 if ratio < rule.rtol else 0
+            if before is not None:
+                ratio = float(_tail_over_gap(change, before, ref).max())
+                calm = calm + 1 if ratio < rtol else 0
+            before = change
         state = new
         if calm >= rule.patience:
             break
     return Relaxed(state, done, ratio, gaps)
+
+
+def _tail_over_gap(change: Tensor, before: Tensor, gap: Tensor) -> Tensor:
+    """Per layer: the distance left to equilibrium, c q / (1 - q) with q = c / c_before, over the gap;
+    infinite where it is not contracting (q >= 1) or the gap is 0 (the nudge has not reached the layer)."""
+    q = change / before.clamp_min(torch.finfo(change.dtype).tiny)
+    tail = torch.where(q < 1, change * q / (1 - q).clamp_min(1e-12), torch.full_like(change, float("inf")))
+    tail = torch.where(change == 0, torch.zeros_like(change), tail)  # nothing moves: settled
+    return torch.where(gap > 0, tail / gap, torch.full_like(change, float("inf")))
 
 
 @torch.no_grad()
