@@ -112,3 +112,30 @@ def test_free_phase_without_gaps_runs_its_budget_and_with_gaps_stops():
     assert r.steps < 60
     exact = free_phase(net, inp, 400).state
     assert float((layer_distances(r.state, exact).amax(1) / gaps).max()) <= 0.05
+
+
+def test_training_with_the_relative_rule_resumes_bitwise(tmp_path, monkeypatch):
+    """The free phase's reference gaps travel with the checkpoint: a run killed mid-epoch resumes to the
+    same weights, and the same steps per phase, as one that was not (and phases did end early)."""
+    import csv
+
+    import spikeep.trainer as tr
+    from conftest import crash_at_update
+
+    over = ["train.epochs=2", "data.subset=300", "data.test_subset=100", "model.hidden=[32]", "train.batch_size=25",
+            "dynamics.T1=40", "dynamics.T2=30", "dynamics.stop=relative", "dynamics.rtol=0.05", "dynamics.tol_every=2",
+            "train.checkpoint_every=4"]
+    cfg = load_config("quickstart", over)
+    a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
+    restore = crash_at_update(monkeypatch, 17)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tmp_path / "b", progress=False, echo=False)
+    restore()
+    b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
+    for p, q in zip(a.net.parameters(), b.net.parameters()):
+        assert torch.equal(p, q)
+    rows = [list(csv.DictReader(open(tmp_path / r / "metrics.csv"))) for r in ("a", "b")]
+    assert rows[0] == rows[1] or [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows[1]]
+    steps = [float(r["steps_free"]) for r in rows[0]] + [float(r["steps_nudged"]) for r in rows[0]]
+    assert all(s < 40 for s in steps[:2]) and all(s < 30 for s in steps[2:]), steps
