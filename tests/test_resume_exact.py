@@ -23,9 +23,9 @@ TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics
         "train.checkpoint_every=5", "train.epochs=2"]
 CRASH_AT = 18
 
-# what may differ between two runs of the same config: wall-clock times and the run's random id
+# what may differ between two runs of the same config: wall-clock times, the run's random id and folder
 TIMES = {"seconds", "train_seconds", "started"}
-NAMES = {"run_id"}
+NAMES = {"run_id", "command"}  # the command line names the run folder
 
 
 def _differences(a, b, where=""):
