@@ -283,6 +283,9 @@ def test_killed_two_process_run_resumes_bitwise_without_a_shared_folder(tmp_path
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.loads((run / "summary.json").read_text())["epochs_done"] == 2
+    # and every file: the train loss and accuracy of the resumed epoch count every process's samples once
+    from test_resume_exact import folder_differences
+    assert folder_differences(tmp_path / "ref", run) == []
 
 
 @pytest.mark.slow

@@ -69,8 +69,8 @@ def test_clock_checkpoints_let_a_killed_run_resume_bitwise(tmp_path, monkeypatch
                 echo=False)
     saves, original = [], TrainState.save
 
-    def save_then_maybe_die(self, path, cfg):
-        original(self, path, cfg)
+    def save_then_maybe_die(self, path, cfg, *rest):
+        original(self, path, cfg, *rest)
         saves.append((self.epoch, self.batch))
         if len(saves) == 4:  # the 4th checkpoint: mid-epoch 1 (3 by the clock before it)
             raise Crash()
