@@ -145,7 +145,10 @@ def bench_spiking(text):
 
 def loihi2(text):
     s = json.loads((RESULTS / "spiking_loihi2" / "summary.json").read_text())
-    check_in(text, f"{s['final_test_acc']:.2f} % after {s['epochs_done']} epochs")
+    last = metrics(RESULTS / "spiking_loihi2" / "metrics.csv")[-1]
+    check_in(text, f"{s['final_test_acc']:.2f} % after {s['epochs_done']} epochs",
+             f"{1e6 * float(last['energy_inference_J']):.1f} uJ per inference",
+             f"{1e6 * float(last['energy_learning_J']):.1f} uJ per training sample")
 
 
 def precision(text):
