@@ -130,17 +130,63 @@ def bench_relax(text):
              f"MLP {d['mlp']['ratio']:.1f}x", f"batch {d['conv']['batch']}, MLP batch {d['mlp']['batch']}")
 
 
-def bench_spiking(text):
-    """From bench_spiking.txt: the event back end's speed-up per batch at 1-5 % activity."""
-    speedups, batch = {}, None
-    for line in (RESULTS / "bench_spiking" / "bench_spiking.txt").read_text().splitlines():
+def speedup_table(name):
+    """{batch: {activity %: event speed-up, "crossover": line}} of a bench_spiking text file."""
+    table, batch = {}, None
+    for line in (RESULTS / "bench_spiking" / name).read_text().splitlines():
         if line.startswith("batch "):
             batch = int(line.split()[1])
+            table[batch] = {}
         m = re.match(r"\s+([0-9.]+)% \|.*\|\s+([0-9.]+)x", line)
-        if m and float(m.group(1)) <= 5.0:
-            speedups.setdefault(batch, []).append(float(m.group(2)))
-    check_in(text, f"event back end {span(speedups[8])}x (batch 8) and {span(speedups[32])}x (batch 32)",
+        if m:
+            table[batch][float(m.group(1))] = float(m.group(2))
+        if "crossover" in line:
+            table[batch]["crossover"] = line.split(":", 1)[1].strip()
+    return table
+
+
+def bench_spiking(text):
+    """From bench_spiking.txt: the event back end's speed-up per batch at 1-5 % activity."""
+    table = speedup_table("bench_spiking.txt")
+    speedups = {b: [v for a, v in t.items() if a != "crossover" and a <= 5.0] for b, t in table.items()}
+    crossover = float(table[32]["crossover"].split()[0])
+    check_in(text, f"crossover {crossover:.0f} % (batch 32)", f"event back end {span(speedups[8])}x (batch 8) and {span(speedups[32])}x (batch 32)",
              f"{span(speedups[1])}x at batch 1")
+
+
+def bench_conv(text):
+    t = speedup_table("bench_conv_cpu.txt")
+    for b in (1, 8, 32):
+        check_in(text, " / ".join(f"{t[b][a]:.2f}" for a in (1.0, 5.0, 20.0)) + f"x (batch {b})")
+    check_in(text, f"({t[32][0.2]:.1f}x at 0.2 %, batch 32)",
+             f"below {t[8]['crossover'].split()[0]}-{t[32]['crossover'].split()[0]} % activity")
+
+
+def bits_table(name):
+    """{(weights, rounding): pp from float32} of a bits_sweep.md table."""
+    lines = (RESULTS / name / "bits_sweep.md").read_text().splitlines()
+    head = [c.strip() for c in next(ln for ln in lines if ln.startswith("| weights")).strip("|").split("|")]
+    out = {}
+    for ln in lines:
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        if ln.startswith("| ") and cells[0].endswith("-bit"):
+            for col, c in zip(head, cells):
+                m = re.search(r"\((-?[0-9.]+)\)", c)
+                if m:
+                    out[cells[0], col] = float(m.group(1))
+    return out
+
+
+def bits_sweep(text):
+    rate, spiking = bits_table("bits_rate"), bits_table("bits_spiking")
+
+    def rng(values):
+        return f"{max(values):.2f}..{min(values):.2f}"
+
+    eight = [t[k] for t in (rate, spiking) for k in t if k[0] == "8-bit" and k[1] in ("stochastic", "residual")]
+    check_in(text, f"8-bit {rng(eight)} pp",
+             f"4-bit stochastic {rng([t['4-bit', 'stochastic'] for t in (rate, spiking)])} pp",
+             f"binary residual {rng([t['1-bit', 'residual'] for t in (rate, spiking)])} pp")
 
 
 def loihi2(text):
@@ -178,6 +224,8 @@ CHECKED = {
     "analysis/bench_traces.py": bench_traces,
     "analysis/bench_relax.py": bench_relax,
     "analysis/bench_spiking.py` (784": bench_spiking,
+    "analysis/bench_spiking.py --conv": bench_conv,
+    "analysis/bits_sweep.py": bits_sweep,
     "plasticity.profile": loihi2,
     "analysis/precision.py": precision,
     "scripts/gpu_check.sh": gpu_check,
@@ -189,8 +237,6 @@ UNTRACED = {
     "models/mnist_mlp_bptt.toml": "no results file",
     "spikeep train models/mnist_mlp_spiking.toml` (the MLP": "the re-measured figures have no results file",
     "spikeep evaluate RUN --neurons spiking": "no results file",
-    "analysis/bench_spiking.py --conv": "bench_spiking/bench_conv_cpu.txt: not parsed here yet",
-    "analysis/bits_sweep.py": "bits_*/: not parsed here yet",
 }
 
 
