@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, kill_when
 from spikeep.checkpoint_files import load_checkpoint
 from test_resume_exact import folder_differences
@@ -41,13 +43,30 @@ def replace_atomically(path, data):
     return real(path, data)
 
 files.replace_atomically = replace_atomically
+
+trace_at = int(os.environ.get("STALL_TRACE_AT", "0"))
+if trace_at:  # or: the n-th append to a sample_delta dataset of traces.h5 is made, then the writer waits
+    from spikeep.traces.writer import TraceRecorder
+    real_append, appends = TraceRecorder._append, {"n": 0}
+
+    def _append(d, rows):
+        real_append(d, rows)
+        if d.name.endswith("sample_delta"):
+            appends["n"] += 1
+            if appends["n"] == trace_at:
+                marker.write_text(d.file.filename)
+                while True:
+                    time.sleep(1)
+
+    TraceRecorder._append = staticmethod(_append)
 from spikeep.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def _cli(args, stall_at=0, marker=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STALL_AT": str(stall_at), "STALL_MARKER": str(marker or "")}
+def _cli(args, stall_at=0, marker=None, trace_at=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STALL_AT": str(stall_at), "STALL_MARKER": str(marker or ""),
+           "STALL_TRACE_AT": str(trace_at)}
     return subprocess.Popen([sys.executable, "-c", CHILD, "train", "--no-progress", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -81,4 +100,40 @@ def test_two_kills_mid_checkpoint_write_resume_to_the_uninterrupted_run(tmp_path
     assert done.wait() == 0, done.stderr.read()[-2000:]
     assert not [p.name for p in run.iterdir() if ".spikeep-tmp" in p.name], "a killed writer's file stayed"
     assert "resuming" in (run / "train.log").read_text()
+    assert folder_differences(tmp_path / "ref", run) == []
+
+
+TRACED = ["traces.enabled=true", "traces.sample=20", "traces.flush_every=4", "traces.full_every=7",
+          "traces.probe=4"]
+
+
+@pytest.mark.slow
+def test_kill_mid_trace_write_resumes_to_the_uninterrupted_traces(tmp_path):
+    """kill -9 while a flush of traces.h5 has appended some datasets' rows and not others (twice: the
+    first run and the resumed one): the resumed file holds every iteration once, bit for bit the
+    uninterrupted run's traces (README, Guarantees: 'also mid-write ... of the trace file')."""
+    import numpy as np
+    from spikeep import traces
+
+    config = str(REPO / "models" / "quickstart.toml")
+    sets = _sets() + [a for s in TRACED for a in ("--set", s)]
+    ref = _cli([config, "--run-dir", str(tmp_path / "ref"), *sets])
+    assert ref.wait() == 0, ref.stderr.read()[-2000:]
+    run = tmp_path / "run"
+    # the flushes of 4 rows: the 2nd layer's sample_delta append of the 3rd flush (first run) and of the
+    # 3rd flush after the resume
+    for n, args in enumerate(([config, "--run-dir", str(run), *sets], ["--resume", str(run)])):
+        marker = tmp_path / f"stalled{n}"
+        proc = _cli(args, marker=marker, trace_at=6)
+        assert kill_when(proc, marker.exists, timeout=300), \
+            f"kill {n + 1}: the run ended before the trace write: {proc.stderr.read()[-2000:]}"
+    done = _cli(["--resume", str(run)])
+    assert done.wait() == 0, done.stderr.read()[-2000:]
+    assert not list(run.glob("traces.damaged-*")), "the killed trace file was set aside as damaged"
+    with traces.open(tmp_path / "ref" / "traces.h5") as a, traces.open(run / "traces.h5") as b:
+        assert b.iteration.tolist() == a.iteration.tolist() == list(range(1, len(a.iteration) + 1))
+        assert b.snapshot_iteration.tolist() == a.snapshot_iteration.tolist()
+        for name in a.layers:
+            for item in ("sample_weight", "sample_delta", "sample_grad", "summary", "weight", "bias"):
+                assert np.array_equal(getattr(a[name], item)[:], getattr(b[name], item)[:]), (name, item)
     assert folder_differences(tmp_path / "ref", run) == []

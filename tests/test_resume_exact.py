@@ -76,11 +76,31 @@ def folder_differences(ref, run):
             out += _differences(_metrics(a), _metrics(b), name)
         elif name == "train.log":
             out += _differences(_epoch_lines(a), _epoch_lines(b), name)
+        elif name.endswith(".h5"):
+            out += _h5_differences(a, b, name)
         elif name == "curves.png":
             continue  # drawn from metrics.csv (compared above); its bytes hold no state of their own
         else:
             out += [] if a.read_bytes() == b.read_bytes() else [f"{name}: bytes differ"]
     return out
+
+
+def _h5_differences(a, b, name):
+    """Every dataset of two HDF5 files, by name and content (the files' bytes depend on how they were
+    written: a resumed trace file is a copy)."""
+    import h5py
+    import numpy as np
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    da, db = datasets(a), datasets(b)
+    out = [f"{name}: datasets {sorted(set(da) ^ set(db))}"] if da.keys() != db.keys() else []
+    return out + [f"{name}/{k}: differs" for k in sorted(da.keys() & db.keys())
+                  if not np.array_equal(da[k], db[k])]
 
 
 @pytest.fixture(scope="module")
