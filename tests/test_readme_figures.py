@@ -191,10 +191,12 @@ def bits_sweep(text):
 
 def loihi2(text):
     s = json.loads((RESULTS / "spiking_loihi2" / "summary.json").read_text())
-    last = metrics(RESULTS / "spiking_loihi2" / "metrics.csv")[-1]
+    m = metrics(RESULTS / "spiking_loihi2" / "metrics.csv")
+    assert "energy_estimate_inference_J" in m[-1], "the file predates today's energy columns: re-measure"
     check_in(text, f"{s['final_test_acc']:.2f} % after {s['epochs_done']} epochs",
-             f"{1e6 * float(last['energy_inference_J']):.1f} uJ per inference",
-             f"{1e6 * float(last['energy_learning_J']):.1f} uJ per training sample")
+             f"{sci(float(m[-1]['energy_estimate_inference_J']))} J per inference",
+             f"{sci(float(m[-1]['energy_estimate_learning_J']))} J per training sample",
+             f"{span([float(r['seconds']) for r in m], '{:.0f}')} s per epoch")
 
 
 def precision(text):
