@@ -9,7 +9,18 @@
 # this invocation, into OUT_DIR/run: a later invocation with the same OUT_DIR resumes it (--resume), so
 # a long run goes on across jobs limited to 10 minutes. Needs CIFAR-10 under $SPIKEEP_DATA.
 set -uo pipefail
-out=${1:?usage: scripts/cuda_report.sh OUT_DIR [CONFIG] [MINUTES]}
+usage="usage: scripts/cuda_report.sh OUT_DIR [CONFIG] [MINUTES]
+
+  OUT_DIR   folder for the report (env.txt, test_cuda.log, bench_gpu.json/.txt, precision/, run/);
+            an existing one resumes its training run
+  CONFIG    training config (default spikeep/configs/cifar10_ep_symmetric_ce.toml)
+  MINUTES   at most this many minutes of training in this invocation (default 8)"
+case "${1:-}" in
+  -h|--help) echo "$usage"; exit 0 ;;
+  "") echo "$usage" >&2; exit 2 ;;
+  -*) echo "unknown option $1" >&2; echo "$usage" >&2; exit 2 ;;
+esac
+out=$1
 config=${2:-spikeep/configs/cifar10_ep_symmetric_ce.toml}
 minutes=${3:-8}
 mkdir -p "$out"
@@ -21,7 +32,7 @@ cd "$(dirname "$0")/.."
 } > "$out/env.txt" 2>&1
 if [ ! -e "$out/.tests_done" ]; then
   python -m pytest -q tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" && touch "$out/.tests_done"
-  python analysis/bench_gpu.py --device cuda --batch 128 --steps 50 --repeats 3 --compile \
+  python analysis/bench_gpu.py --device cuda --batches 128 --full-at 128 --steps 50 --repeats 3 \
       --json "$out/bench_gpu.json" 2>&1 | tee "$out/bench_gpu.txt"
   python analysis/precision.py --device cuda --out "$out/precision" 2>&1 | tail -n 20
 fi

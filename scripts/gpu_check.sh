@@ -3,6 +3,10 @@
 # CUDA and a short CIFAR-10 training of the fast candidate recipe, every stage under its own timeout so
 # the whole stays inside BUDGET seconds. Writes a small report folder to $OUT (or ./gpu_report).
 #   bash scripts/gpu_check.sh [BUDGET_SECONDS]        (wheels in .whl/, CIFAR-10 subset in .cifar-sub/)
+case "${1:-}" in
+  -h|--help) echo "usage: bash scripts/gpu_check.sh [BUDGET_SECONDS]"; sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -*) echo "unknown option $1 (--help for usage)" >&2; exit 2 ;;
+esac
 set -uo pipefail
 BUDGET=${1:-420}
 START=$(date +%s)

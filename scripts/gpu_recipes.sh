@@ -2,6 +2,10 @@
 # Second GPU call: the CUDA tests, then CIFAR-10 recipes trained side by side on the carried subset for
 # BUDGET seconds (each its own process; they time-slice the GPU), metrics tarred into $OUT.
 #   bash scripts/gpu_recipes.sh [BUDGET_SECONDS]
+case "${1:-}" in
+  -h|--help) echo "usage: bash scripts/gpu_recipes.sh [BUDGET_SECONDS]"; sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -*) echo "unknown option $1 (--help for usage)" >&2; exit 2 ;;
+esac
 set -uo pipefail
 BUDGET=${1:-240}
 START=$(date +%s)

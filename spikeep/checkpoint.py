@@ -42,7 +42,9 @@ class TrainState:
         if self.device_gen is None:
             self.device_gen = self.step_gen
 
-    def checkpoint(self, cfg: Config) -> dict:
+    def checkpoint(self, cfg: Config, stats: Optional[EpochStats] = None) -> dict:
+        """The checkpoint's contents; `stats` replaces the running statistics (a data-parallel run
+        saves every process's sums, trainer._stats_of_every_process)."""
         return {"format": CHECKPOINT_FORMAT, "model": self.net.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched is not None else {},
@@ -50,7 +52,7 @@ class TrainState:
                 "order_rng": self.order_state if self.batch else self.order_gen.get_state(),
                 "step_rng": self.step_gen.get_state(), "torch_rng": torch.get_rng_state(),
                 **({"device_rng": self.device_gen.get_state()} if self.device_gen is not self.step_gen else {}),
-                "epoch_stats": self.stats.state_dict(), "history": self.history, "best": dict(self.best),
+                "epoch_stats": (self.stats if stats is None else stats).state_dict(), "history": self.history, "best": dict(self.best),
                 "plasticity": self.plasticity.state_dict() if self.plasticity is not None else {},
                 **({"warm_start": self.warm.state_dict()} if self.warm is not None else {}),
                 **({"learner": self.learner.state_dict()} if self.learner is not None else {}),
@@ -83,6 +85,6 @@ class TrainState:
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"{path}: incomplete or foreign training state ({e})") from None
 
-    def save(self, path: Path, cfg: Config) -> None:
-        save_checkpoint(path, self.checkpoint(cfg))
+    def save(self, path: Path, cfg: Config, stats: Optional[EpochStats] = None) -> None:
+        save_checkpoint(path, self.checkpoint(cfg, stats))
         self.saved_at = time.monotonic()

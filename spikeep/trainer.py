@@ -239,6 +239,8 @@ def _training_state(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, l
                     step_gen, make_plasticity(cfg, net), device_gen=device_gen, warm=warm, learner=learner)
     if ckpt is not None:
         st.restore(ckpt, run_dir / "checkpoint.pt")
+        if not procs.main:  # the checkpoint's sums are every process's (_stats_of_every_process): process 0 holds them
+            st.stats.seen, st.stats.correct, st.stats.loss_sum = 0, 0, 0.0
         log.info(f"resuming {run_dir} at epoch {st.epoch + 1}, batch {st.batch}")
         if st.history and procs.main:  # a crash may have come between the checkpoint and these files
             _write_epoch_files(run_dir, cfg, st)
@@ -347,11 +349,12 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
             if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
                 record_snapshot(recorder, learner, it_global, ep.number)
         bar.update()
+        saved_stats = _stats_of_every_process(procs, st.stats) if checkpoint_now else None  # a collective
         if checkpoint_now and procs.main:
-            st.stats.seconds = time.perf_counter() - t0
+            st.stats.seconds = saved_stats.seconds = time.perf_counter() - t0
             if recorder is not None:
                 recorder.flush()  # traces up to the checkpoint are on disk before it is
-            st.save(run_dir / "checkpoint.pt", cfg)
+            st.save(run_dir / "checkpoint.pt", cfg, saved_stats)
         if checkpoint_now:
             st.saved_at = time.monotonic()  # every process: the next time-based checkpoint is agreed on
         if budget is not None:
@@ -360,6 +363,19 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
                 break
     bar.close()
     return time.perf_counter() - t0
+
+
+def _stats_of_every_process(procs: Dist, stats: EpochStats) -> EpochStats:
+    """The running statistics a mid-epoch checkpoint holds. Process 0 writes the checkpoint; in a
+    data-parallel run its samples seen, correct and loss sum are summed over every process (as the
+    epoch's end sums them), so that process 0 resumes with the whole run's partial sums and the others
+    from zero (`_training_state`): each sample is counted once. Every process calls this."""
+    if procs.world <= 1:
+        return stats
+    s = stats.synced()
+    seen, correct, loss_sum = sum_over_processes(procs, [s.seen, s.correct, s.loss_sum])
+    s.seen, s.correct, s.loss_sum = int(seen), int(correct), float(loss_sum)
+    return s
 
 
 def _start_epoch(cfg: Config, procs: Dist, device, train_set: Split, st: TrainState) -> _Epoch:

@@ -276,7 +276,11 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
     assert cfg.dynamics.precision == "bf16_incremental" and cfg.dynamics.warm_start == "per_sample"
     res = train(cfg, tmp_path / "run", progress=False, echo=False)
     h = res.history
-    assert len(h) == 2 and all(0 < r["steps_free"] <= 12 for r in h)
+    # measured: the tolerance (checked every 4 steps) is not reached within T1 = 12 steps, so each free
+    # phase runs 12, each nudged one T2 = 4, 12 + 2 x 4 per batch, in both epochs (a bound of
+    # 0 < steps_free <= 12 would hold for any run)
+    assert len(h) == 2 and all((r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) == (12, 4, 20) for r in h), \
+        [(r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) for r in h]
     assert res.net.engine is not None and res.net.engine.incremental
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     store = ck["warm_start"]["store"]
@@ -286,12 +290,16 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
 
 TTIR_CHECK = """
 import inspect, itertools, sys
-try:
+try:  # the compiler API this check is written for; anything else is a skip, said so
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-except ImportError as e:
-    print("API", e)
+    params = set(inspect.signature(ASTSource).parameters)
+    if not {"fn", "signature", "constexprs"} <= params:
+        raise ImportError(f"ASTSource takes {sorted(params)}")
+    GPUTarget("cuda", 90, 32)
+except (ImportError, AttributeError, TypeError) as e:
+    print("API", type(e).__name__, e)
     sys.exit(0)
 import spikeep.core.fused as fused
 
@@ -303,11 +311,8 @@ def compile_for_h200(kernel, pointer_type, constexprs):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
 
 
-try:
-    compile_for_h200(fused.maxpool_unpool_kernel, "*fp32", {"CL": True, "HAS_PREV": False, "F64": False, "BLOCK": 256})
-except (AttributeError, TypeError, ImportError) as e:
-    print("API", type(e).__name__, e)
-    sys.exit(0)
+# from here on every error is the kernels' (a TypeError from a kernel that the compiler rejects
+# included): it fails the test, it is never a skip
 n = 0
 for cl, prev, f64 in itertools.product((False, True), repeat=3):
     asm = compile_for_h200(fused.maxpool_unpool_kernel, "*fp64" if f64 else "*fp32",

@@ -143,6 +143,41 @@ def test_bptt_truncation_and_grads_match_autograd_of_loss():
     assert any(not torch.allclose(g[n], g_full[n]) for n in g)  # truncation changes the gradient
 
 
+def _truncated_by_detach(net, x, y, T, K):
+    """dL(s_T)/dtheta through the last K of T free steps, by autograd: all T steps unrolled through
+    net.step, the state cut from the graph after T - K of them (written here, apart from bptt.py)."""
+    params = dict(net.named_parameters())
+    with torch.enable_grad():
+        inp = net.prepare(x, y)
+        s = net.init_state(x.shape[0])
+        for t in range(T):
+            if t == T - K:
+                s = tuple(v.detach() for v in s)
+            s = net.step(inp, s, 0.0)
+        loss = net.loss(s, inp.y).mean()
+        g = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if gi is None else gi for (n, p), gi in zip(params.items(), g)}
+
+
+@pytest.mark.parametrize("truncate", [1, 2, 4, 11, 12, 20, 0])
+def test_bptt_truncation_equals_autograd_through_the_last_steps_only(truncate):
+    """bptt_gradients(T, truncate=K) against an independent computation for each K (0: none, and
+    K >= T: all T steps); neighbouring K give different gradients, so an off-by-one fails."""
+    net = small_conv(loss="cross_entropy", hidden=(7,))
+    x, y = batch_for(net)
+    T = 12
+    K = T if truncate <= 0 else min(truncate, T)
+    _, g = bptt_gradients(net, x, y, T=T, truncate=truncate, write=False)
+    ref = _truncated_by_detach(net, x, y, T, K)
+    assert g.keys() == ref.keys()
+    for n in g:
+        torch.testing.assert_close(g[n], ref[n], rtol=1e-9, atol=1e-12, msg=lambda m: f"{n}: {m}")
+    if K < T - 1:  # one step more reaches further back: a different gradient (from the first step,
+        # which starts at zeros, one step more changes nothing)
+        other = _truncated_by_detach(net, x, y, T, K + 1)
+        assert any(not torch.allclose(other[n], ref[n], rtol=1e-6, atol=1e-12) for n in ref)
+
+
 def test_tolerance_ends_a_phase_early():
     net = small_mlp()
     x, y = batch_for(net)

@@ -28,6 +28,57 @@ def folder_hash(folder):
     return h.hexdigest()
 
 
+class NodeNeuron(torch.nn.Module):
+    """The neuron a NIR IF / LIF node describes, from the node's own fields (r, v_threshold, tau,
+    v_leak) with dt = 1 (metadata["dt"]), Euler-stepped as NIR's equations read:
+        IF   v <- v + r I                          LIF  v <- v + (1 / tau) ((v_leak - v) + r I)
+    spike if v > v_threshold; then, as the node's metadata["reset"] states, reset by subtraction,
+    v <- v - v_threshold, and v kept in [metadata["v_min"], v_threshold]. Written here, apart from
+    spikeep's neuron, so an exported threshold, tau, r or v_leak that is not the trained network's
+    changes the spikes."""
+
+    def __init__(self, node):
+        super().__init__()
+        f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        assert node.metadata["dt"] == 1.0 and node.metadata["reset"].startswith("subtract")
+        self.r, self.th = f(node.r), f(node.v_threshold)
+        self.lif = type(node).__name__ == "LIF"
+        if self.lif:
+            self.inv_tau, self.v_leak = 1.0 / f(node.tau), f(node.v_leak)
+        self.v_min = float(node.metadata["v_min"])
+
+    def forward(self, x, state=None):
+        v = torch.zeros_like(x) if state is None else state
+        if self.lif:
+            v = v + self.inv_tau * ((self.v_leak - v) + self.r * x)
+        else:
+            v = v + self.r * x
+        z = (v > self.th).to(x.dtype)
+        v = torch.minimum(torch.clamp(v - z * self.th, min=self.v_min), self.th)
+        return z, v
+
+
+def run_with_node_neurons(monkeypatch, graph, x, steps, **kw):
+    """run_in_norse with each IF / LIF node simulated by NodeNeuron(that node): Norse's importer for the
+    wiring and the synapses, the graph's own neuron parameters for the neurons."""
+    import norse.torch as nt
+
+    real = nt.from_nir
+
+    def from_nir(g, *a, **k):
+        m = real(g, *a, **k)
+        for node in m.execution_order:
+            if node.name.startswith(("if_", "lif_")):
+                node.elem = NodeNeuron(g.nodes[node.name])
+        return m
+
+    monkeypatch.setattr(nt, "from_nir", from_nir)
+    try:
+        return run_in_norse(graph, x, steps, **kw)
+    finally:
+        monkeypatch.setattr(nt, "from_nir", real)
+
+
 def spiking_run(tmp_path, name, extra=()):
     sets = ["data.subset=100", "train.epochs=1", "train.batch_size=50", 'model.neurons="spiking"', "spiking.T1=20",
             "spiking.T2=10", "spiking.window=10", "estimator.name=symmetric", *extra]
@@ -98,17 +149,21 @@ def test_export_refuses_max_pool_even_approximately_and_drops_conv_feedback():
 
 
 @pytest.mark.parametrize("hidden", [(16,), (24, 16)])
-def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
+def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, monkeypatch, hidden):
     net = small_mlp(loss="cross_entropy", hidden=hidden, scale=2.0).float()
     x, _ = batch_for(net, 8)
     x = x.float()
     path = tmp_path / "g.nir"
     nir.write(str(path), to_nir(net, SpikingParams(), approximate=True))
-    graph = nir.read(str(path))
+    graph = read_graph(path)
     T = 400
     twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
     ours = [(r * T).round() for r in twin.rates]  # spike counts of the one window
-    sub, _ = run_in_norse(graph, x.flatten(1), T, NeuronParams())
+    # the graph's own neuron nodes (threshold, r as exported), reset by subtraction as they state
+    sub, _ = run_with_node_neurons(monkeypatch, graph, x.flatten(1), T)
+    # and spikeep's SubtractiveIF swapped in (run_in_norse's neuron=) gives the same counts
+    swapped, _ = run_in_norse(graph, x.flatten(1), T, NeuronParams())
+    assert all(torch.equal(swapped[k], sub[k]) for k in sub)
     for k, c in enumerate(ours):
         d = (sub[f"if_{k}"] - c).abs()
         if len(hidden) == 1:  # one spiking layer driven by a constant current: the very same spikes
@@ -128,7 +183,7 @@ def test_graph_imported_into_norse_spikes_as_the_twin(tmp_path, hidden):
         assert bool((zero <= ours[0] + 1).all())
 
 
-def test_convnet_graph_imports_into_norse_and_spikes_as_the_twin(tmp_path):
+def test_convnet_graph_imports_into_norse_and_spikes_as_the_twin(tmp_path, monkeypatch):
     """An average-pooled spiking ConvNet (conv 4c3-avg, softmax readout) imports into Norse as written:
     the same spike counts per neuron as spikeep's twin (with spikeep's subtractive IF), and the graph's
     output node gives the twin's readout and predictions."""
@@ -143,19 +198,20 @@ def test_convnet_graph_imports_into_norse_and_spikes_as_the_twin(tmp_path):
     twin = SpikingSimulator(net, SpikingParams(window=T)).run_phase(net.prepare(x), None, T)
     ours = (twin.rates[0] * T).round()
     assert float(ours.sum()) > 50  # the layer spikes (else the check below proves nothing)
-    counts, out = run_in_norse(graph, x, T, NeuronParams())  # one image at a time: Norse's importer as is
+    # one image at a time (Norse's importer as is), each IF node simulated from its own parameters
+    counts, out = run_with_node_neurons(monkeypatch, graph, x, T)
     assert torch.equal(counts["if_0"], ours)
     with torch.no_grad():
         logits = net.logits(twin.rates)
     assert torch.allclose(out / T, logits, atol=1e-5) and torch.equal((out / T).argmax(1), logits.argmax(1))
-    fast, out_fast = run_in_norse(graph, x, T, NeuronParams(), batched_flatten=True)
+    fast, out_fast = run_in_norse(graph, x, T, NeuronParams(), batched_flatten=True)  # spikeep's IF swapped in
     assert torch.equal(fast["if_0"], ours) and torch.allclose(out_fast, out, atol=1e-5)
     # Norse's own IF (reset to zero) fires less: never more than the twin in this one-layer net
     zero, _ = run_in_norse(graph, x, T, batched_flatten=True)
     assert bool((zero["if_0"] <= ours).all()) and float(zero["if_0"].sum()) < float(ours.sum())
 
 
-def test_leaky_neurons_export_as_lif_nodes(tmp_path):
+def test_leaky_neurons_export_as_lif_nodes(tmp_path, monkeypatch):
     """leak = dt / tau > 0 exports LIF nodes (tau = r = 1 / leak, dt = 1); imported into Norse with dt = 1
     and spikeep's neuron swapped in, the counts are the twin's; refractoriness is still refused."""
     params = SpikingParams(neuron=NeuronParams(leak=0.05), window=300)
@@ -175,6 +231,9 @@ def test_leaky_neurons_export_as_lif_nodes(tmp_path):
     assert float(ours.sum()) > 100
     counts, _ = run_in_norse(graph, x.flatten(1), 300, params.neuron)
     assert torch.equal(counts["lif_0"], ours)
+    # the LIF node's own tau, r, v_leak and threshold, Euler-stepped with dt = 1: the same spikes
+    node_counts, _ = run_with_node_neurons(monkeypatch, graph, x.flatten(1), 300)
+    assert torch.equal(node_counts["lif_0"], ours)
     with pytest.raises(ExportError, match="refractory"):
         to_nir(net, SpikingParams(neuron=NeuronParams(refractory=2)), approximate=True)
 

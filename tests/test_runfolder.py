@@ -109,33 +109,47 @@ def test_two_resumes_of_one_folder_one_is_refused(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sigint_and_sigterm_at_random_moments_end_with_one_line(tmp_path):
     """Signals at random moments, startup (imports) included: one line, exit 130 / 143, no traceback,
-    and the folder is either absent, or holds a run that resumes (or refuses cleanly: no checkpoint)."""
+    and the folder is either absent, or holds a run that resumes (or refuses cleanly: no checkpoint).
+    Six signals at random in the first 3 s (startup: imports, config, data), eight at random within
+    1.5 s after the run's first checkpoint (mid-run: each must say --resume, and the resume must
+    finish); a run that ends before its signal fails the test (the run is made long enough)."""
     rng = random.Random(0)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    resumed = 0
     for i in range(14):
         run = tmp_path / f"r{i}"
         sig = signal.SIGINT if i % 2 == 0 else signal.SIGTERM
+        mid_run = i >= 6
         cmd = [sys.executable, "-m", "spikeep.cli", "train", str(QUICK), "--run-dir", str(run), "--no-progress",
-               *sum((["--set", o] for o in TINY + ["train.epochs=3"]), [])]
+               *sum((["--set", o] for o in TINY + ["train.epochs=15"]), [])]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        time.sleep(rng.uniform(0.0, 5.0) if i > 1 else 0.05 * i)  # the first two in the first instants
+        if mid_run:
+            deadline = time.time() + 120
+            while not (run / "checkpoint.pt").exists() and p.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:
+            time.sleep(rng.uniform(0.0, 3.0) if i > 1 else 0.05 * i)  # the first two in the first instants
         p.send_signal(sig)
         out, err = p.communicate(timeout=120)
-        if p.returncode == 0:  # finished before the signal
-            continue
+        assert p.returncode != 0, f"signal {i}: the run finished before it (make the run longer)"
         want = 130 if sig == signal.SIGINT else 143
         if p.returncode == -sig:  # the interpreter had not started running Python code: nothing was written
-            assert err == "" and not run.exists()
+            assert not mid_run and err == "" and not run.exists()
             continue
         assert p.returncode == want, (p.returncode, err)
         assert "Traceback" not in err and "Traceback" not in out
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) <= 1 and (not lines or "stopped by" in lines[0]), err
+        if mid_run:
+            assert lines and "--resume" in lines[0], (i, err)
         if lines and "--resume" in lines[0]:
             assert str(run) in lines[0]
             r = subprocess.run([sys.executable, "-m", "spikeep.cli", "train", "--resume", str(run), "--no-progress"],
                                capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
             assert r.returncode == 0, r.stderr
+            resumed += 1
+    assert resumed >= 8, f"only {resumed} signals landed mid-run"
 
 
 def test_gpu_and_library_failures_are_not_bad_input(tmp_path, capsys, monkeypatch):

@@ -21,10 +21,14 @@ def test_threads_follow_the_rule(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert choose_threads(load_config(QUICK, ["train.threads=3"])) == (3, "train.threads")
     assert choose_threads(load_config(QUICK)) == (1, "auto: no conv layers")
-    n, why = choose_threads(load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml"))
-    assert why.startswith("auto: conv layers") and 1 <= n <= torch.get_num_threads() + 64
+    conv = load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))  # an idle 6-core machine: all 6
+    assert choose_threads(conv) == (6, "auto: conv layers, 6 cores, 0 busy by the 1-minute load")
+    monkeypatch.setattr("os.getloadavg", lambda: (2.6, 0.0, 0.0))  # 3 cores busy: the other 3
+    assert choose_threads(conv)[0] == 3
     monkeypatch.setattr("os.getloadavg", lambda: (64.0, 0.0, 0.0))  # a machine busy on every core: one thread
-    assert choose_threads(load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml"))[0] == 1
+    assert choose_threads(conv)[0] == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads(load_config(QUICK))[1] == "OMP_NUM_THREADS"  # the user's setting wins
     with pytest.raises(Exception, match="train.threads"):
@@ -65,8 +69,8 @@ def test_clock_checkpoints_let_a_killed_run_resume_bitwise(tmp_path, monkeypatch
                 echo=False)
     saves, original = [], TrainState.save
 
-    def save_then_maybe_die(self, path, cfg):
-        original(self, path, cfg)
+    def save_then_maybe_die(self, path, cfg, *rest):
+        original(self, path, cfg, *rest)
         saves.append((self.epoch, self.batch))
         if len(saves) == 4:  # the 4th checkpoint: mid-epoch 1 (3 by the clock before it)
             raise Crash()

@@ -215,12 +215,30 @@ def test_spiking_ep_update_matches_rate_ep_update(loss, estimator):
 
 
 def test_random_sign_draws_both_signs_and_trains():
+    """12 SGD steps on one batch with spiking random-sign EP: both signs drawn, and every step, whichever
+    its sign, lowers the loss at the free equilibrium (measured: each step -0.021 or more, 1.599 ->
+    1.133 in all; with the -beta steps' sign flipped those raise it by +0.08 on average)."""
     net = small_mlp(loss="cross_entropy", hidden=(16,), scale=2.0)
     x, y = batch_for(net, 8)
     g = torch.Generator().manual_seed(0)
     sim = SpikingSimulator(net, SpikingParams(window=20))
-    signs = {spiking_ep_gradients(sim, x, y, "random_sign", 0.5, 40, 20, g).ep.beta for _ in range(12)}
-    assert signs == {0.5, -0.5}
+    opt = torch.optim.SGD(net.parameters(), lr=0.2)
+
+    def loss():
+        with torch.no_grad():
+            return float(net.loss(free_phase(net, net.prepare(x), 60).state, y).mean())
+
+    first = before = loss()
+    changes = {0.5: [], -0.5: []}
+    for _ in range(12):
+        beta = spiking_ep_gradients(sim, x, y, "random_sign", 0.5, 40, 20, g).ep.beta  # writes .grad
+        opt.step()
+        after = loss()
+        changes[beta].append(after - before)
+        before = after
+    assert all(changes.values()), changes  # both signs drawn
+    assert all(c < -0.005 for cs in changes.values() for c in cs), changes
+    assert before < 0.8 * first, (first, before)
 
 
 @pytest.mark.slow

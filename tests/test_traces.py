@@ -129,7 +129,7 @@ def test_kill_resume_reader_and_cli(tmp_path):
         assert n_killed >= 24 and t.iteration.tolist() == list(range(1, n_killed + 1))
         assert len(t.snapshot_iteration) >= 3
     p = subprocess.Popen(TRAIN + ["--resume", str(run)], cwd=REPO, env=ENV)
-    kill_when(p, lambda: _rows(h5) >= 45)
+    assert kill_when(p, lambda: _rows(h5) >= 45), "the resumed run ended before its kill (two kills are the test)"
     assert subprocess.run(TRAIN + ["--resume", str(run)], cwd=REPO, env=ENV).returncode == 0
     with traces.open(ref / "traces.h5") as a, traces.open(h5) as b:
         assert b.iteration.tolist() == list(range(1, 61)) == a.iteration.tolist()
