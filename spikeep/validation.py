@@ -20,7 +20,7 @@ from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.activations import get_activation
 from .data import DATA_SHAPES
-from .hardware.chips import apply_profile, get_profile
+from .hardware.chips import apply_profile, chip_input_for, get_profile
 from .learning.plasticity import SynapseSpec
 from .spiking.neurons import NeuronParams
 from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
@@ -90,7 +90,7 @@ def _check_chip_input(cfg: Config) -> None:
     p, s = cfg.plasticity, cfg.spiking
     if not p.profile or cfg.model.neurons != "spiking" or s.encoding != "current":
         return
-    mode = s.chip_input or get_profile(p.profile).chip_input
+    mode = chip_input_for(get_profile(p.profile), s.chip_input, s.encoding)
     if mode == "spikes" and cfg.data.mean:
         raise ConfigError(f"spiking.chip_input = 'spikes' (chip profile {p.profile!r}) prices the input as "
                           f"rate-coded spikes with p = pixel value per step, which needs inputs in [0, 1]; "

@@ -88,16 +88,17 @@ def test_energy_breakdown_recomputed_from_counted_events(chip_input, encoding):
         assert row["energy_input_J"] < 0.01 * row["energy_estimate_inference_J"]
 
 
-def test_loihi2_takes_a_bias_by_default_and_poisson_input_needs_spikes():
+def test_loihi2_takes_a_bias_by_default_and_poisson_input_takes_spikes():
     from spikeep.config import ConfigError
     from spikeep.validation import load_config
 
     cfg, _ = _sim()
     assert cfg.spiking.chip_input == "bias"
     base = REPO / "spikeep" / "configs" / "quickstart.toml"
+    poisson = ["model.neurons=\"spiking\"", "spiking.encoding=\"poisson\"", "plasticity.profile=\"loihi2\""]
+    assert load_config(base, poisson).spiking.chip_input == "spikes"  # the only way a Poisson-driven network can be priced
     with pytest.raises(ConfigError, match="chip_input = 'bias'"):
-        load_config(base, ["model.neurons=\"spiking\"", "spiking.encoding=\"poisson\"",
-                           "plasticity.profile=\"loihi2\""])
+        load_config(base, poisson + ["spiking.chip_input=\"bias\""])
     assert load_config(base, ["model.neurons=\"spiking\"", "spiking.encoding=\"poisson\"",
                               "plasticity.profile=\"memristor\""]).spiking.chip_input == "spikes"
     with pytest.raises(ConfigError, match="needs inputs in \\[0, 1\\]"):

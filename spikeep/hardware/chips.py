@@ -1,7 +1,8 @@
 """Neuromorphic chip profiles: named presets for weight storage, neurons, the input and energy per event.
 
 A profile fills [plasticity] (weight bits, scale rule, rounding, device model) and, for spiking
-networks, [spiking] neuron constants and `chip_input` (how the chip takes the input); keys written in
+networks, [spiking] neuron constants and `chip_input` (how the chip takes the input; "spikes" whatever
+the profile for encoding = "poisson"); keys written in
 the config file win over the profile's. With energy figures a run reports an ESTIMATE of the energy of
 inference (one free phase) and of learning (the three phases of a training sample, plus the weight
 updates of an iteration x E_update, shared over its samples), part by part (spikeep.hardware.energy):
@@ -224,6 +225,12 @@ def provenance(name: Optional[str] = None) -> list[dict[str, Any]]:
     return rows
 
 
+def chip_input_for(p: ChipProfile, chip_input: str = "", encoding: str = "current") -> str:
+    """How the chip takes the input: `chip_input` if given, else the profile's default where the
+    simulated input allows it (a network driven by Poisson spikes takes spikes)."""
+    return chip_input or ("spikes" if encoding == "poisson" else p.chip_input)
+
+
 def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
     """Fill a config dict's [plasticity] and [spiking] from plasticity.profile; explicit keys win."""
     plast = data.get("plasticity")
@@ -232,7 +239,7 @@ def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
     p = get_profile(plast["profile"])
     data["plasticity"] = {**p.synapse, **plast}
     spk = data.get("spiking") if isinstance(data.get("spiking"), dict) else {}
-    data["spiking"] = {**p.neuron, "chip_input": p.chip_input, **spk}
+    data["spiking"] = {**p.neuron, "chip_input": chip_input_for(p, "", spk.get("encoding", "current")), **spk}
     return data
 
 

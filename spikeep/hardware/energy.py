@@ -8,7 +8,7 @@ import math
 from typing import Any, Optional
 
 from ..spiking.metrics import ChipEvents
-from .chips import CHIP_INPUTS, ChipProfile, get_profile
+from .chips import CHIP_INPUTS, ChipProfile, chip_input_for, get_profile
 
 
 PARTS = ("input", "synaptic", "neuron", "spikes", "updates")  # the parts of an estimate, in this order
@@ -90,7 +90,7 @@ def energy_columns(cfg, ev, stats) -> dict:
     if not cfg.plasticity.profile:
         return {}
     prof = get_profile(cfg.plasticity.profile)
-    mode = cfg.spiking.chip_input or prof.chip_input
+    mode = chip_input_for(prof, cfg.spiking.chip_input, getattr(cfg.spiking, "encoding", "current"))
     if not prof.energy.has_figures():
         return {"energy_input_mode": mode, "energy_estimate_source": f"{prof.name}: no energy figures",
                 "energy_estimate_leaves_out": "everything (the profile has no energy figures)"}
