@@ -17,10 +17,15 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "l
                  "steps_inference",  # mean steps of the free phase at test time
                  "spikes_per_inference", "synops_per_inference",  # spiking networks
                  # spiking networks with a chip profile: ESTIMATES from the profile's literature figures
+                 # per inference, part by part: input (spikes or bias writes), the network's synaptic
+                 # events, neuron updates, spikes; then the totals
+                 "energy_input_J", "energy_synaptic_J", "energy_neuron_J", "energy_spikes_J",
                  "energy_estimate_inference_J", "energy_estimate_learning_J",
+                 "energy_input_mode",  # how the chip takes the input: "spikes" or "bias" (spiking.chip_input)
                  "energy_estimate_source",  # citation, table, kind of number (pre-silicon estimate, ...)
                  "energy_estimate_leaves_out",  # counted events the profile has no figure for ("" = none)
-                 "energy_figures_found_in_source"]  # False: a figure was not found in the source it is attributed to
+                 "energy_figures_found_in_source"]  # False: a figure used was not found in the source it is attributed to;
+                                    # empty where no figure was used (a profile without figures)
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:

@@ -1,7 +1,7 @@
 """The running train metrics of an epoch (accuracy, loss, spikes, events, steps), checkpointed."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -21,8 +21,8 @@ class EpochStats:
     seconds: float = 0.0
     spikes: float = 0.0  # spiking networks: spikes of every phase
     synops: float = 0.0  # and their synaptic events
-    neuron_updates: float = 0.0  # neurons x steps of every phase
-    input_ops: float = 0.0  # synaptic events of a constant input current in every phase
+    events: dict = field(default_factory=dict)  # spiking networks: the events a chip pays for in every phase
+    # (spikeep.spiking.metrics.ChipEvents as a dict: synops, spikes, neuron_updates, input_spikes, ...)
     updates: Any = 0.0  # synapses changed by the weight updates
     steps: int = 0  # relaxation (simulation) steps of every phase
     steps_free: int = 0  # of which the free phases ran these
@@ -51,4 +51,7 @@ class EpochStats:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "EpochStats":
+        # checkpoints before issue 30 kept neuron_updates and input_ops (events of a constant current
+        # priced per step): they are dropped, so an epoch resumed from one counts its chip events from there
+        d = {k: v for k, v in d.items() if k not in ("neuron_updates", "input_ops")}
         return cls(**d)

@@ -13,6 +13,7 @@ from .core.network import EqNetwork
 from .config import Config, apply_overrides, read_json_config
 from .data import Split, batches, prepare_data
 from .methods import Learner
+from .spiking.metrics import ChipEvents
 from .checkpoint_files import check_run_id, check_state_dict, load_checkpoint
 
 
@@ -22,8 +23,7 @@ class Evaluation(NamedTuple):
     spikes: float  # spiking networks: spikes per inference (free phase, one sample); nan for rates
     synops: float  # synaptic events per inference (input spikes' included); nan for rates
     steps: float = 0.0  # mean steps of the free phase (per batch of eval_batch_size)
-    neuron_updates: float = float("nan")  # spiking networks: neurons x steps per inference
-    input_ops: float = float("nan")  # synaptic events of a constant input current per inference
+    events: Optional[ChipEvents] = None  # spiking networks: the events a chip pays for, per inference
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
     dev = net.synapses[0].weight.device
     gen = torch.Generator(device=dev).manual_seed(cfg.train.seed) if cfg.spiking.encoding == "poisson" else None
     total, loss_sum, correct, spikes, synops, steps, n_batches = 0, 0.0, 0, 0.0, 0.0, 0, 0
-    updates = input_ops = 0.0
+    events: Optional[ChipEvents] = None
     for x, y in batches(split, cfg.train.eval_batch_size):
         x, y = x.to(dev), y.to(dev)
         eq = learner.free_equilibrium(x, gen)
@@ -43,9 +43,10 @@ def evaluate(learner: Learner, split: Split, cfg: Config) -> Evaluation:
         total += y.shape[0]
         spikes, synops = spikes + eq.spikes, synops + eq.synops
         steps, n_batches = steps + eq.steps, n_batches + 1
-        updates, input_ops = updates + eq.neuron_updates, input_ops + eq.input_ops
+        if eq.events is not None:
+            events = eq.events if events is None else events + eq.events
     return Evaluation(loss_sum / total, 100.0 * correct / total, spikes / total, synops / total,
-                      steps / max(n_batches, 1), updates / total, input_ops / total)
+                      steps / max(n_batches, 1), None if events is None else events.scaled(1 / total))
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: Optional[str] = None, neurons: Optional[str] = None,

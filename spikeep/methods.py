@@ -31,6 +31,7 @@ from .learning.bptt import bptt_gradients
 from .learning.ep import ep_gradients
 from .learning.estimators import nudge_beta
 from .spiking.rule import spiking_ep_gradients
+from .spiking.metrics import ChipEvents
 from .spiking.simulator import SpikingParams, SpikingSimulator
 
 Tensor = torch.Tensor
@@ -45,8 +46,7 @@ class StepResult(NamedTuple):
     steps: int = 0  # relaxation (simulation) steps of all phases of the batch
     free_steps: int = 0  # of which the free phase ran these
     nudged_phases: int = 0  # how many nudged phases shared the rest (0: none, BPTT)
-    neuron_updates: float = 0.0  # spiking networks: neurons x steps of all phases of the batch
-    input_ops: float = 0.0  # and the synaptic events of a constant input current
+    events: Optional[ChipEvents] = None  # spiking networks: the events a chip pays for, all phases of the batch
 
 
 class FreeEquilibrium(NamedTuple):
@@ -54,8 +54,7 @@ class FreeEquilibrium(NamedTuple):
     spikes: float = float("nan")  # spiking networks: spikes and synaptic events of the free phase
     synops: float = float("nan")
     steps: int = 0  # steps the free phase ran
-    neuron_updates: float = float("nan")  # spiking networks: neurons x steps of the free phase
-    input_ops: float = float("nan")  # and the synaptic events of a constant input current
+    events: Optional[ChipEvents] = None  # spiking networks: the events a chip pays for in the free phase
 
 
 class WarmStarts:
@@ -218,13 +217,12 @@ class SpikingEP(Learner):
                                  device_generator, self.kp_leak)
         spikes, synops = r.counts.totals()
         return StepResult(r.ep.loss, r.ep.logits, r.ep.s_free, spikes, synops, r.ep.steps, r.ep.free_steps,
-                          r.ep.nudged_phases, r.counts.neuron_updates, r.counts.input_current_ops)
+                          r.ep.nudged_phases, r.counts.events())
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> FreeEquilibrium:
         ph = self.sim.run_phase(self.net.prepare(x), None, self.T1, 0.0, generator)
-        return FreeEquilibrium(ph.rates, *ph.counts.totals(), ph.steps, ph.counts.neuron_updates,
-                           ph.counts.input_current_ops)
+        return FreeEquilibrium(ph.rates, *ph.counts.totals(), ph.steps, ph.counts.events())
 
     def skip(self, generator=None) -> None:
         nudge_beta(self.estimator, self.beta, generator)

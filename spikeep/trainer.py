@@ -43,6 +43,7 @@ from .plots import spike_pictures
 from .provenance import environment
 from .run_start import last_checkpoint_words, open_run_dir, resumable
 from .runfolder import RunLock, check_run_dir, refuse_existing_run
+from .spiking.metrics import ChipEvents
 from .spiking.simulator import probe_phases
 from .time_budget import Deadline, Plan, Probe, make_plan
 from .torch_settings import resolve_device, set_threads
@@ -259,12 +260,15 @@ def _evaluate_sharded(learner: Learner, test_set: Split, cfg: Config, procs: Dis
         return evaluate(learner, test_set, cfg)
     part = Split(test_set.x[procs.rank::procs.world], test_set.y[procs.rank::procs.world])
     n = part.y.shape[0]
-    ev = evaluate(learner, part, cfg) if n else Evaluation(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    sums = sum_over_processes(procs, [n, ev.loss * n, ev.acc * n, ev.spikes * n, ev.synops * n, ev.steps,
-                                    ev.neuron_updates * n, ev.input_ops * n])
+    spiking = isinstance(learner, SpikingEP)
+    ev = evaluate(learner, part, cfg) if n else Evaluation(0.0, 0.0, 0.0, 0.0, 0.0,
+                                                           ChipEvents() if spiking else None)
+    per_inference = list(ev.events) if spiking else []
+    sums = sum_over_processes(procs, [n, ev.loss * n, ev.acc * n, ev.spikes * n, ev.synops * n, ev.steps]
+                              + [v * n for v in per_inference])
     total = sums[0]
     return Evaluation(sums[1] / total, sums[2] / total, sums[3] / total, sums[4] / total, sums[5] / procs.world,
-                      sums[6] / total, sums[7] / total)
+                      ChipEvents(*(v / total for v in sums[6:])) if spiking else None)
 
 
 def _epoch_row(cfg: Config, run_dir: Path, test_set: Split, learner: Learner, stats: EpochStats, ev: Evaluation,
@@ -292,14 +296,28 @@ def _epoch_row(cfg: Config, run_dir: Path, test_set: Split, learner: Learner, st
 def _epoch_line(row: dict, ev: Evaluation, learner: Learner) -> str:
     spk = (f" | {ev.spikes:.0f} spikes, {ev.synops:.3g} SynOps per inference"
            if isinstance(learner, SpikingEP) else "")
-    if row.get("energy_estimate_inference_J") is not None:
-        spk += (f" | energy estimate {row['energy_estimate_inference_J']:.3g} J per inference, "
-                f"{row['energy_estimate_learning_J']:.3g} J per training sample, from {row['energy_estimate_source']}"
-                + (f"; leaves out {row['energy_estimate_leaves_out']}" if row["energy_estimate_leaves_out"] else "")
-                + ("" if row["energy_figures_found_in_source"] else " (UNVERIFIED energy figure, see chips.py)"))
+    spk += _energy_words(row)
     return (f"epoch {row['epoch']}: train acc {row['train_acc']:.2f}% | test acc {ev.acc:.2f}% "
             f"(loss {ev.loss:.4f}) | lr {row['lr']:.3g} | {row['seconds']:.1f} s | steps per phase: free "
             f"{row['steps_free']:.1f}, nudged {row['steps_nudged']:.1f}, inference {ev.steps:.1f}{spk}")
+
+
+def _energy_words(row: dict) -> str:
+    """The log line's energy estimate, part by part, with its source and what it leaves out."""
+    if "energy_estimate_source" not in row:
+        return ""
+    if row.get("energy_estimate_inference_J") is None:
+        return f" | no energy estimate: {row['energy_estimate_source']}"
+    g = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731 (a part without any figure)
+    words = (f" | energy estimate {row['energy_estimate_inference_J']:.3g} J per inference (input "
+             f"{g(row['energy_input_J'])} as {row['energy_input_mode']}, synaptic {g(row['energy_synaptic_J'])}, "
+             f"neurons {g(row['energy_neuron_J'])}, spikes {g(row['energy_spikes_J'])}), "
+             f"{row['energy_estimate_learning_J']:.3g} J per training sample, from {row['energy_estimate_source']}")
+    if row["energy_estimate_leaves_out"]:
+        words += f"; leaves out {row['energy_estimate_leaves_out']}"
+    if row.get("energy_figures_found_in_source") is False:
+        words += " (UNVERIFIED energy figure, see chips.py)"
+    return words
 
 
 def _weights_file(st: TrainState, cfg: Config, epoch: int, test_acc: float) -> dict:
@@ -447,8 +465,8 @@ def _iteration(cfg: Config, procs: Dist, train_set: Split, st: TrainState, learn
 def _add_counts(stats: EpochStats, r) -> None:
     stats.spikes += r.spikes
     stats.synops += r.synops
-    stats.neuron_updates += r.neuron_updates
-    stats.input_ops += r.input_ops
+    if r.events is not None:
+        stats.events = {k: stats.events.get(k, 0.0) + v for k, v in r.events._asdict().items()}
     stats.steps += r.steps
     stats.steps_free += r.free_steps
     stats.nudged_phases += r.nudged_phases

@@ -20,7 +20,7 @@ from .core.interactions import POOLS
 from .core.network import EqNetwork
 from .core.activations import get_activation
 from .data import DATA_SHAPES
-from .hardware.chips import apply_profile
+from .hardware.chips import apply_profile, chip_input_for, get_profile
 from .learning.plasticity import SynapseSpec
 from .spiking.neurons import NeuronParams
 from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
@@ -71,6 +71,7 @@ def check_config(cfg: Config) -> Config:
     if cfg.model.neurons != "rate" and (cfg.dynamics.schedule != "sync" or cfg.dynamics.precision == "bf16_incremental"):
         raise ConfigError("dynamics.schedule and precision = 'bf16_incremental' are for rate networks; spiking "
                           "networks run the [spiking] simulator")
+    _check_chip_input(cfg)
     want = DATA_SHAPES.get(cfg.data.name)
     if want is not None and tuple(cfg.model.input_shape) != want:
         raise ConfigError(f"model.input_shape {cfg.model.input_shape} does not match the images of data.name = "
@@ -81,6 +82,19 @@ def check_config(cfg: Config) -> Config:
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     return cfg
+
+
+def _check_chip_input(cfg: Config) -> None:
+    """A rate code needs inputs in [0, 1]: chip_input = 'spikes' with a constant current prices the input
+    spikes of p = x per step, which normalised inputs (data.mean, data.std) are not."""
+    p, s = cfg.plasticity, cfg.spiking
+    if not p.profile or cfg.model.neurons != "spiking" or s.encoding != "current":
+        return
+    mode = chip_input_for(get_profile(p.profile), s.chip_input, s.encoding)
+    if mode == "spikes" and cfg.data.mean:
+        raise ConfigError(f"spiking.chip_input = 'spikes' (chip profile {p.profile!r}) prices the input as "
+                          f"rate-coded spikes with p = pixel value per step, which needs inputs in [0, 1]; "
+                          f"data.mean / data.std normalise them: drop them or set spiking.chip_input = 'bias'")
 
 
 def _check_engine(cfg: Config) -> None:

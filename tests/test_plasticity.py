@@ -230,16 +230,26 @@ def test_bad_profiles_give_clear_errors():
 def test_energy_estimate_counts_and_unknown_figures():
     from spikeep.hardware.chips import get_profile
     from spikeep.hardware.energy import energy_estimate
+    from spikeep.spiking.metrics import ChipEvents
 
-    e = energy_estimate(get_profile("loihi2"), spikes=100, synops=1e4, updates=10, neuron_updates=500, input_ops=2e3)
-    assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12 + 500 * 81e-12 + 2e3 * 23.6e-12)
-    assert e["complete"] and e["leaves_out"] == [] and "Davies et al. 2018, Table 2 (pre-silicon estimate)" in e["source"]
-    e = energy_estimate(get_profile("spinnaker"), spikes=100, synops=1e4, neuron_updates=5)
+    ev = ChipEvents(synops=1e4, spikes=100, neuron_updates=500, input_spikes=30, input_synops=2e3, bias_writes=7)
+    e = energy_estimate(get_profile("loihi2"), ev, "spikes", updates=10)
+    assert e["input"] == pytest.approx(30 * 1.7e-12 + 2e3 * 23.6e-12)
+    assert e["total"] == pytest.approx(1e4 * 23.6e-12 + 100 * 1.7e-12 + 10 * 120e-12 + 500 * 81e-12
+                                       + 30 * 1.7e-12 + 2e3 * 23.6e-12)
+    assert e["complete"] and e["leaves_out"] == [] and "Davies et al. 2018, Loihi" in e["source"]
+    e = energy_estimate(get_profile("loihi2"), ev, "bias")  # 7 writes, not 2,000 events
+    assert e["input"] == pytest.approx(7 * 23.6e-12) and e["found_in_source"] is True
+    e = energy_estimate(get_profile("spinnaker"), ev._replace(input_spikes=0, input_synops=0), "spikes")
     assert e["total"] == pytest.approx(1e4 * 8e-9) and not e["complete"] and e["spikes"] is None
-    assert e["leaves_out"] == ["spikes", "neuron updates"] and "NOT found in the source" in e["source"]
-    e = energy_estimate(get_profile("memristor"), spikes=0, synops=10, input_ops=30, neuron_updates=4)
-    assert e["total"] == pytest.approx(40 * 0.18e-12) and e["leaves_out"] == ["neuron updates"]
-    assert energy_estimate(get_profile("brainscales2"), 100, 1e4)["total"] is None
+    assert e["leaves_out"] == ["neuron updates", "spikes"] and "NOT found in the source" in e["source"]
+    e = energy_estimate(get_profile("memristor"), ev._replace(spikes=0), "spikes")
+    assert e["total"] == pytest.approx((1e4 + 2e3) * 0.18e-12)
+    assert e["leaves_out"] == ["input spikes", "neuron updates"] and e["found_in_source"] is False
+    e = energy_estimate(get_profile("memristor"), ev, "bias")
+    assert e["input"] is None and "input bias writes" in e["leaves_out"]
+    e = energy_estimate(get_profile("brainscales2"), ev)
+    assert e["total"] is None and e["found_in_source"] is None and e["source"] == "no energy figures"
 
 
 def test_every_energy_figure_has_its_provenance():
@@ -256,6 +266,8 @@ def test_every_energy_figure_has_its_provenance():
     spin = provenance("spinnaker")
     assert len(spin) == 1 and spin[0]["verified"] is False
     assert get_profile("spinnaker").energy.verified is False and get_profile("loihi2").energy.verified
+    assert get_profile("memristor").energy.verified is False  # 11,014 GOP/s/W is not in the abstract cited first
+    assert get_profile("brainscales2").energy.verified is None  # no figures: nothing found, nothing claimed
     with pytest.raises(ValueError, match="exactly one Source"):
         ChipProfile("nosource", {"bits": 4}, energy=Energy(synop=1e-12))
     with pytest.raises(ValueError, match="kind"):
@@ -278,22 +290,24 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
     row = r.history[-1]
     assert row["spikes_per_inference"] > 0 and row["synops_per_inference"] >= row["spikes_per_inference"]
     # counted independently: every one of the 24 neurons is updated every step of the 40-step free
-    # phase, and each nonzero input pixel drives its 24 synapses every step (constant current)
-    from spikeep.data import prepare_data
-    test_x = prepare_data(cfg.data).test.x
-    input_ops = float((test_x != 0).flatten(1).sum(1).double().mean()) * 24 * 40
-    assert row["steps_inference"] == 40
+    # phase; loihi2 takes the input as a bias: one write per hidden neuron for the phase
+    assert row["steps_inference"] == 40 and row["energy_input_mode"] == "bias"
+    assert row["energy_neuron_J"] == pytest.approx(24 * 40 * 81e-12)
+    assert row["energy_input_J"] == pytest.approx(24 * 23.6e-12)
+    assert row["energy_spikes_J"] == pytest.approx(row["spikes_per_inference"] * 1.7e-12)
+    assert row["energy_synaptic_J"] == pytest.approx(row["synops_per_inference"] * 23.6e-12)  # no input spikes
     expected = (row["synops_per_inference"] * 23.6e-12 + row["spikes_per_inference"] * 1.7e-12
-                + 24 * 40 * 81e-12 + input_ops * 23.6e-12)
+                + 24 * 40 * 81e-12 + 24 * 23.6e-12)
     assert row["energy_estimate_inference_J"] == pytest.approx(expected)
     assert row["energy_estimate_learning_J"] > row["energy_estimate_inference_J"]
     assert row["energy_figures_found_in_source"] is True  # loihi2: every figure found in Davies et al. 2018, Table 2
-    assert row["energy_estimate_source"].startswith("loihi2: Davies et al. 2018, Table 2 (pre-silicon estimate)")
+    assert row["energy_estimate_source"].startswith("loihi2: Davies et al. 2018, Loihi: a neuromorphic manycore "
+                                                    "processor with on-chip learning, IEEE Micro 38(1):82-99: Table 2")
     assert row["energy_estimate_leaves_out"] == ""
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "energy_estimate_inference_J" in header and "verified" not in header
     log = (tmp_path / "train.log").read_text()
-    assert "energy estimate" in log and "Davies et al. 2018" in log
+    assert "energy estimate" in log and "Davies et al. 2018" in log and "as bias" in log
     assert (tmp_path / "raster.png").stat().st_size > 0 and (tmp_path / "rate_convergence.png").stat().st_size > 0
     with traces.open(tmp_path / "traces.h5") as t:
         for name, layer in zip(r.net.layer_names(), r.net.layers):

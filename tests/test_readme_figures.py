@@ -239,6 +239,7 @@ UNTRACED = {
     "spikeep train mnist_mlp_bptt`": "no results file",
     "spikeep train mnist_mlp_spiking` (the MLP": "the re-measured figures have no results file",
     "spikeep evaluate RUN --neurons spiking": "no results file",
+    "the same, small: `--set train.epochs=1": "a one-epoch energy check (issue 30); no results file kept",
 }
 
 

@@ -350,6 +350,7 @@ class SpikingConfig:
     syn_alpha: float = 1.0  # synaptic current filter (1: none)
     trace_tau: float = 10.0  # steps: output spike trace that feeds the nudge
     encoding: str = "current"  # "current" or "poisson"
+    chip_input: str = ""  # energy estimates: how the chip takes the input, "spikes" or "bias" ("": the profile's)
     backend: str = "auto"  # "auto", "dense" or "event"
     crossover: float = -1.0  # activity below which "auto" uses events (< 0: spikeep's measured default)
     conv_crossover: float = -1.0  # the same for layers that drive conv synapses (< 0: measured default)
@@ -357,6 +358,12 @@ class SpikingConfig:
     def validate(self) -> None:
         if self.T1 <= 0 or self.T2 <= 0:
             raise ConfigError(f"spiking.T1 and spiking.T2 must be > 0 steps, got T1={self.T1}, T2={self.T2}")
+        if self.chip_input not in ("", "spikes", "bias"):
+            raise ConfigError(f"spiking.chip_input must be 'spikes' (rate-coded input spikes) or 'bias' (the first "
+                              f"layer's drive held as a bias, set once per phase), got {self.chip_input!r}")
+        if self.chip_input == "bias" and self.encoding == "poisson":
+            raise ConfigError("spiking.chip_input = 'bias' prices the input as a held current, but encoding = "
+                              "'poisson' drives the network with input spikes; use chip_input = 'spikes'")
         if self.window > min(self.T1, self.T2):
             raise ConfigError(f"spiking.window ({self.window}) must not exceed spiking.T1 and spiking.T2 "
                               f"({self.T1}, {self.T2})")

@@ -1,12 +1,25 @@
-"""Neuromorphic chip profiles: named presets for weight storage, neurons and energy per event.
+"""Neuromorphic chip profiles: named presets for weight storage, neurons, the input and energy per event.
 
 A profile fills [plasticity] (weight bits, scale rule, rounding, device model) and, for spiking
-networks, [spiking] neuron constants; keys written in the config file win over the profile's. With
-energy figures a run reports an ESTIMATE of the energy of inference (one free phase: synaptic events
-x E_synop + spikes x E_spike + neuron updates (neurons x steps) x E_neuron_update + events of a constant
-input current (nonzero inputs x fan-out x steps) x E_input) and of learning (the three phases of a
-training sample, plus the weight updates of an iteration x E_update, shared over its samples). Figures
-not published for a chip stay None, and the estimate names what it leaves out instead of inventing one.
+networks, [spiking] neuron constants and `chip_input` (how the chip takes the input; "spikes" whatever
+the profile for encoding = "poisson"); keys written in
+the config file win over the profile's. With energy figures a run reports an ESTIMATE of the energy of
+inference (one free phase) and of learning (the three phases of a training sample, plus the weight
+updates of an iteration x E_update, shared over its samples), part by part (spikeep.hardware.energy):
+
+  input      chip_input = "spikes": rate-coded input spikes, each spike x E_spike and each of its
+             synaptic events (spike x fan-out) x E_synop; with encoding = "poisson" the simulated input
+             spikes, with encoding = "current" the expected spikes of a rate code with p = x per step
+             (sum of x per step) whose mean is the simulated current. chip_input = "bias": the first
+             layer's drive W x + b computed once per image off the chip and held in the neurons' bias:
+             one write per first-layer neuron per phase x E_input (a nudged phase keeps the input, so a
+             chip could keep the bias: an upper bound); computing W x + b on the host is not priced.
+  synaptic   the network's own spikes x their fan-out (forward, feedback, readout) x E_synop
+  neuron     neuron updates (neurons x steps: every neuron, every step) x E_neuron_update
+  spikes     spikes of the network's neurons x E_spike
+
+Figures not published for a chip stay None, and the estimate names what it leaves out instead of
+inventing one.
 
 Profiles and the sources of their figures:
 
@@ -15,33 +28,38 @@ loihi2        8-bit signed weights with one shared power-of-two exponent per lay
               Loihi 2: weight mantissa and per-synapse-group exponent; Davies et al. 2018, IEEE Micro
               38(1):82-99; Orchard et al. 2021, "Efficient neuromorphic signal processing with Loihi
               2", IEEE SiPS), stochastic rounding of updates (Loihi's learning engine rounds
-              stochastically). Energy: Loihi (14 nm) figures of Davies et al. 2018, Table 2:
+              stochastically). Input: "bias" by default (Loihi's compartments have a bias current of
+              their own). Energy: Loihi (14 nm) figures of Davies et al. 2018, Table 2:
               23.6 pJ per synaptic spike operation, 1.7 pJ within-tile spike energy, 120 pJ per
               synaptic update, 81 pJ per neuron update of an active neuron (52 pJ inactive; spikeep
-              charges the active figure to every neuron every step: an upper bound). The events of a
-              constant input current are charged as synaptic spike operations (our modelling choice:
-              Loihi takes inputs as graded spikes). They are pre-silicon estimates (SPICE-level
-              simulation of the circuits at 0.75 V), not measurements of a chip. Loihi 2 has no
-              per-operation table of its own in print; these are Loihi's.
+              charges the active figure to every neuron every step: an upper bound). Table 2 gives no
+              figure for writing a neuron's bias: a bias write is charged as one synaptic spike
+              operation (a graded spike through one synapse; our modelling choice). They are pre-silicon
+              estimates (SPICE-level simulation of the circuits at 0.75 V), not measurements of a chip.
+              Loihi 2 has no per-operation table of its own in print; these are Loihi's.
 brainscales2  signed 6-bit weights (magnitude 0..63, the sign from an excitatory or inhibitory synapse
               row: codes -63..63, spikeep's 7-bit grid); Pehle et al. 2022, "The BrainScaleS-2
               accelerated neuromorphic system with hybrid plasticity", Front. Neurosci. 16:795876.
               Analog LIF neurons always leak: modelled with leak = 0.01 per step (a modelling choice,
               not a chip constant). Updates are computed by the embedded SIMD processors (stochastic
-              rounding in software). No per-event energy figure is used (none we could verify).
+              rounding in software). Input: spikes. No per-event energy figure (none we could verify):
+              its estimate reports nothing and says so.
 spinnaker     16-bit fixed-point weights (power-of-two scale: a fixed binary point), round to nearest
-              (integer arithmetic on ARM cores). Energy: ~8 nJ per synaptic event, attributed to the
-              SpiNNaker power model of Stromatias et al. 2013, "Power analysis of large-scale,
-              real-time neural networks on SpiNNaker", IJCNN (48-chip board). UNVERIFIED: a review
-              (issue 14) could not find this figure in that paper; it is kept, flagged, so that runs
-              stay comparable, and every report that uses it says so. No per-spike or per-update figure.
+              (integer arithmetic on ARM cores). Input: spikes (spike sources). Energy: ~8 nJ per
+              synaptic event, attributed to the SpiNNaker power model of Stromatias et al. 2013, "Power
+              analysis of large-scale, real-time neural networks on SpiNNaker", IJCNN (48-chip board).
+              UNVERIFIED: a review (issue 14) could not find this figure in that paper; it is kept,
+              flagged, so that runs stay comparable, and every report that uses it says so. No
+              per-spike, per-neuron-update, per-update or per-bias-write figure.
 memristor     analog conductances with 32 levels, nonlinear asymmetric potentiation / depression
               (nu_p = 3, nu_d = 3) and 1 % cycle-to-cycle noise, in the range of the reported RRAM
               devices (tens of levels, nonlinear updates: e.g. Yao et al. 2020, Nature 577:641-646).
-              Energy: 11,014 GOP/s/W reported for the memristor CNN of Yao et al. 2020, i.e. 0.091 pJ
-              per operation, 0.18 pJ per synaptic event (one multiply-accumulate = 2 operations), the
-              same per event of a constant input current; programming energy per update and neuron
-              (peripheral circuit) energy not given there (None).
+              Input: spikes (read pulses on the crossbar rows). Energy: 11,014 GOP/s/W attributed to
+              the memristor CNN of Yao et al. 2020, i.e. 0.091 pJ per operation, 0.18 pJ per synaptic
+              event (one multiply-accumulate = 2 operations). UNVERIFIED where it stands: the paper's
+              abstract does not give it (it says "more than two orders of magnitude" better than GPUs);
+              it is attributed to the paper's benchmark against a GPU, not checked here. No spike,
+              neuron (peripheral circuit), programming (update) or bias-write figure.
 
 These figures are literature values for orders of magnitude, not measurements of spikeep's
 networks on those chips: a chip's real cost also depends on mapping, routing and static power.
@@ -58,6 +76,7 @@ NJ = 1e-9
 
 
 FIGURES = ("synop", "spike", "update", "neuron_update", "input")  # the per-event figures of Energy
+CHIP_INPUTS = ("spikes", "bias")  # how a chip takes the input (see the module docstring)
 KINDS = ("measurement", "derived from a measurement", "pre-silicon estimate", "model estimate")
 
 
@@ -84,13 +103,16 @@ class Energy:
     spike: Optional[float] = None  # joules per spike emitted (generation and routing)
     update: Optional[float] = None  # joules per synaptic weight update (one synapse changed)
     neuron_update: Optional[float] = None  # joules per neuron per simulation step
-    input: Optional[float] = None  # joules per event of a constant input current (one input x one synapse x one step)
+    input: Optional[float] = None  # joules per bias write (chip_input = "bias": one first-layer neuron's bias set once)
     sources: tuple[Source, ...] = ()  # one per figure given
 
     @property
-    def verified(self) -> bool:
-        """Every figure was found in its source."""
-        return all(s.verified for s in self.sources)
+    def verified(self) -> Optional[bool]:
+        """Every figure was found in its source; None for a profile without figures (nothing to find)."""
+        return all(s.verified for s in self.sources) if self.sources else None
+
+    def has_figures(self) -> bool:
+        return any(getattr(self, k) is not None for k in FIGURES)
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class ChipProfile:
     neuron: dict[str, Any] = field(default_factory=dict)  # [spiking] keys: theta, leak, refractory, v_min
     energy: Energy = Energy()
     summary: str = ""
+    chip_input: str = "spikes"  # the default of [spiking] chip_input: one of CHIP_INPUTS
 
     def __post_init__(self):
         bits = self.synapse.get("bits", 0)
@@ -110,6 +133,9 @@ class ChipProfile:
         scale = self.synapse.get("scale", "init")
         if isinstance(scale, (int, float)) and not scale > 0:
             raise ValueError(f"chip profile {self.name!r}: a fixed weight scale must be > 0, got {scale!r}")
+        if self.chip_input not in CHIP_INPUTS:
+            raise ValueError(f"chip profile {self.name!r}: chip_input must be one of {', '.join(CHIP_INPUTS)}, "
+                             f"got {self.chip_input!r}")
         e = self.energy
         for k in FIGURES:
             v = getattr(e, k)
@@ -148,6 +174,9 @@ def get_profile(name: str) -> ChipProfile:
 register_profile(ChipProfile("ideal", {"bits": 0}, {"leak": 0.0}, Energy(), "float32 weights, IF neurons"))
 DAVIES_2018 = ("Davies et al. 2018, Loihi: a neuromorphic manycore processor with on-chip learning, "
                "IEEE Micro 38(1):82-99")
+STROMATIAS_2013 = ("Stromatias, Galluppi, Patterson and Furber 2013, Power analysis of large-scale, real-time neural "
+                   "networks on SpiNNaker, International Joint Conference on Neural Networks (IJCNN 2013)")
+YAO_2020 = "Yao et al. 2020, Fully hardware-implemented memristor convolutional neural network, Nature 577:641-646"
 _LOIHI = "pre-silicon estimate: SPICE-level simulation of Loihi's 14 nm circuits at 0.75 V"
 register_profile(ChipProfile(
     "loihi2", {"bits": 8, "scale": "pow2", "rounding": "stochastic", "device": "linear", "headroom": 8.0},
@@ -158,30 +187,30 @@ register_profile(ChipProfile(
         Source("update", DAVIES_2018, "Table 2, synaptic update", _LOIHI, True, "Loihi (not Loihi 2)"),
         Source("neuron_update", DAVIES_2018, "Table 2, energy per neuron update (active / inactive: 81 / 52 pJ)",
                _LOIHI, True, "the active figure, charged to every neuron every step: an upper bound"),
-        Source("input", DAVIES_2018, "Table 2, synaptic spike operation", _LOIHI, True,
-               "charged to each event of a constant input current (Loihi takes graded input spikes): "
-               "our modelling choice"))),
-    "8-bit weights, shared power-of-two exponent, stochastic rounding; Loihi energy figures"))
+        Source("input", DAVIES_2018, "Table 2, synaptic spike operation, charged to each bias write (our modelling "
+               "choice: Table 2 has no bias-write figure)", _LOIHI, True,
+               "charged to each bias write (one first-layer neuron's bias set once per phase, as one graded "
+               "spike through one synapse): our modelling choice; Table 2 has no bias-write figure"))),
+    "8-bit weights, shared power-of-two exponent, stochastic rounding; Loihi energy figures", chip_input="bias"))
 register_profile(ChipProfile(
     "brainscales2", {"bits": 7, "scale": "init", "rounding": "stochastic", "device": "linear", "headroom": 4.0},
     {"leak": 0.01}, Energy(), "signed 6-bit weights (+-63), leaky analog neurons"))
 register_profile(ChipProfile(
     "spinnaker", {"bits": 16, "scale": "pow2", "rounding": "nearest", "device": "linear", "headroom": 16.0},
     {"leak": 0.0}, Energy(synop=8 * NJ, sources=(Source(
-        "synop", "Stromatias et al. 2013, Power analysis of large-scale, real-time neural networks on SpiNNaker, "
-        "IJCNN", "not found (attributed to its power model)", "model estimate: board-level power model",
+        "synop", STROMATIAS_2013, "not found in the paper (attributed to its power model)",
+        "model estimate: board-level power model",
         False, "could not be found in the cited source; kept for comparability, flagged as unverified"),)),
     "16-bit fixed-point weights; SpiNNaker power model (unverified energy figure)"))
 register_profile(ChipProfile(
     "memristor", {"bits": 8, "scale": "init", "rounding": "stochastic", "device": "memristor", "levels": 32,
                   "nu_p": 3.0, "nu_d": 3.0, "noise": 0.01, "headroom": 4.0},
-    {}, Energy(synop=0.18 * PJ, input=0.18 * PJ, sources=tuple(Source(
-        figure, "Yao et al. 2020, Fully hardware-implemented memristor convolutional neural network, "
-        "Nature 577:641-646", "abstract: 11,014 GOP/s/W of the memristor CNN",
+    {}, Energy(synop=0.18 * PJ, sources=(Source(
+        "synop", YAO_2020, "not in the abstract (which says only: more than two orders of magnitude more "
+        "energy-efficient than GPUs); 11,014 GOP/s/W attributed to its benchmark against a GPU, page not checked",
         "derived from a measurement: 1 / 11,014 GOP/s/W = 0.091 pJ per operation, x 2 operations per "
-        "multiply-accumulate (our conversion)", True, "not re-checked against the paper in this session"
-        + ("; an input-current event is one multiply-accumulate too" if figure == "input" else ""))
-        for figure in ("synop", "input"))),
+        "multiply-accumulate (our conversion)", False,
+        "the 11,014 GOP/s/W figure was not found where it was first cited (the abstract); flagged as unverified"),)),
     "32-level nonlinear noisy conductances"))
 
 
@@ -196,6 +225,12 @@ def provenance(name: Optional[str] = None) -> list[dict[str, Any]]:
     return rows
 
 
+def chip_input_for(p: ChipProfile, chip_input: str = "", encoding: str = "current") -> str:
+    """How the chip takes the input: `chip_input` if given, else the profile's default where the
+    simulated input allows it (a network driven by Poisson spikes takes spikes)."""
+    return chip_input or ("spikes" if encoding == "poisson" else p.chip_input)
+
+
 def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
     """Fill a config dict's [plasticity] and [spiking] from plasticity.profile; explicit keys win."""
     plast = data.get("plasticity")
@@ -203,9 +238,8 @@ def apply_profile(data: dict[str, Any]) -> dict[str, Any]:
         return data
     p = get_profile(plast["profile"])
     data["plasticity"] = {**p.synapse, **plast}
-    if p.neuron:
-        spk = data.get("spiking") if isinstance(data.get("spiking"), dict) else {}
-        data["spiking"] = {**p.neuron, **spk}
+    spk = data.get("spiking") if isinstance(data.get("spiking"), dict) else {}
+    data["spiking"] = {**p.neuron, "chip_input": chip_input_for(p, "", spk.get("encoding", "current")), **spk}
     return data
 
 

@@ -103,9 +103,10 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
 
 def ep_result(ph: EPPhases, loss: Tensor, logits: Tensor, s_free: State) -> EPResult:
     steps = ph.free.steps + ph.plus.steps + (ph.minus.steps if ph.minus is not None else 0)
-    gaps = ph.plus.gaps
-    if gaps is not None and ph.minus is not None and ph.minus.gaps is not None and ph.minus.gaps is not gaps:
-        gaps = (gaps + ph.minus.gaps) / 2
+    gaps = getattr(ph.plus, "gaps", None)  # spiking phases (spiking.simulator.Phase) measure no gaps
+    minus_gaps = getattr(ph.minus, "gaps", None)
+    if gaps is not None and minus_gaps is not None and minus_gaps is not gaps:
+        gaps = (gaps + minus_gaps) / 2
     return EPResult(s_free, loss, logits, steps, ph.beta, ph.free.steps, 1 if ph.minus is None else 2, gaps)
 
 

@@ -181,13 +181,15 @@ class SpikingSimulator:
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in self.net.parameters())
 
-    def tables(self) -> Optional[Tables]:
-        """The fan-out tables of the current weights (None for the dense back end)."""
+    def tables(self, input_spikes: bool = False) -> Optional[Tables]:
+        """The fan-out tables of the current weights (None for the dense back end); an input table for
+        spiking input encodings, or when `input_spikes` (a given input spike train)."""
         if self.p.backend == "dense":
             return None
         key = self._weights_key()
-        if self._tables is None or key != self._tables_of:  # an input table only for spiking input encodings
-            self._tables = fan_out_tables(self.net, self.p.encoding != "current")
+        want_input = input_spikes or self.p.encoding != "current"
+        if self._tables is None or key != self._tables_of or (want_input and self._tables[0] is None):
+            self._tables = fan_out_tables(self.net, want_input)
             self._tables_of = key
         return self._tables
 
@@ -330,7 +332,7 @@ class SpikingSimulator:
         spiking_input = poisson or input_spikes is not None
         st = self.init_state(inp) if state is None else state
         n = len(net.synapses)
-        tables = self.tables()
+        tables = self.tables(input_spikes is not None)
         # activity per source layer (input first) decides the back end of each window: the last
         # window's spike counts after the first (no per-step device sync). The first window of a
         # phase from rest goes dense: a silent network says nothing about the activity to come
@@ -341,8 +343,12 @@ class SpikingSimulator:
         synops = torch.zeros(n, dtype=torch.float64)
         in_spikes = in_synops = 0.0
         n_neurons = sum(z.numel() for z in st.z)  # over the batch
-        # a constant current reaches every synapse of a nonzero input each step (graded events)
-        current_ops = 0.0 if spiking_input else float(((inp.x != 0) * fo_in).sum())
+        # a constant current, as a chip could take it: rate-coded spikes with p = x per step (expected
+        # spikes and synaptic events per step), or the first layer's drive held as a bias (one write per
+        # first-layer neuron for the phase)
+        coded_spikes = 0.0 if spiking_input else float(inp.x.sum())
+        coded_synops = 0.0 if spiking_input else float((inp.x * fo_in).sum())
+        bias_writes = 0.0 if spiking_input else float(st.z[0].numel())
         blocks = max(1, math.ceil(T / p.window))
         prev, delta, steps = None, float("nan"), 0
         raster: list[list[Tensor]] = [[] for _ in range(n)]
@@ -368,8 +374,9 @@ class SpikingSimulator:
             prev = rates
         input_rate = x_count / p.window if spiking_input else inp.x
         rec = tuple(torch.stack(r) for r in raster) if record else None
-        return Phase(st, rates, input_rate, steps, delta, Counts(spikes, synops, in_spikes, in_synops,
-                                                                 float(n_neurons * steps), current_ops * steps), rec)
+        counts = Counts(spikes, synops, in_spikes, in_synops, float(n_neurons * steps), coded_spikes * steps,
+                        coded_synops * steps, bias_writes)
+        return Phase(st, rates, input_rate, steps, delta, counts, rec)
 
 
 @torch.no_grad()
