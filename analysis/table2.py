@@ -67,14 +67,16 @@ def table(runs: list[dict]) -> str:
 
 
 def short_names(paths: list[str]) -> list[str]:
-    """The shortest tails of the run folders' paths that tell them apart (the folder's name when those
-    differ: "seed1", else "sweep_a/seed1", ...)."""
+    """Per run folder, the shortest tail of its path that no other folder's path shares: the folder's
+    name ("seed1") where that is unique, else with its parents ("sweep_a/seed0")."""
     parts = [Path(p).resolve().parts for p in paths]
-    for k in range(1, max(map(len, parts), default=1) + 1):
-        names = ["/".join(p[-k:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [str(p) for p in paths]
+    names = []
+    for i, p in enumerate(parts):
+        for k in range(1, len(p) + 1):
+            if all(q[-k:] != p[-k:] for j, q in enumerate(parts) if j != i):
+                break
+        names.append(Path(*p[-k:]).as_posix())
+    return names
 
 
 def run_labels(runs: list[dict]) -> list[str]:
