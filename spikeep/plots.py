@@ -242,11 +242,16 @@ GDU_STYLES = (  # (key, label, line style, width, marker, drawing order): BPTT a
 
 def _gdu_line(ax, t, y, key: str, color: str):
     _, label, ls, lw, marker, z = next(s for s in GDU_STYLES if s[0] == key)
+    # a short series: markers on every point (the one-sided x inside the symmetric o); a longer one:
+    # about 10 markers per line, the two EP lines on alternate points
     offset = [s[0] for s in GDU_STYLES if s[4]].index(key) if marker else 0
-    every = marker_every(len(t), markers=10, offset=offset)
-    if every is None and marker:  # short series: every other point, alternating between the two EP lines
-        every = (offset, 2) if len(t) > 2 else None
-    return ax.plot(t, y, color=color, ls=ls, lw=lw, marker=marker, ms=4.5, mfc="none", mew=1.0, markevery=every,
+    every = marker_every(len(t), markers=10, offset=offset) if len(t) > 10 else None
+    if len(t) > 10 and every is None:
+        every = (offset, 2)
+    ms, mfc = (6.0 if marker == "o" else 4.0), "none"
+    if key == "bptt" and len(t) <= 10:  # pale discs under the EP markers (a single t draws no band)
+        marker, ms, mfc = "o", 11.0, color
+    return ax.plot(t, y, color=color, ls=ls, lw=lw, marker=marker, ms=ms, mfc=mfc, mew=1.0, markevery=every,
                    alpha=0.35 if key == "bptt" else 1.0, zorder=z, label=label)[0]
 
 
@@ -284,7 +289,7 @@ def plot_gdu(result: dict[str, Any], path: Path) -> Path:
         for ax in axes[:, c]:
             ax.tick_params(labelsize=7)
             integer_axis(ax.xaxis)
-    methods = [Line2D([], [], color="k", ls=ls, lw=lw, marker=m, ms=4.5, mfc="none", alpha=0.35 if k == "bptt" else 1.0,
+    methods = [Line2D([], [], color="k", ls=ls, lw=lw, marker=m, ms=6.0 if m == "o" else 4.0, mfc="none", alpha=0.35 if k == "bptt" else 1.0,
                       label=label) for k, label, ls, lw, m, _ in GDU_STYLES]
     fig.legend(handles=methods, loc="outside lower center", ncols=3, fontsize=7,
                title="method: line style and marker, both rows (colour in the top row = weight)", title_fontsize=7)

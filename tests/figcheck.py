@@ -94,7 +94,20 @@ def _pixels(fig) -> np.ndarray:
 def hidden_lines(fig, dpi: float = 100, min_pixels: int = 20, tol: int = 30) -> list[str]:
     """The data lines that cannot be seen: taking one away changes fewer than `min_pixels` pixels (by
     more than `tol` of 255 in some channel), because others drawn over it cover it (e.g. BPTT drawn on
-    top of an EP line that equals it). The layout is frozen first, so only the line differs."""
+    top of an EP line that equals it). The layout is frozen first, so only the line differs, and lines
+    are drawn without antialiasing, so that a line drawn exactly over its twin changes nothing."""
+    lines = [ln for ax in fig.axes for ln in data_lines(ax)]
+    smooth = [ln.get_antialiased() for ln in lines]
+    for ln in lines:
+        ln.set_antialiased(False)
+    try:
+        return _hidden(fig, dpi, min_pixels, tol)
+    finally:
+        for ln, a in zip(lines, smooth):
+            ln.set_antialiased(a)
+
+
+def _hidden(fig, dpi: float, min_pixels: int, tol: int) -> list[str]:
     fig.set_dpi(dpi)
     _agg(fig)
     fig.set_layout_engine("none")
