@@ -9,6 +9,10 @@ and the EP-vs-BPTT comparison of the GDU check.
     spike_pictures(phases, names, run_dir)      both spiking pictures (raster.png, rate_convergence.png)
     plot_gdu(result, path)                      EP updates vs truncated BPTT per layer (gdu.png)
 
+Conventions (issue 29; checked by tests/test_figures.py): legends beside the axes, never on a curve;
+whole-number ticks on epoch / step / iteration axes (integer_axis); markers on short series; series
+that coincide drawn so that each shows (gdu: BPTT a pale band under the EP lines and their markers).
+
 `phases` is what spikeep.spiking.simulator.probe_phases returns: [(phase name, Phase with a raster)].
 """
 from __future__ import annotations
