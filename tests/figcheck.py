@@ -111,13 +111,20 @@ def _hidden(fig, dpi: float, min_pixels: int, tol: int) -> list[str]:
     fig.set_dpi(dpi)
     _agg(fig)
     fig.set_layout_engine("none")
-    base = _pixels(fig)
+    shown = [ax.get_visible() for ax in fig.axes]
     hidden = []
-    for i, ax in enumerate(fig.axes):
-        for ln in data_lines(ax):
-            ln.set_visible(False)
-            changed = int((np.abs(_pixels(fig) - base) > tol).any(-1).sum())
-            ln.set_visible(True)
-            if changed < min_pixels:
-                hidden.append(f"{ax.get_title() or i}: {ln.get_label()} ({changed} px)")
+    try:
+        for i, ax in enumerate(fig.axes):  # one axes drawn at a time (faster; the others cannot cover it)
+            for other in fig.axes:
+                other.set_visible(other is ax)
+            base = _pixels(fig)
+            for ln in data_lines(ax):
+                ln.set_visible(False)
+                changed = int((np.abs(_pixels(fig) - base) > tol).any(-1).sum())
+                ln.set_visible(True)
+                if changed < min_pixels:
+                    hidden.append(f"{ax.get_title() or i}: {ln.get_label()} ({changed} px)")
+    finally:
+        for ax, v in zip(fig.axes, shown):
+            ax.set_visible(v)
     return hidden
