@@ -285,9 +285,15 @@ def plot_gdu(result: dict[str, Any], path: Path) -> Path:
         ax = axes[1][c]
         for est in ("symmetric", "one_sided"):
             _gdu_line(ax, t, result["estimators"][est][name]["rel_error"], est, "k")
+        ax.set_xlabel("t")
         if any(v > 0 for est in result["estimators"].values() for v in est[name]["rel_error"]):
             ax.set_yscale("log")
-        ax.set_xlabel("t")
+            zeros = [(est.replace("_", "-"), [s for s, v in zip(t, result["estimators"][est][name]["rel_error"])
+                                              if v <= 0]) for est in ("symmetric", "one_sided")]
+            said = [f"{est} at t = {', '.join(map(str, ts))}" for est, ts in zeros if ts]
+            if said:  # a log axis cannot show them: said under the axis label
+                ax.annotate("exactly 0 (not drawn): " + "; ".join(said), xy=(0.5, 0.0), xycoords="axes fraction",
+                            xytext=(0, -36), textcoords="offset points", ha="center", va="top", fontsize=7)
         if c == 0:
             ax.set_ylabel("||EP - BPTT|| / ||BPTT||", fontsize=8)
         for ax in axes[:, c]:

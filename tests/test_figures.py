@@ -61,8 +61,13 @@ def test_gdu_every_method_shows_where_they_coincide(tmp_path, saved, K):
     and one-sided could not be seen. Each line must change pixels when taken away."""
     from spikeep.plots import plot_gdu
 
-    plot_gdu(gdu_result(K), tmp_path / "gdu.png")
+    result = gdu_result(K)
+    result["estimators"]["symmetric"]["conv0"]["rel_error"][0] = 0.0  # as at t = 1 on gdu_conv
+    plot_gdu(result, tmp_path / "gdu.png")
     fig = saved["gdu.png"]
+    # a log axis drops an exact 0: the figure says so under the panel
+    assert [t.get_text() for t in fig.axes[3].texts] == ["exactly 0 (not drawn): symmetric at t = 1"]
+    assert not fig.axes[4].texts
     assert [legend_texts(lg) for lg in fig.legends] == [["BPTT (wide pale band)", "EP symmetric", "EP one-sided"]]
     top = fig.axes[:3]
     for ax in top:
