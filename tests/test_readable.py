@@ -53,6 +53,11 @@ def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figur
         assert len(texts) == 3 and all(t.startswith("w[") for t in texts)
     w, h = fig.get_size_inches() * dpi
     assert w >= 1200 and h >= 600
+    # issue 29: on the real check, where EP and BPTT agree to 1e-6, every method's line shows, and no
+    # legend lies on a panel
+    from figcheck import hidden_lines, legend_overlap
+
+    assert hidden_lines(fig) == [] and legend_overlap(fig) <= 0.02
 
 
 def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
