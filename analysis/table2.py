@@ -66,42 +66,82 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def short_names(paths: list[str]) -> list[str]:
+    """Per run folder, the shortest tail of its path that no other folder's path shares: the folder's
+    name ("seed1") where that is unique, else with its parents ("sweep_a/seed0")."""
+    parts = [Path(p).resolve().parts for p in paths]
+    names = []
+    for i, p in enumerate(parts):
+        for k in range(1, len(p) + 1):
+            if all(q[-k:] != p[-k:] for j, q in enumerate(parts) if j != i):
+                break
+        names.append(Path(*p[-k:]).as_posix())
+    return names
+
+
+def run_labels(runs: list[dict]) -> list[str]:
+    """One legend label per run, all different: the Table 2 row, and the run folder's name beside it
+    when several runs share a row (two runs of one config, or seeds)."""
+    from spikeep.plots import unique_labels
+
+    return unique_labels([row_of(r["key"]) for r in runs], short_names([r["run"] for r in runs]))
+
+
+MARKERS = "osD^vP*Xph"
+
+
 def figure4(runs: list[dict], path: Path) -> None:
+    """Train (dashed) and test (solid) error per epoch of each run: a colour and a marker per run
+    (markers on every epoch of a short run, so a one-epoch run shows as points), legend beside the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(runs):
+    from spikeep.plots import integer_axis, marker_every
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
+    for i, (r, label) in enumerate(zip(runs, run_labels(runs))):
         ep = [e["epoch"] for e in r["history"]]
-        c = f"C{i % 10}"
-        ax.plot(ep, [100 - e["test_acc"] for e in r["history"]], "-", color=c, label=f"{row_of(r['key'])} (test)")
-        ax.plot(ep, [100 - e["train_acc"] for e in r["history"]], "--", color=c)
+        style = dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)], mfc="none", ms=6,
+                     markevery=marker_every(len(ep), offset=i))
+        ax.plot(ep, [100 - e["test_acc"] for e in r["history"]], "-", label=label, **style)
+        ax.plot(ep, [100 - e["train_acc"] for e in r["history"]], "--", **style)
     ax.set(xlabel="epoch", ylabel="error (%)", title="train (dashed) and test (solid) error (Fig. 4)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    integer_axis(ax.xaxis)
+    handles = ax.get_legend_handles_labels()[0] + [Line2D([], [], color="grey", ls="-", label="test error"),
+                                                   Line2D([], [], color="grey", ls="--", label="train error")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              title="run (colour, marker)", title_fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def figure5(runs: list[dict], path: Path) -> bool:
+    """Angle between forward and feedback weights per epoch: colour = layer, line style = run (the
+    paper: symKP-VF solid, symVF dashed), legend beside the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from spikeep.plots import integer_axis, marker_every
+
     uni = [r for r in runs if any(k.startswith("angle_") for k in r["history"][-1])]
     if not uni:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(uni):
-        ls = "-" if r["key"][0] != "sym_vf" else "--"  # the paper: symKP-VF solid, symVF dashed
+    styles = ["-", "--", "-.", ":"]
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
+    for i, (r, label) in enumerate(zip(uni, run_labels(uni))):
+        ls = styles[i % len(styles)] if len(uni) > 1 else ("-" if r["key"][0] != "sym_vf" else "--")
+        ep = [e["epoch"] for e in r["history"]]
         for j, k in enumerate(sorted(k for k in r["history"][-1] if k.startswith("angle_"))):
-            ax.plot([e["epoch"] for e in r["history"]], [e[k] for e in r["history"]], ls, color=f"C{j}",
-                    label=f"{row_of(r['key'])}: {k[len('angle_'):]}")
+            ax.plot(ep, [e[k] for e in r["history"]], ls, color=f"C{j}", marker=MARKERS[i % len(MARKERS)],
+                    mfc="none", markevery=marker_every(len(ep), offset=i), label=f"{label}: {k[len('angle_'):]}")
     ax.set(xlabel="epoch", ylabel="angle(w_f, w_b) (degrees)", title="forward / feedback alignment (Fig. 5)")
+    integer_axis(ax.xaxis)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              title="run: layer (colour = layer)", title_fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

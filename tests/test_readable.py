@@ -46,13 +46,18 @@ def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figur
 
     assert main(["gdu", str(REPO / "spikeep" / "configs" / "gdu_conv.toml"), "--out", str(tmp_path), "--set", "gdu.K=6"]) == 0
     (name, fig, dpi), = [f for f in saved_figures if f[0].endswith("gdu.png")]
-    assert [_legend_texts(lg) for lg in fig.legends] == [["EP symmetric", "EP one-sided", "BPTT"]]
+    assert [_legend_texts(lg) for lg in fig.legends] == [["BPTT (wide pale band)", "EP symmetric", "EP one-sided"]]
     top = fig.axes[:3]
     for ax in top:  # a colour legend per panel: which weight each colour is
         texts = _legend_texts(ax.get_legend())
         assert len(texts) == 3 and all(t.startswith("w[") for t in texts)
     w, h = fig.get_size_inches() * dpi
     assert w >= 1200 and h >= 600
+    # issue 29: on the real check, where EP and BPTT agree to 1e-6, every method's line shows, and no
+    # legend lies on a panel
+    from figcheck import hidden_lines, legend_overlap
+
+    assert hidden_lines(fig) == [] and legend_overlap(fig) <= 0.02
 
 
 def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
@@ -87,6 +92,12 @@ def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
         fig_box = hist.bbox
         assert all(b.x0 >= fig_box.x0 and b.x1 <= fig_box.x1 for b in boxes)  # none cut off
     assert _legend_texts(hist.axes[-1].get_legend())[0].startswith("it ")
+    # issue 29: the legends beside the panels (they covered curves), whole iterations on the x axes
+    from figcheck import integer_ticks, legend_overlap
+
+    assert legend_overlap(traj) == 0.0 and legend_overlap(hist) == 0.0
+    summary, _ = figs["weight_summary.png"]
+    assert all(integer_ticks(ax, "x") for ax in traj.axes + summary.axes[len(summary.axes) // 2:])
     w, h = hist.get_size_inches() * dpi
     assert w >= 1200 and h >= 500
 
