@@ -138,6 +138,23 @@ def candidate(cfg_path: str, sets: list, spec: str, x, y, primer, warm_from: Opt
             "steps_nudged": (r.steps - r.free_steps) / r.nudged_phases, "seconds": seconds}
 
 
+def write_md(out: Path, stages: list) -> None:
+    """schedules.md: one table per stage, a column per layer (its weight's name)."""
+    layers = list(stages[0]["rows"][0]["layers"]) if stages and stages[0]["rows"] else []
+    lines = []
+    for st in stages:
+        lines += [f"### {st['stage']} (`{st['weights']}`)", "",
+                  "| candidate | steps free / nudged | " + " | ".join(f"`{n.removesuffix('.weight')}` cos (rel err)"
+                                                                   for n in layers)
+                  + " | ms per image |", "| --- | --- | " + " | ".join("---" for _ in layers) + " | --- |"]
+        for r in st["rows"]:
+            lines.append(f"| {r['candidate']} | {r['steps_free']} / {r['steps_nudged']:.0f} | "
+                         + " | ".join(f"{r['layers'][n]['cosine']:.4f} ({r['layers'][n]['rel_error']:.3f})"
+                                      for n in layers) + f" | {r['ms_per_image']:.1f} |")
+        lines.append("")
+    (out / "schedules.md").write_text("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -151,7 +168,11 @@ def main() -> None:
     ap.add_argument("--ref-T2", type=int, default=200)
     ap.add_argument("--only", nargs="*", default=None, help="candidate names to run (default: all)")
     ap.add_argument("--out", required=True, help="folder for schedules.json and schedules.md")
+    ap.add_argument("--md-only", action="store_true", help="only rewrite OUT/schedules.md from OUT/schedules.json")
     args = ap.parse_args()
+    if args.md_only:
+        write_md(Path(args.out), json.loads((Path(args.out) / "schedules.json").read_text())["stages"])
+        return
     torch.manual_seed(0)
     base = load_config(args.config, args.set)
     ds = prepare_data(base.data)
@@ -191,18 +212,7 @@ def main() -> None:
             "estimator": e.name, "beta": e.beta, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "candidates": {n: CANDIDATES[n][0] for n in names}}
     (out / "schedules.json").write_text(json.dumps({"meta": meta, "stages": stages}, indent=1) + "\n")
-    layers = list(stages[0]["rows"][0]["layers"]) if stages and stages[0]["rows"] else []
-    lines = []
-    for st in stages:
-        lines += [f"### {st['stage']} (`{st['weights']}`)", "",
-                  "| candidate | steps free / nudged | " + " | ".join(f"{n.split('.')[0]} cos (rel err)" for n in layers)
-                  + " | ms per image |", "| --- | --- | " + " | ".join("---" for _ in layers) + " | --- |"]
-        for r in st["rows"]:
-            lines.append(f"| {r['candidate']} | {r['steps_free']} / {r['steps_nudged']:.0f} | "
-                         + " | ".join(f"{r['layers'][n]['cosine']:.4f} ({r['layers'][n]['rel_error']:.3f})"
-                                      for n in layers) + f" | {r['ms_per_image']:.1f} |")
-        lines.append("")
-    (out / "schedules.md").write_text("\n".join(lines))
+    write_md(out, stages)
     print(f"wrote {out / 'schedules.json'} and {out / 'schedules.md'}")
 
 
