@@ -215,7 +215,16 @@ def gpu_check(text):
                    f"{paper['s_per_iteration'] / ours['s_per_iteration']:.1f}x")
 
 
+def schedules(text):
+    st = json.loads((RESULTS / "schedules" / "estimates" / "schedules.json").read_text())["stages"][-1]
+    rows = {r["candidate"]: r for r in st["rows"]}
+    paper, rel = rows["T1 250 / T2 25 (paper)"], rows["relative 0.05, free 1 (T1 250 / T2 200)"]
+    check_in(text, st["stage"].split(" (")[1].rstrip(")"), f"cosine {paper['min_cosine']:.3f}",
+             f"{rel['min_cosine']:.3f}", f"{rel['steps_free']} free / {rel['steps_nudged']:.0f} nudged")
+
+
 CHECKED = {
+    "analysis/schedules.py": schedules,
     "spikeep gdu gdu_conv`": gdu_identity,
     "spikeep train cifar10_cpu_sym_ce`": cifar10_cpu,
     "spikeep train cifar10_cpu_uni_sym_kp_vf`": cifar10_cpu_uni,
