@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# usage: bash scripts/cifar10_window.sh first|second [--dry-run] [--budget S] [--minutes M] [--config NAME]
+#
 # CIFAR-10 on all 50,000 training images in one GPU window, in two device calls made one right after the
 # other (each call carries at most 64 MiB; the data set packs into two parts: scripts/cifar10_parts.py).
 #
@@ -30,14 +32,14 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET=$2; shift ;;
     --minutes) MINUTES=$2; shift ;;
     --config) CONFIG=$2; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cifar10_window.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$MODE" in
   first|second) ;;
-  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: bash scripts/cifar10_window.sh first|second [--dry-run] (see --help)" >&2; exit 2 ;;
 esac
 START=$(date +%s)

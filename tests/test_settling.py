@@ -4,8 +4,8 @@ On a network that has learnt (the CPU-sized CIFAR-10 ConvNet after 4 epochs on 2
 test; tests/data/cifar10_cpu_epoch4_fp16.pt, from the run behind analysis/results/schedules/), where an
 absolute tolerance on the largest change never ends a phase, the relative rule ends both kinds of phase
 before their budgets and its symmetric estimate matches a long, cold float64 relaxation per layer as
-analysis/schedules.py measured it (cosine >= 0.9993 on 32 images), where the paper's fixed schedule
-(T1 250 / T2 25) does not (0.95-0.97).
+analysis/schedules.py measured it (cosine >= 0.999 on 32 images; 1.0000 on the 8 used here), where the
+paper's fixed schedule (T1 250 / T2 25) does not (0.95-0.97).
 """
 from pathlib import Path
 
@@ -66,12 +66,17 @@ def run(state, x, y, primer, sets):
 @pytest.mark.slow
 def test_relative_rule_stops_on_a_learnt_network_with_the_long_relaxations_estimate(learnt):
     state, x, y, primer, ref = learnt
-    r, g = run(state, x, y, primer, ["dynamics.T1=250", "dynamics.T2=200", "dynamics.stop=relative",
-                                     "dynamics.rtol=0.05", "dynamics.free_rtol=1", "dynamics.tol_every=5"])
-    # the free phase ends early; the nudged phases may use their whole budget on a slow sample
-    assert r.free_steps < 250 and r.steps < 250 + 2 * 200, (r.free_steps, r.steps)
+    r, g = run(state, x, y, primer, ["dynamics.T1=400", "dynamics.T2=200", "dynamics.stop=relative",
+                                     "dynamics.rtol=0.05", "dynamics.tol_every=5"])
+    # both kinds of phase end before their budgets (measured on these images: 250 free, 142.5 nudged)
+    assert r.free_steps < 400 and (r.steps - r.free_steps) / 2 < 200, (r.free_steps, r.steps)
     cos = cosines(g, ref)
-    assert min(cos.values()) >= 0.995, cos
+    assert min(cos.values()) >= 0.995, cos  # measured: 1.0000 in every layer
+    # a free phase let off early (free_rtol 1: 105 steps here) hands the nudged phases another
+    # equilibrium: no nudged budget brings the estimate back (measured 0.92-0.94 with T2 200 and 400)
+    _, g_loose = run(state, x, y, primer, ["dynamics.T1=400", "dynamics.T2=200", "dynamics.stop=relative",
+                                           "dynamics.rtol=0.05", "dynamics.free_rtol=1", "dynamics.tol_every=5"])
+    assert min(cosines(g_loose, ref).values()) < 0.98
     # the paper's fixed schedule on the same network and images: visibly further off (so the bound above
     # is not one that any schedule meets), and the absolute rule never ends its free phase here
     _, g_paper = run(state, x, y, primer, ["dynamics.T1=250", "dynamics.T2=25"])
