@@ -86,3 +86,19 @@ def crash_at_update(monkeypatch, n: int):
 
     monkeypatch.setattr(tr.FiniteChecks, "add", add)
     return lambda: monkeypatch.setattr(tr.FiniteChecks, "add", real)
+
+
+def run_crash_resume(cfg, tmp_path, monkeypatch, update: int = 17):
+    """Train cfg once whole (tmp_path/a) and once crashed at its `update`-th optimizer step and resumed
+    (tmp_path/b); returns both TrainResults, after checking that their weights are bitwise equal."""
+    import spikeep.trainer as tr
+
+    a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
+    restore = crash_at_update(monkeypatch, update)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cfg, tmp_path / "b", progress=False, echo=False)
+    restore()
+    b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
+    for p, q in zip(a.net.parameters(), b.net.parameters()):
+        assert torch.equal(p, q)
+    return a, b

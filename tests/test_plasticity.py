@@ -158,8 +158,7 @@ def test_bad_specs(kw, message):
 def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch, rounding):
     """Training keeps every weight on its layer's grid; a run interrupted mid-epoch resumes to the
     same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
-    import spikeep.trainer as tr
-    from conftest import REPO, crash_at_update
+    from conftest import REPO, run_crash_resume
     from spikeep.validation import load_config
     from spikeep.checkpoint_files import load_checkpoint
 
@@ -167,18 +166,11 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
             "dynamics.T2=5", "train.checkpoint_every=4", "plasticity.bits=4", f"plasticity.rounding={rounding}",
             "plasticity.headroom=2.0", "plasticity.scale=pow2"]
     cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
-    a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
+    a, _ = run_crash_resume(cfg, tmp_path, monkeypatch)  # the resumed run ends on the same weights
     state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["plasticity"]["layers"]
     for name, layer in zip(a.net.layer_names(), a.net.layers):
         c = layer.weight.detach() / state[name]["scale"]
         assert torch.equal(c, c.round()) and float(c.abs().max()) <= 7
-    restore = crash_at_update(monkeypatch, 17)
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, tmp_path / "b", progress=False, echo=False)
-    restore()
-    b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
-    for p, q in zip(a.net.parameters(), b.net.parameters()):
-        assert torch.equal(p, q)
 
 
 # -- chip profiles ------------------------------------------------------------------------------------

@@ -124,21 +124,12 @@ def test_training_with_the_relative_rule_resumes_bitwise(tmp_path, monkeypatch):
     same weights, and the same steps per phase, as one that was not (and phases did end early)."""
     import csv
 
-    import spikeep.trainer as tr
-    from conftest import crash_at_update
+    from conftest import run_crash_resume
 
     over = ["train.epochs=2", "data.subset=300", "data.test_subset=100", "model.hidden=[32]", "train.batch_size=25",
             "dynamics.T1=40", "dynamics.T2=30", "dynamics.stop=relative", "dynamics.rtol=0.05", "dynamics.tol_every=2",
             "train.checkpoint_every=4"]
-    cfg = load_config("quickstart", over)
-    a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
-    restore = crash_at_update(monkeypatch, 17)
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg, tmp_path / "b", progress=False, echo=False)
-    restore()
-    b = tr.train(run_dir=tmp_path / "b", resume=True, progress=False, echo=False)
-    for p, q in zip(a.net.parameters(), b.net.parameters()):
-        assert torch.equal(p, q)
+    run_crash_resume(load_config("quickstart", over), tmp_path, monkeypatch)
     rows = [list(csv.DictReader(open(tmp_path / r / "metrics.csv"))) for r in ("a", "b")]
     assert rows[0] == rows[1] or [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in rows[1]]
