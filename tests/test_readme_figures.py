@@ -199,6 +199,25 @@ def loihi2(text):
              f"{span([float(r['seconds']) for r in m], '{:.0f}')} s per epoch")
 
 
+def mnist_run(name, spikes=False):
+    """A row of analysis/results/mnist_rows/NAME: test accuracy per epoch (the last in bold), seconds per
+    epoch, and for spiking runs the spikes per inference."""
+    def check(text):
+        m = metrics(RESULTS / "mnist_rows" / name / "metrics.csv")
+        accs = [f"{float(r['test_acc']):.2f}" for r in m]
+        check_in(text, " / ".join(accs[:-1]) + f" / **{accs[-1]} %**",
+                 f"{span([float(r['seconds']) for r in m])} s per epoch")
+        if spikes:
+            check_in(text, f"{span([float(r['spikes_per_inference']) for r in m], '{:,.0f}')} spikes")
+    return check
+
+
+def mnist_twin(text):
+    line = (RESULTS / "mnist_rows" / "twin.txt").read_text()
+    rate, spk = (f"{float(v):.2f}" for v in re.findall(r"([\d.]+)%", line)[:2])
+    check_in(text, f"{rate} % (rate) -> {spk} % (spiking)")
+
+
 def precision(text):
     rows = json.loads((RESULTS / "precision" / "precision.json").read_text())["rows"]
     worst = max(v["rel_error"] for v in rows["float32"].values())
@@ -225,6 +244,10 @@ def schedules(text):
 
 
 CHECKED = {
+    "spikeep train mnist_mlp`": mnist_run("mnist_mlp"),
+    "spikeep train mnist_mlp_bptt`": mnist_run("mnist_mlp_bptt"),
+    "spikeep train mnist_mlp_spiking` (the MLP": mnist_run("mnist_mlp_spiking", spikes=True),
+    "spikeep evaluate RUN --neurons spiking": mnist_twin,
     "analysis/schedules.py": schedules,
     "spikeep gdu gdu_conv`": gdu_identity,
     "spikeep train cifar10_cpu_sym_ce`": cifar10_cpu,
@@ -245,10 +268,6 @@ CHECKED = {
 
 # rows not (yet) checked against a file, and why; a new row must be added to one of the two
 UNTRACED = {
-    "spikeep train mnist_mlp`": "the re-measured figures have no results file (issue 32)",
-    "spikeep train mnist_mlp_bptt`": "no results file",
-    "spikeep train mnist_mlp_spiking` (the MLP": "the re-measured figures have no results file",
-    "spikeep evaluate RUN --neurons spiking": "no results file",
     "the same, small: `--set train.epochs=1": "a one-epoch energy check (issue 30); no results file kept",
 }
 
