@@ -268,7 +268,6 @@ CHECKED = {
 
 # rows not (yet) checked against a file, and why; a new row must be added to one of the two
 UNTRACED = {
-    "the same, small: `--set train.epochs=1": "a one-epoch energy check (issue 30); no results file kept",
 }
 
 
