@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=3, help="alternating blocks of each variant")
     ap.add_argument("--sample", type=int, default=1000)
     ap.add_argument("--epoch-iters", type=int, default=391, help="iterations per epoch (CIFAR-10, batch 128)")
-    ap.add_argument("--compression", default="lzf")
+    ap.add_argument("--compression", default="gzip", help="the trace filter (the default of [traces], gzip)")
     ap.add_argument("--json")
     a = ap.parse_args()
     dev = torch.device(a.device)
