@@ -274,3 +274,44 @@ def test_previous_format_still_reads_and_resumes(tmp_path):
         assert t.format == "spikeep-traces/2" and t.iteration.tolist() == its[:6]
         assert all(np.array_equal(t[name].sample_weight[:], w[name][:6]) for name in t.layers)
         assert t.snapshot_iteration.tolist() == [4]
+
+
+def test_summary_column_is_variable_length_utf8_and_a_locked_file_is_waited_for(tmp_path, monkeypatch):
+    """issue 29, item 9: netCDF-4 tools read variable-length UTF-8 strings (a fixed-length byte string
+    crashed ncdump 4.9.0); a reader opening a file whose writer has not switched to SWMR mode yet (HDF5's
+    errno 11) waits for it instead of calling the file unreadable."""
+    import shutil
+
+    import h5py
+
+    import spikeep.traces.format as fmt
+    from spikeep.traces import Traces
+    from spikeep.trainer import train
+    from spikeep.validation import load_config
+
+    cfg = load_config("quickstart", ["train.epochs=1", "data.subset=200", "data.test_subset=100", "traces.enabled=true",
+                                     "model.hidden=[16]"])
+    train(cfg, tmp_path / "run", progress=False, echo=False)
+    path = tmp_path / "run" / "traces.h5"
+    with h5py.File(path, "r") as f:
+        for layer in f["layers"]:
+            d = f["layers"][layer]["summary_column"]
+            info = h5py.check_string_dtype(d.dtype)
+            assert info is not None and info.encoding == "utf-8" and info.length is None, d.dtype
+            assert [c.decode() if isinstance(c, bytes) else c for c in d[:]] == list(fmt.SUMMARY_COLUMNS)
+    real, calls = h5py.File, {"n": 0}
+
+    def locked_twice(*a, **k):
+        calls["n"] += 1
+        if calls["n"] <= 4:  # two attempts, each SWMR then plain
+            raise OSError("Unable to synchronously open file (unable to lock file, errno = 11, error message = "
+                          "'Resource temporarily unavailable')")
+        return real(*a, **k)
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(path, copy)
+    monkeypatch.setattr(fmt.h5py, "File", locked_twice)
+    monkeypatch.setattr(fmt, "LOCK_WAIT", 0.01)
+    t = Traces(copy)
+    assert calls["n"] == 5 and t.layers
+    t.file.close()

@@ -113,7 +113,9 @@ class TraceRecorder:
         k = len(spec.sample_index)
         for name in ("sample_weight", "sample_delta", "sample_grad"):
             self._timed(g, name, (k,), "f4", [sample])
-        cols = describe(g.create_dataset("summary_column", data=np.array(SUMMARY_COLUMNS, dtype="S4")),
+        # variable-length UTF-8: what netCDF-4 tools read (a fixed-length byte string crashed ncdump 4.9.0)
+        cols = describe(g.create_dataset("summary_column", data=list(SUMMARY_COLUMNS),
+                                         dtype=h5py.string_dtype("utf-8")),
                         "summary_column")
         cols.make_scale("summary_column")
         self._timed(g, "summary", (len(SUMMARY_COLUMNS),), "f4", [cols]).attrs["columns"] = ",".join(SUMMARY_COLUMNS)
