@@ -151,28 +151,49 @@ def refuse_existing_run(path: Path, overwrite: bool = False) -> Optional[Path]:
 
 
 class RunLock:
-    """flock(LOCK_EX | LOCK_NB) on PATH/.spikeep.lock, its holder's pid written into it."""
+    """flock(LOCK_EX | LOCK_NB) on the folder itself and on PATH/.spikeep.lock, which holds the holder's
+    pid: deleting the file while a run writes does not let a second process in (the folder's lock holds)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.fd: Optional[int] = None
+        self.dir_fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
-        p = self.folder / LOCK_NAME
-        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    def _refuse(self, holder: str) -> RunFolderError:
+        return RunFolderError(f"{self.folder} is being written by another spikeep process (pid {holder}); "
+                              f"nothing was changed. Wait for it to end, or stop it first")
+
+    @staticmethod
+    def _try_lock(fd: int) -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            return False
+
+    def acquire(self) -> "RunLock":
+        p = self.folder / LOCK_NAME
+        dir_fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        if not self._try_lock(dir_fd):
+            os.close(dir_fd)
+            try:
+                holder = p.read_text(errors="replace").strip() or "unknown"
+            except OSError:
+                holder = f"unknown: its {LOCK_NAME} was deleted"
+            raise self._refuse(holder) from None
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self._try_lock(fd):  # an older spikeep holding the file's lock only
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunFolderError(f"{self.folder} is being written by another spikeep process (pid {holder}); "
-                                 f"nothing was changed. Wait for it to end, or stop it first") from None
+            fcntl.flock(dir_fd, fcntl.LOCK_UN)
+            os.close(dir_fd)
+            raise self._refuse(holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        self.fd, self.dir_fd = fd, dir_fd
         ACTIVE["dir"] = ACTIVE["last"] = self.folder
         return self
 
@@ -181,6 +202,10 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+        if self.dir_fd is not None:
+            fcntl.flock(self.dir_fd, fcntl.LOCK_UN)
+            os.close(self.dir_fd)
+            self.dir_fd = None
             if ACTIVE["dir"] == self.folder:
                 ACTIVE["dir"] = None
 

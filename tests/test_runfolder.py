@@ -269,3 +269,28 @@ def test_spiking_evaluation_loss_comes_from_the_spiking_network(tmp_path, capsys
     assert rate["test_loss"] != spk["test_loss"] and abs(rate["test_loss"] - spk["test_loss"]) < 0.05
     assert main(["evaluate", str(run), "--neurons", "spiking"]) == 0
     assert f"loss {spk['test_loss']:.6f}" in capsys.readouterr().out
+
+
+def test_the_lock_holds_when_its_file_is_deleted(tmp_path):
+    """issue 29, item 8: the lock is on the folder itself, so deleting .spikeep.lock while a run writes
+    does not let a second process in, and the refusal says why it cannot name the pid."""
+    from spikeep.runfolder import LOCK_NAME, RunFolderError, RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from spikeep.runfolder import RunLock; l = RunLock(Path(sys.argv[1])).acquire(); "
+                               "print('locked', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match=f"pid {holder.pid}"):
+            RunLock(run).acquire()
+        (run / LOCK_NAME).unlink()
+        with pytest.raises(RunFolderError, match=f"pid unknown: its {LOCK_NAME} was deleted"):
+            RunLock(run).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run):  # free again once the holder is gone
+        assert (run / LOCK_NAME).read_text().strip() == str(os.getpid())
