@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
             cfg.data.download = True
         result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs or "runs",
                        overwrite=args.overwrite)
-    if result.history:
+    if result.history and result.main:  # other processes of a data-parallel run hold no up-to-date history
         last = result.history[-1]
         print(f"test accuracy: {last['test_acc']:.2f}% (run folder {result.run_dir})")
     return 0
@@ -172,6 +172,28 @@ def cmd_export(args) -> int:
     for d in r["dropped"]:
         print(f"  not in the graph (listed in its metadata): {d}")
     return 0
+
+
+def _process_rank() -> int:
+    """This process's rank in a data-parallel run (0 alone)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _traceback_where() -> str:
+    """Where the current exception's traceback is: train.log, which process 0 writes; another process
+    writes no train.log, so it prints the traceback to stderr here."""
+    rank = _process_rank()
+    if rank == 0:
+        return "the traceback is in train.log"
+    import traceback
+    traceback.print_exc(file=sys.stderr)
+    return f"the traceback is above (process {rank} writes no train.log)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,8 +314,8 @@ def _main(argv: list[str] | None = None) -> int:
         first = str(e).splitlines()[0] if str(e) else "out of memory"
         print(f"spikeep {args.command}: the GPU ran out of memory ({first}); try a smaller train.batch_size or "
               f"train.eval_batch_size, dynamics.precision = 'bf16_incremental' or 'bf16', or "
-              f"dynamics.warm_start = 'none' (per-sample states are kept on the GPU); the traceback is in "
-              f"train.log", file=sys.stderr)
+              f"dynamics.warm_start = 'none' (per-sample states are kept on the GPU); {_traceback_where()}",
+              file=sys.stderr)
         return 5
     except (ConfigError, CheckpointError, TracesError, DivergenceError, StorageError, FileNotFoundError,
             ValueError, ProcessZeroError) as e:
@@ -304,8 +326,8 @@ def _main(argv: list[str] | None = None) -> int:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         gpu = any(k in str(e) for k in ("CUDA", "cuDNN", "CUBLAS", "cublas", "triton", "Triton", "NCCL"))
         what = "a GPU / CUDA library call failed" if gpu else "a library call failed"
-        print(f"spikeep {args.command}: {what}: {first}. This is not a config mistake; the traceback is in "
-              f"train.log (run with CUDA_LAUNCH_BLOCKING=1 to locate a kernel failure; dynamics.engine = 'eager' "
+        print(f"spikeep {args.command}: {what}: {first}. This is not a config mistake; {_traceback_where()} "
+              f"(run with CUDA_LAUNCH_BLOCKING=1 to locate a kernel failure; dynamics.engine = 'eager' "
               f"or dynamics.precision = 'strict' take other code paths)", file=sys.stderr)
         return 6
 

@@ -56,6 +56,7 @@ class TrainResult(NamedTuple):
     net: torch.nn.Module
     history: list[dict]  # one dict of metrics per epoch
     run_dir: Optional[Path]
+    main: bool = True  # this process is process 0 (the one that writes the run folder and reports)
 
 
 def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *, resume: bool = False,
@@ -161,7 +162,7 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log, progr
     finally:
         if recorder is not None:
             recorder.close()
-    return TrainResult(st.net, st.history, run_dir)
+    return TrainResult(st.net, st.history, run_dir, procs.main)
 
 
 def _epochs(cfg: Config, st: TrainState) -> int:

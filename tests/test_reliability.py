@@ -406,3 +406,35 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monk
     assert hashes(run) == before and not (tmp_path / "other").exists() and not (tmp_path / "elsewhere").exists()
     with pytest.raises(ValueError, match="give no config"):
         train(load_config(QUICK, TINY), run, resume=True)
+
+
+def test_a_process_other_than_0_shows_its_traceback_instead_of_pointing_to_train_log(monkeypatch, capsys):
+    """issue 29, item 1: only process 0 writes train.log; a library failure in process 1 of a data-parallel
+    run prints its own traceback instead of pointing to a file that holds none of it."""
+    import spikeep.cli as cli
+
+    def boom(args):
+        raise RuntimeError("a failing kernel in process 1")
+
+    monkeypatch.setattr(cli, "cmd_train", boom)
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "quickstart"]) == 6
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "a failing kernel in process 1" in err
+    assert "process 1 writes no train.log" in err and "the traceback is in train.log" not in err
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", "quickstart"]) == 6
+    err = capsys.readouterr().err
+    assert "the traceback is in train.log" in err and "Traceback" not in err
+
+
+def test_only_process_0_reports_the_final_test_accuracy(monkeypatch, capsys, tmp_path):
+    """issue 29, item 1: process 1 of a resumed data-parallel run held the checkpoint's history only and
+    printed a stale 'test accuracy' line; the report is process 0's alone (TrainResult.main)."""
+    import spikeep.cli as cli
+    import spikeep.trainer as tr
+
+    for main, lines in ((False, 0), (True, 1)):
+        monkeypatch.setattr(tr, "train", lambda *a, **k: tr.TrainResult(None, [{"test_acc": 48.5}], tmp_path, main))
+        assert cli.main(["train", "quickstart"]) == 0
+        assert capsys.readouterr().out.count("test accuracy: 48.50%") == lines
