@@ -1,7 +1,6 @@
 """The trace file's format: its name, the per-iteration and per-snapshot datasets, a layer's spec."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -89,31 +88,25 @@ def check_intact(path: Path) -> None:
                           f"(cut short by a copy or a full disk?); it cannot be read")
 
 
-LOCK_RETRIES, LOCK_WAIT = 20, 0.1  # a reader waits up to 2 s for a writer to switch to SWMR mode
-
-
 def open_for_reading(path: Path) -> h5py.File:
     """Open a trace file read-only after checking it is whole; one whose writer was killed (or is
     running) opens in SWMR mode."""
     if not path.is_file():
         raise TracesError(f"no trace file at {path}")
     check_intact(path)
-    for attempt in range(LOCK_RETRIES + 1):
-        try:
-            return h5py.File(path, "r", libver="latest", swmr=True)
-        except OSError:
-            pass
-        try:
-            return h5py.File(path, "r")
-        except OSError as e:
-            # a writer still creating the file holds it locked until it switches to SWMR mode (errno 11,
-            # EAGAIN): that lasts a moment, so wait and try again before calling the file unreadable
-            if attempt < LOCK_RETRIES and ("errno = 11" in str(e) or "lock" in str(e).lower()):
-                time.sleep(LOCK_WAIT)
-                continue
-            hint = (" (still locked by a writer that has not switched to SWMR mode yet: try again in a moment)"
-                    if "errno = 11" in str(e) else "")
-            raise TracesError(f"{path}: not a readable HDF5 trace file ({e}){hint}") from None
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError:
+        pass
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        # a writer still creating the file holds it locked until it switches to SWMR mode (errno 11):
+        # say so rather than wait here (a reader that waited and then opened the file without SWMR would
+        # hold a lock that keeps the writer out)
+        hint = (" (locked by a writer that has not switched to SWMR mode yet: open it again in a moment)"
+                if "errno = 11" in str(e) else "")
+        raise TracesError(f"{path}: not a readable HDF5 trace file ({e}){hint}") from None
 
 
 def check_layout(f: h5py.File, path: Path) -> None:
