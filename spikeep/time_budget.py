@@ -16,7 +16,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
+
+import torch
+
+from .distributed import any_process, sum_over_processes
+from .files import write_json_atomic
 
 PROBE_SKIP = 3  # iterations not timed: first-call costs (compilation, graph capture, autotuning)
 PROBE_TIMED = 10  # iterations timed for the plan (at most a tenth of an epoch, at least one)
@@ -95,3 +101,51 @@ class Probe:
             n = iteration - self.at
             return (time.perf_counter() - self.t0) / n, (steps - self.steps0) / n, n
         return None
+
+
+class Budget:
+    """train.minutes in the loop (spikeep.time_budget): time a few iterations, fix the plan once (plan.json,
+    the cosine's T_max), and cut the run at a batch boundary when the time left would not cover an
+    evaluation and a checkpoint."""
+
+    def __init__(self, cfg, device, test_images: int, run_dir: Path, log):
+        self.deadline = Deadline(cfg.train.minutes)
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self.probe, self.test_images, self.run_dir, self.log = Probe(sync), test_images, run_dir, log
+        self.setup: Optional[float] = None  # seconds from the budget's start to the first iteration
+        self.cut = False
+
+    def before_epoch(self, st, n_batches: int) -> None:
+        if st.plan is None:  # (a probe that an epoch's end interrupted starts again)
+            self.setup = self.deadline.elapsed() if self.setup is None else self.setup
+            self.probe = Probe(self.probe.sync)
+            self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
+
+    def after_iteration(self, cfg, st, procs, n_batches: int) -> None:
+        """cfg: the run's Config; st: its TrainState (plan, sched, batch, stats); procs: distributed.Dist."""
+        if st.plan is None and self.setup is not None:
+            m = self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
+            if m is not None:
+                it, steps = sum_over_processes(procs, [m[0], m[1]]) if procs.world > 1 else m[:2]
+                it, steps = it / procs.world, steps / procs.world
+                plan = make_plan(cfg.train.minutes, cfg.train.epochs, it, n_batches, cfg.train.batch_size, steps,
+                                 self.test_images, cfg.dynamics.T1, self.setup, m[2], cfg.train.budget_margin)
+                self._adopt(plan, st, procs)
+        # the deadline: every iteration alone (a host clock, no device read); in a data-parallel run only at
+        # the sync points, where the processes agree on it (one collective, not one per iteration)
+        if st.plan is not None and st.batch < n_batches and (procs.world == 1 or st.batch % cfg.train.sync_every == 0):
+            reserve = (st.plan["evaluation_seconds"] + 2 * st.plan["seconds_per_iteration"]
+                       + min(5.0, 3.0 * cfg.train.minutes))  # + a checkpoint's writing
+            due = self.deadline.left() < reserve
+            self.cut = any_process(procs, due) if procs.world > 1 else due
+
+    def _adopt(self, plan: Plan, st, procs) -> None:
+        st.plan = plan.to_dict()
+        if st.sched is not None and hasattr(st.sched, "T_max"):
+            st.sched.T_max = plan.T_max  # no scheduler step has been taken yet: the whole cosine is the plan's
+        if procs.main:
+            write_json_atomic(self.run_dir / "plan.json", st.plan)
+            self.log.info(f"time budget {plan.minutes:g} min: {plan.seconds_per_iteration:.3g} s per iteration "
+                          f"({plan.iterations_per_epoch} per epoch), evaluation <= {plan.evaluation_seconds:.3g} s, "
+                          f"setup {plan.setup_seconds:.3g} s: {plan.epochs} epoch(s), cosine T_max {plan.T_max} "
+                          f"(plan.json; the same schedule without a budget: {st.plan['repeat']})")

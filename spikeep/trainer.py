@@ -45,7 +45,7 @@ from .run_start import last_checkpoint_words, open_run_dir, resumable
 from .runfolder import RunLock, check_run_dir, refuse_existing_run
 from .spiking.metrics import ChipEvents
 from .spiking.simulator import probe_phases
-from .time_budget import Deadline, Plan, Probe, make_plan
+from .time_budget import Budget
 from .torch_settings import resolve_device, set_threads
 from .trace_recording import open_recorder, record_snapshot
 from .traces import TraceRecorder
@@ -148,7 +148,7 @@ def _train(cfg: Config, ds, run_dir: Path, ckpt, procs: Dist, device, log, progr
              + f", {threads}, {sum(p.numel() for p in st.net.parameters())} parameters, run folder {run_dir}")
     # one process: the training set on the device once; several: each holds its shard of each epoch
     train_set = Split(ds.train.x.to(device), ds.train.y.to(device)) if procs.world == 1 else ds.train
-    budget = _Budget(cfg, device, ds.test.y.shape[0], run_dir, log) if cfg.train.minutes else None
+    budget = Budget(cfg, device, ds.test.y.shape[0], run_dir, log) if cfg.train.minutes else None
     try:
         while st.epoch < _epochs(cfg, st):
             seconds = _train_epoch(cfg, run_dir, procs, device, progress, train_set, st, learner, recorder, budget)
@@ -174,51 +174,6 @@ def _half(weights: dict) -> dict:
     """A weights file with its floating-point tensors in float16 (load_state_dict casts them back)."""
     return {**weights, "model": {k: v.half() if v.is_floating_point() else v for k, v in weights["model"].items()},
             "dtype": "float16"}
-
-
-class _Budget:
-    """train.minutes in the loop (spikeep.time_budget): time a few iterations, fix the plan once (plan.json,
-    the cosine's T_max), and cut the run at a batch boundary when the time left would not cover an
-    evaluation and a checkpoint."""
-
-    def __init__(self, cfg: Config, device, test_images: int, run_dir: Path, log):
-        self.deadline = Deadline(cfg.train.minutes)
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        self.probe, self.test_images, self.run_dir, self.log = Probe(sync), test_images, run_dir, log
-        self.setup: Optional[float] = None  # seconds from the budget's start to the first iteration
-        self.cut = False
-
-    def before_epoch(self, st: TrainState, n_batches: int) -> None:
-        if st.plan is None:  # (a probe that an epoch's end interrupted starts again)
-            self.setup = self.deadline.elapsed() if self.setup is None else self.setup
-            self.probe = Probe(self.probe.sync)
-            self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
-
-    def after_iteration(self, cfg: Config, st: TrainState, procs: Dist, n_batches: int) -> None:
-        if st.plan is None and self.setup is not None:
-            m = self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
-            if m is not None:
-                it, steps = sum_over_processes(procs, [m[0], m[1]]) if procs.world > 1 else m[:2]
-                it, steps = it / procs.world, steps / procs.world
-                plan = make_plan(cfg.train.minutes, cfg.train.epochs, it, n_batches, cfg.train.batch_size, steps,
-                                 self.test_images, cfg.dynamics.T1, self.setup, m[2], cfg.train.budget_margin)
-                self._adopt(plan, st, procs)
-        if st.plan is not None and st.batch < n_batches:
-            reserve = (st.plan["evaluation_seconds"] + 2 * st.plan["seconds_per_iteration"]
-                       + min(5.0, 3.0 * cfg.train.minutes))  # + a checkpoint's writing
-            due = self.deadline.left() < reserve
-            self.cut = any_process(procs, due) if procs.world > 1 else due
-
-    def _adopt(self, plan: Plan, st: TrainState, procs: Dist) -> None:
-        st.plan = plan.to_dict()
-        if st.sched is not None and hasattr(st.sched, "T_max"):
-            st.sched.T_max = plan.T_max  # no scheduler step has been taken yet: the whole cosine is the plan's
-        if procs.main:
-            write_json_atomic(self.run_dir / "plan.json", st.plan)
-            self.log.info(f"time budget {plan.minutes:g} min: {plan.seconds_per_iteration:.3g} s per iteration "
-                          f"({plan.iterations_per_epoch} per epoch), evaluation <= {plan.evaluation_seconds:.3g} s, "
-                          f"setup {plan.setup_seconds:.3g} s: {plan.epochs} epoch(s), cosine T_max {plan.T_max} "
-                          f"(plan.json; the same schedule without a budget: {st.plan['repeat']})")
 
 
 def lr_factor(cfg: Config, world: int) -> float:
@@ -345,7 +300,7 @@ class _Epoch(NamedTuple):
 
 def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool, train_set: Split,
                  st: TrainState, learner: Learner, recorder: Optional[TraceRecorder],
-                 budget: Optional[_Budget] = None) -> float:
+                 budget: Optional[Budget] = None) -> float:
     """The batches of one epoch from where the state stands; returns the epoch's training seconds.
     Nothing is read from the device inside an iteration except every train.sync_every iterations
     (finite checks, progress bar), before every checkpoint and at the epoch's end."""
@@ -389,9 +344,11 @@ def _stats_of_every_process(procs: Dist, stats: EpochStats) -> EpochStats:
     data-parallel run its samples seen, correct and loss sum are summed over every process (as the
     epoch's end sums them), so that process 0 resumes with the whole run's partial sums and the others
     from zero (`_training_state`): each sample is counted once. Every process calls this."""
-    if procs.world <= 1:
-        return stats
-    s = stats.synced()
+    return stats if procs.world <= 1 else _summed(procs, stats.synced())
+
+
+def _summed(procs: Dist, s: EpochStats) -> EpochStats:
+    """Synced statistics with samples seen, correct and loss sum added up over every process (in place)."""
     seen, correct, loss_sum = sum_over_processes(procs, [s.seen, s.correct, s.loss_sum])
     s.seen, s.correct, s.loss_sum = int(seen), int(correct), float(loss_sum)
     return s
@@ -491,9 +448,7 @@ def _end_epoch(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st
                recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
     """Evaluate (every process its share of the test set), write the epoch's row, best.pt, traces, the
     checkpoint and the epoch files (process 0)."""
-    epoch, stats, opt = st.epoch + 1, st.stats.synced(), st.opt
-    seen, correct, loss_sum = sum_over_processes(procs, [stats.seen, stats.correct, stats.loss_sum])
-    stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
+    epoch, stats, opt = st.epoch + 1, _summed(procs, st.stats.synced()), st.opt
     lr = opt.param_groups[0]["lr"]
     if st.sched is not None:
         st.sched.step()
@@ -527,9 +482,7 @@ def _end_cut(cfg: Config, run_dir: Path, procs: Dist, log, test_set: Split, st: 
              recorder: Optional[TraceRecorder], train_seconds: float, n_batches: int) -> None:
     """The time budget ran out mid-epoch: checkpoint where the run stands (a resume goes on from there),
     evaluate the test set, and write a row at the fractional epoch reached, marked as a cut."""
-    stats = st.stats.synced()
-    seen, correct, loss_sum = sum_over_processes(procs, [stats.seen, stats.correct, stats.loss_sum])
-    stats.seen, stats.correct, stats.loss_sum = int(seen), int(correct), float(loss_sum)
+    stats = _summed(procs, st.stats.synced())
     st.stats.seconds = train_seconds  # the resumed epoch's clock goes on from here
     ck = None
     if procs.main:
