@@ -38,6 +38,7 @@ from .build import build_network as _build_network, make_learner
 from .config import Config, shipped_configs
 from .core.dynamics import Relaxed, relax as _relax
 from .core.network import EqNetwork, State
+from .core.relaxer import EAGER, Relaxer
 from .data import Dataset, check_labels, prepare_data
 from .evaluation import evaluate_run, load_run
 from .learning.ep import EPResult, ep_gradients
@@ -59,8 +60,8 @@ def configs() -> dict[str, Path]:
 
 def build_network(cfg: Config, device: Optional[Union[str, torch.device]] = None) -> EqNetwork:
     """The config's network (an EqNetwork: `net.layers`, `net.parameters()`, `net.logits(state)`),
-    initialised from train.seed on dynamics.device (or `device`) in dynamics.dtype, with the relaxation
-    engine of dynamics.engine. Like `spikeep train`, it applies the config's process-wide torch settings:
+    initialised from train.seed on dynamics.device (or `device`) in dynamics.dtype (how it relaxes is the
+    learner's relaxer, of dynamics.engine / schedule / precision). Like `spikeep train`, it applies the config's process-wide torch settings:
     CUDA precision flags, deterministic kernels (train.deterministic) and the CPU threads of
     train.threads (0: spikeep's choice, one thread for networks without conv layers, measured fastest)."""
     net = _build_network(cfg, torch.device(device) if device is not None else None)
@@ -86,14 +87,16 @@ def load_data(cfg: Config) -> Dataset:
 
 
 def relax(net: EqNetwork, x: Tensor, T: int = 20, *, y: Optional[Tensor] = None, beta: float = 0.0,
-          state: Optional[State] = None, tol: float = 0.0) -> Relaxed:
+          state: Optional[State] = None, tol: float = 0.0, relaxer: Relaxer = EAGER) -> Relaxed:
     """At most T steps of the rate dynamics s <- sigma(dPhi^beta/ds) from `state` (zeros by default) with
     inputs x: the free phase (beta = 0), or a nudged phase towards labels y (beta != 0, usually from the
     free state). With tol > 0 it stops once no neuron moves by more than tol. Returns Relaxed(state,
-    steps, delta): the state is one tensor per layer."""
+    steps, delta): the state is one tensor per layer. `relaxer` (core.relaxer.Relaxer) says how the steps
+    run: schedule, precision, kernels (default: the eager reference)."""
     with torch.no_grad():
         inp = net.prepare(x, y)
-        return _relax(net, inp, net.init_state(inp.x.shape[0]) if state is None else state, T, beta, tol)
+        return _relax(net, inp, net.init_state(inp.x.shape[0]) if state is None else state, T, beta, tol,
+                      relaxer=relaxer)
 
 
 def ep_estimate(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetric", beta: float = 0.5,

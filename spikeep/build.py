@@ -2,8 +2,8 @@
 learner, optimizer, scheduler and chip-like synapses.
 
     build_network(cfg)             the network, initialised from train.seed, on its device and dtype
-    attach_engine(net, cfg)        the relaxation engine of dynamics.engine (engine_name says which)
-    make_learner(cfg, net)         RateEP, SpikingEP or BPTT
+    make_relaxer(cfg, device)      the Relaxer of cfg.dynamics (engine_name says which engine 'auto' is)
+    make_learner(cfg, net)         RateEP, SpikingEP or BPTT, each with its relaxer
     make_optimizer / make_scheduler / make_plasticity
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 
 from .config import Config, ConfigError
 from .core.dynamics import Settling
-from .core.engine import FusedEngine
 from .core.fused import triton_available
+from .core.relaxer import Relaxer, RelaxSettings
 from .core.network import EqNetwork
 from .methods import BPTT, Learner, RateEP, SpikingEP, WarmStarts
 from .learning.plasticity import Plasticity
@@ -33,9 +33,8 @@ def build_network(cfg: Config, device: Optional[torch.device] = None) -> EqNetwo
     net = net.to(device=device or resolve_device(cfg.dynamics.device), dtype=DTYPES[cfg.dynamics.dtype])
     set_precision(cfg.dynamics.precision)
     set_deterministic(cfg.train.deterministic)
-    net.use_drive_dtype(torch.bfloat16 if cfg.dynamics.precision == "bf16" else None)
     net.use_channels_last(cfg.dynamics.channels_last)
-    return attach_engine(net, cfg)
+    return net
 
 
 def engine_name(d, device: torch.device) -> str:
@@ -49,16 +48,22 @@ def engine_name(d, device: torch.device) -> str:
     return "fused" if d.schedule != "sync" or d.precision == "bf16_incremental" else "eager"
 
 
-def attach_engine(net: EqNetwork, cfg: Config) -> EqNetwork:
-    """Give a rate network the relaxation engine of cfg.dynamics (spiking networks run their own simulator)."""
+def relax_settings(cfg: Config, device: torch.device) -> RelaxSettings:
+    """cfg.dynamics as the relaxer's settings. 'eager' is the reference: PyTorch kernels, no CUDA graphs,
+    the nudged phases one after the other; 'fused' and 'triton' batch the +beta / -beta phases and capture
+    CUDA graphs (dynamics.graphs)."""
     d = cfg.dynamics
-    name = engine_name(d, net.synapses[0].weight.device)
-    if name == "eager" or cfg.model.neurons != "rate":
-        return net.use_engine(None)
+    name = engine_name(d, device)
     if name == "triton" and not triton_available():
         raise ConfigError("dynamics.engine = 'triton' needs the triton package; use engine = 'fused' or 'auto'")
-    return net.use_engine(FusedEngine(net, "triton" if name == "triton" else "torch", d.schedule,
-                                      d.precision == "bf16_incremental", d.recompute_every, graphs=d.graphs))
+    return RelaxSettings(schedule=d.schedule, precision=d.precision, kernels="triton" if name == "triton" else "torch",
+                         graphs=name != "eager" and d.graphs, batch_phases=name != "eager",
+                         recompute_every=d.recompute_every)
+
+
+def make_relaxer(cfg: Config, device: torch.device) -> Relaxer:
+    """The Relaxer of cfg.dynamics on `device` (rate networks; spiking networks run their own simulator)."""
+    return Relaxer(relax_settings(cfg, device))
 
 
 def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None) -> Learner:
@@ -68,10 +73,11 @@ def make_learner(cfg: Config, net: EqNetwork, warm: Optional[WarmStarts] = None)
     if cfg.model.neurons == "spiking":
         s = cfg.spiking
         return SpikingEP(net, spiking_params(s), e.name, e.beta, s.T1, s.T2, e.kp_leak)
+    relaxer = make_relaxer(cfg, net.synapses[0].weight.device)
     if e.name == "bptt":
-        return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every)
+        return BPTT(net, d.T1, e.truncate, d.tol, d.tol_every, relaxer)
     settling = Settling(d.rtol, d.tol_every, d.patience, free_rtol=d.free_rtol or None) if d.stop == "relative" else None
-    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm, settling)
+    return RateEP(net, e.name, e.beta, d.T1, d.T2, d.tol, d.tol_every, e.kp_leak, warm, settling, relaxer)
 
 
 def make_optimizer(net: EqNetwork, cfg: Config, lr_factor: float = 1.0) -> torch.optim.Optimizer:

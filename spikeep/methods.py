@@ -26,6 +26,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .core.dynamics import Settling, free_phase
+from .core.relaxer import EAGER, Relaxer
 from .core.network import EqNetwork, State
 from .learning.bptt import bptt_gradients
 from .learning.ep import ep_gradients
@@ -143,16 +144,18 @@ class Learner:
 
 
 class _RateNetwork(Learner):
-    """Learners of the rate dynamics: predictions come from T1 free steps (early stop at `tol`)."""
+    """Learners of the rate dynamics: predictions come from T1 free steps (early stop at `tol`), run by
+    the learner's relaxer (core.relaxer)."""
     T1: int
     tol: float
     tol_every: int = 1
     settling: Optional[Settling] = None
+    relaxer: Relaxer = EAGER
 
     @torch.no_grad()
     def free_equilibrium(self, x, generator=None) -> FreeEquilibrium:
         r = free_phase(self.net, self.net.prepare(x), self.T1, tol=self.tol, every=self.tol_every,
-                       settling=self.settling)
+                       settling=self.settling, relaxer=self.relaxer)
         return FreeEquilibrium(r.state, steps=r.steps)
 
 
@@ -163,15 +166,16 @@ class RateEP(_RateNetwork):
 
     def __init__(self, net: EqNetwork, estimator: str, beta: float, T1: int, T2: int, tol: float = 0.0,
                  tol_every: int = 1, kp_leak: float = 0.0, warm: Optional[WarmStarts] = None,
-                 settling: Optional[Settling] = None):
+                 settling: Optional[Settling] = None, relaxer: Relaxer = EAGER):
         self.net, self.estimator, self.beta, self.T1, self.T2 = net, estimator, beta, T1, T2
         self.tol, self.tol_every, self.kp_leak, self.warm, self.settling = tol, tol_every, kp_leak, warm, settling
+        self.relaxer = relaxer
 
     def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
         start = self.warm.start(index, x.shape[0]) if self.warm is not None else None
         r = ep_gradients(self.net, x, y, self.estimator, self.beta, self.T1, self.T2, self.tol, generator,
                          state=start, tol_every=self.tol_every, kp_leak=self.kp_leak, mask=mask,
-                         settling=self.settling)
+                         settling=self.settling, relaxer=self.relaxer)
         if self.settling is not None and r.gaps is not None:
             self.settling = self.settling.with_gaps(r.gaps)
         if self.warm is not None:
@@ -196,8 +200,10 @@ class RateEP(_RateNetwork):
 class BPTT(_RateNetwork):
     """Backpropagation through the last `truncate` of the T1 free steps (0: all of them)."""
 
-    def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0, tol_every: int = 1):
+    def __init__(self, net: EqNetwork, T1: int, truncate: int = 0, tol: float = 0.0, tol_every: int = 1,
+                 relaxer: Relaxer = EAGER):
         self.net, self.T1, self.truncate, self.tol, self.tol_every = net, T1, truncate, tol, tol_every
+        self.relaxer = relaxer  # evaluation's free phases (the gradient unrolls the eager step)
 
     def estimate(self, x, y, generator=None, device_generator=None, mask=None, index=None) -> StepResult:
         r, _ = bptt_gradients(self.net, x, y, self.T1, self.truncate, mask=mask)

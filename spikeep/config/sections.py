@@ -97,11 +97,12 @@ class DynamicsConfig:
     # how drives are computed: "strict" (in dtype; TF32 off on CUDA), "tf32" (CUDA matmuls and
     # convolutions in TF32), "bf16" (drives in bfloat16, states and estimates in float32),
     # "bf16_incremental" (float32 drives updated by bfloat16 convolutions of each step's change, an exact
-    # float32 recomputation every recompute_every steps: float32-accurate equilibria, core.engine)
+    # float32 recomputation every recompute_every steps: float32-accurate equilibria, core.relaxer)
     precision: str = "strict"
-    # how steps run (core.engine): "eager" (EqNetwork.step, the reference), "fused" (layer updates, plain
-    # PyTorch kernels), "triton" (layer updates, Triton kernels; CUDA), "auto" (eager on the CPU, triton
-    # on CUDA where Triton imports, else fused)
+    # how steps run (core.relaxer, one layer update for all): "eager" (the reference: PyTorch kernels,
+    # nudged phases one after the other), "fused" (PyTorch kernels, the +-beta phases as one batch, CUDA
+    # graphs), "triton" (the same with Triton kernels; CUDA), "auto" (eager on the CPU, triton on CUDA
+    # where Triton imports, else fused)
     engine: str = "auto"
     schedule: str = "sync"  # "sync" (Eq. 8) or "async" (red-black: even layers, then odd; fused engines)
     recompute_every: int = 20  # bf16_incremental: steps between exact float32 recomputations of the drives

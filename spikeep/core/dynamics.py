@@ -1,14 +1,14 @@
 """Relaxation to equilibrium: the free phase (beta = 0) and the nudged phases (beta != 0).
 
-One loop for every neuron model: it calls the network's pure `step` T times, optionally stopping
-early. Two stopping rules (dynamics.stop):
+One loop for every neuron model: a Relaxer (core.relaxer; the eager one by default) runs the network's
+steps in blocks, optionally stopping early. Two stopping rules (dynamics.stop):
 
   "max_change"  the first checked step whose largest change of any neuron is below `tol` (absolute);
   "relative"    `Settling`: every layer's change over the last check interval, relative to the size
                 of the phases' difference that EP's estimate is made of (see Settling).
 
-A network with a relaxation engine (core.engine, EqNetwork.use_engine) runs its steps in blocks
-through that engine instead.
+Each check reads one number from the device, after a block of `every` steps (none inside a block: on
+CUDA a block is one replayed graph).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from .network import EqNetwork, Inputs, State
+from .relaxer import EAGER, Relaxer
 
 Tensor = torch.Tensor
 
@@ -64,72 +65,34 @@ def _check_steps(T: int, what: str) -> None:
 
 def relax(net: EqNetwork, inp: Inputs, state: State, T: int, beta: float = 0.0,
           tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None,
-          origin: Optional[State] = None) -> Relaxed:
-    """Run s_{t+1} = sigma(dPhi^beta/ds) for at most T steps from `state`.
+          origin: Optional[State] = None, relaxer: Relaxer = EAGER) -> Relaxed:
+    """Run s_{t+1} = sigma(dPhi^beta/ds) for at most T steps from `state`, by `relaxer`.
 
-    With tol > 0 the loop stops at the first checked step whose largest change is below tol; a check
-    reads one number from the device, and runs every `every` steps (1: each step). With `settling`
-    (which then replaces tol and every) it stops by that rule, measuring the phase's gap from `origin`
-    (a nudged phase's s*; None: a free phase). Runs under no_grad unless autograd is wanted by the
-    caller (BPTT relaxes with the same step function).
+    With tol > 0 the loop stops at the first check whose last step's largest change is below tol; a
+    check follows each block of `every` steps (1: each step; the last block may be shorter). With `settling` (which then replaces tol and every)
+    it stops by that rule, measuring the phase's gap from `origin` (a nudged phase's s*; None: a free
+    phase). Runs under no_grad unless autograd is wanted by the caller (BPTT relaxes with the same step).
     """
     _check_steps(T, "T")
     _check_steps(every, "the convergence check interval")
     if (torch.is_tensor(beta) or beta != 0.0) and inp.target is None:
         raise ValueError("a nudged phase (beta != 0) needs labels y")
-    engine = getattr(net, "engine", None)
+    if not isinstance(relaxer, Relaxer):
+        raise TypeError(f"relaxer must be a core.relaxer.Relaxer, got {type(relaxer).__name__}")
     if settling is not None:
         _check_steps(settling.every, "the convergence check interval")
-        advance = (lambda s, n: _engine_steps(engine, inp, s, beta, n)) if engine is not None else \
-            (lambda s, n: _eager_steps(net, inp, s, beta, n))
-        return _relax_settling(advance, state, T, settling, origin)
-    if engine is not None:
-        return _relax_blocks(engine, inp, state, T, beta, tol, every)
-    delta = float("nan")
-    for t in range(T):
-        new = net.step(inp, state, beta)
-        if tol > 0 and (t + 1) % every == 0:
-            delta = float(torch.stack([(a - b).abs().max() for a, b in zip(new, state)]).max())  # one sync
-            state = new
-            if delta < tol:
-                return Relaxed(state, t + 1, delta)
-        else:
-            state = new
-    return Relaxed(state, T, delta)
-
-
-def _relax_blocks(engine, inp: Inputs, state: State, T: int, beta, tol: float, every: int) -> Relaxed:
-    """relax() through an engine: blocks of steps (each one CUDA graph on a GPU); with tol > 0 a block
-    is `every` steps and its residual is read after it (one sync per block, none inside)."""
-    size = every if tol > 0 else T
-    if engine.incremental:  # an exact recomputation opens every block
-        size = min(size, engine.recompute_every)
+        return _relax_settling(lambda s, n: relaxer.advance(net, inp, s, beta, n).state, state, T, settling, origin)
+    size = relaxer.block_size(every if tol > 0 else T)
     done, delta = 0, float("nan")
     while done < T:
         n = min(size, T - done)
-        state, res = engine.run_block(inp, state, beta, n)
+        state, res = relaxer.run_block(net, inp, state, beta, n)
         done += n
         if tol > 0:
-            delta = float(res)
+            delta = float(res)  # one sync per block
             if delta < tol:
                 break
     return Relaxed(state, done, delta)
-
-
-def _eager_steps(net: EqNetwork, inp: Inputs, state: State, beta, n: int) -> State:
-    for _ in range(n):
-        state = net.step(inp, state, beta)
-    return state
-
-
-def _engine_steps(engine, inp: Inputs, state: State, beta, n: int) -> State:
-    size = min(n, engine.recompute_every) if engine.incremental else n  # an exact recomputation opens each block
-    done = 0
-    while done < n:
-        k = min(size, n - done)
-        state = engine.run_block(inp, state, beta, k).state
-        done += k
-    return state
 
 
 def _relax_settling(advance: Callable[[State, int], State], state: State, T: int, rule: Settling,
@@ -166,18 +129,20 @@ def _tail_over_gap(change: Tensor, before: Tensor, gap: Tensor) -> Tensor:
 
 @torch.no_grad()
 def free_phase(net: EqNetwork, inp: Inputs, T1: int, state: State | None = None,
-               tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None) -> Relaxed:
+               tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None,
+               relaxer: Relaxer = EAGER) -> Relaxed:
     """First phase: from `state` (zeros by default) to the free equilibrium s*."""
     _check_steps(T1, "T1")
     state = net.init_state(inp.x.shape[0]) if state is None else state
-    return relax(net, inp, state, T1, 0.0, tol, every, settling)
+    return relax(net, inp, state, T1, 0.0, tol, every, settling, relaxer=relaxer)
 
 
 @torch.no_grad()
 def nudged_phase(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float,
-                 tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None) -> Relaxed:
+                 tol: float = 0.0, every: int = 1, settling: Optional[Settling] = None,
+                 relaxer: Relaxer = EAGER) -> Relaxed:
     """Nudged phase: from s* with the loss pulling the output, for any beta != 0 (+ or -)."""
     _check_steps(T2, "T2")
     if not torch.is_tensor(beta) and beta == 0.0:
         raise ValueError("a nudged phase needs beta != 0")
-    return relax(net, inp, s_free, T2, beta, tol, every, settling, s_free)
+    return relax(net, inp, s_free, T2, beta, tol, every, settling, s_free, relaxer)

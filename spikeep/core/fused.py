@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .interactions import _windows, max_pool_2x2
+from .pooling import _windows, max_pool_2x2
 from .activations import get_activation
 
 Tensor = torch.Tensor
@@ -74,18 +74,27 @@ def pool_unpool_torch(u: Tensor, s: Tensor, kind: str, u_prev: Optional[Tensor] 
     return Pooled(P, U, dU)
 
 
-def _act_torch(z: Tensor, act: str) -> Tensor:
-    return get_activation(act).fn(z)
+def _scaled_nudge(nudge: Tensor, beta) -> Tensor:
+    """beta * nudge, beta a number or one value per sample (along the batch dimension)."""
+    if torch.is_tensor(beta):
+        return nudge * beta.reshape(-1, *([1] * (nudge.dim() - 1)))
+    return nudge * beta
 
 
 def settle_torch(P: Tensor, Fb: Optional[Tensor], act: str, mask: Optional[Tensor] = None,
                  nudge: Optional[Tensor] = None, s_prev: Optional[Tensor] = None,
-                 ds_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """s = act(P + Fb * mask + nudge) and, given s_prev, ds = s - s_prev (in ds_dtype)."""
+                 ds_dtype: Optional[torch.dtype] = None, beta=None) -> tuple[Tensor, Optional[Tensor]]:
+    """s = act(P + Fb * mask + beta * nudge) and, given s_prev, ds = s - s_prev (in ds_dtype). beta None:
+    `nudge` is already scaled. P is never written into (it may be the batch's constant input drive);
+    without autograd the activation runs in place on the fresh sum."""
     z = P if Fb is None else P + (Fb if mask is None else Fb * mask)
     if nudge is not None:
-        z = z + nudge
-    s = _act_torch(z.to(P.dtype), act)
+        if beta is None or torch.is_tensor(beta):
+            z = z + (nudge if beta is None else _scaled_nudge(nudge, beta))
+        else:  # one fused multiply-add, as the reference step has always done it
+            z = z.add(nudge, alpha=beta) if z is P else z.add_(nudge, alpha=beta)
+    a = get_activation(act)
+    s = a.fn_(z) if z is not P and not torch.is_grad_enabled() else a.fn(z)
     ds = None if s_prev is None else (s - s_prev).to(ds_dtype or s.dtype)
     return s, ds
 
@@ -256,9 +265,13 @@ def pool_unpool_triton(u: Tensor, s: Tensor, kind: str, u_prev: Optional[Tensor]
 
 def settle_triton(P: Tensor, Fb: Optional[Tensor], act: str, mask: Optional[Tensor] = None,
                   nudge: Optional[Tensor] = None, s_prev: Optional[Tensor] = None,
-                  ds_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """settle_torch as one Triton kernel; every operand must have P's shape and strides (else PyTorch)."""
-
+                  ds_dtype: Optional[torch.dtype] = None, beta=None) -> tuple[Tensor, Optional[Tensor]]:
+    """settle_torch as one Triton kernel (the nudge scaled by beta before it); every operand must have P's
+    shape and strides (else PyTorch)."""
+    if nudge is not None and beta is not None:
+        nudge, beta = _scaled_nudge(nudge, beta), None
+    if torch.is_grad_enabled() and P.requires_grad:  # under autograd: the differentiable PyTorch form
+        return settle_torch(P, Fb, act, mask, nudge, s_prev, ds_dtype)
     ops = [t for t in (Fb, mask, nudge, s_prev) if t is not None]
     dense = P.is_contiguous() or P.is_contiguous(memory_format=torch.channels_last)
     if not dense or any(t.shape != P.shape or t.stride() != P.stride() for t in ops):

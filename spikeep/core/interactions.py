@@ -28,6 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
+from .fused import IMPLS, Pooled
+from .pooling import max_pool_2x2, max_unpool_2x2
+
 Tensor = torch.Tensor
 Grads = dict[str, Tensor]
 
@@ -81,6 +84,34 @@ class Interaction(nn.Module):
         differenced before they are correlated (EP's estimates are differences of nearly equal terms)."""
         raise NotImplementedError
 
+    # -- the interaction's part of a layer update (core.relaxer composes them) ---------------------------
+    def pre_drive(self, pre: Tensor, bias: bool = True, dtype: Optional[torch.dtype] = None,
+                  weight: Optional[Tensor] = None) -> Tensor:
+        """u = w * pre (+ b), before pooling; in `dtype` if given (the weights cast to it, or `weight`:
+        a copy already in that dtype)."""
+        raise NotImplementedError
+
+    def route(self, u: Tensor, post: Tensor, kernels: str = "torch", u_prev: Optional[Tensor] = None,
+              dU_dtype: Optional[torch.dtype] = None) -> Pooled:
+        """(P, U, dU): the pooled forward drive P(u), the postsynaptic state routed back through the
+        pooling with u's winners (U), and with u_prev also dU = U - u_prev (core.fused's kernels)."""
+        return Pooled(u, post, None if u_prev is None else (post - u_prev).to(dU_dtype or post.dtype))
+
+    def feedback(self, U: Tensor, memory_format: torch.memory_format = torch.contiguous_format,
+                 dtype: Optional[torch.dtype] = None, weight: Optional[Tensor] = None) -> Tensor:
+        """The feedback drive w_b^T * U into the presynaptic layer (U from `route`), in its shape."""
+        raise NotImplementedError
+
+    # -- what the rest of the package asks of an interaction instead of its kind --------------------------
+    flattens_input = False  # True: takes any presynaptic shape of its size, flattened (dense)
+
+    def to_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Keep the weights in this memory format where it means something (conv kernels)."""
+
+
+def _cast(w: Tensor, dtype: Optional[torch.dtype], weight: Optional[Tensor]) -> Tensor:
+    return weight if weight is not None else w if dtype is None else w.to(dtype)
+
 
 def _bilinear_delta(corr, qa: Tensor, pa: Tensor, qb: Tensor, pb: Tensor) -> Tensor:
     """corr(qa, pa) - corr(qb, pb) for corr bilinear, as corr(qa - qb, (pa + pb)/2) + corr((qa + qb)/2, pa - pb)
@@ -88,64 +119,6 @@ def _bilinear_delta(corr, qa: Tensor, pa: Tensor, qb: Tensor, pb: Tensor) -> Ten
     if qa is qb:
         return corr(qa, pa - pb)
     return (corr(qa - qb, pa + pb) + corr(qa + qb, pa - pb)) * 0.5
-
-
-def _windows(z: Tensor) -> list[Tensor]:
-    """The four positions of the 2x2 windows (top-left, top-right, bottom-left, bottom-right) as strided
-    views: no copy, z's memory format kept."""
-    h, w = z.shape[2] // 2 * 2, z.shape[3] // 2 * 2
-    return [z[:, :, r:h:2, c:w:2] for r in (0, 1) for c in (0, 1)]
-
-
-def max_pool_2x2(z: Tensor) -> tuple[Tensor, Tensor]:
-    """2x2 max-pool with stride 2 (odd rows / columns dropped) and its tie rule: the first maximum of
-    each window in row-major order (top-left, top-right, bottom-left, bottom-right) wins, whatever the
-    memory format or device. Ties are common: a layer driven by its bias alone is flat, so every window
-    of the next pooling is tied, and where the tie goes decides where the feedback goes.
-
-    On the CPU PyTorch's own kernels (NCHW and NHWC) keep the first maximum (checked by a test), so
-    they are used, ten times faster than the explicit rule; elsewhere (CUDA kernels make no promise)
-    the explicit rule runs. Returns (values, indices for max_unpool_2x2), in z's memory format."""
-    if z.device.type == "cpu":
-        return F.max_pool2d(z, 2, 2, return_indices=True)
-    return max_pool_2x2_explicit(z)
-
-
-def max_unpool_2x2(g: Tensor, indices: Tensor, out_hw: tuple[int, int]) -> Tensor:
-    """The adjoint of max_pool_2x2: each value goes back to its window's winner, zeros elsewhere, in a
-    map of out_hw (rows / columns the pooling dropped stay zero)."""
-    if indices.dtype == torch.int64:  # flat indices of F.max_pool2d (CPU)
-        return F.max_unpool2d(g, indices, 2, 2, output_size=out_hw)
-    return max_unpool_2x2_explicit(g, indices, out_hw)
-
-
-def max_pool_2x2_explicit(z: Tensor) -> tuple[Tensor, Tensor]:
-    """max_pool_2x2 by its definition: returns (values, window position 0..3 of the winner, uint8) in
-    z's memory format; under autograd the gradient goes to the winner only."""
-    z00, z01, z10, z11 = _windows(z)
-    with torch.no_grad():
-        m = torch.maximum(torch.maximum(z00, z01), torch.maximum(z10, z11))
-        k = torch.where(z00 == m, 0, torch.where(z01 == m, 1, torch.where(z10 == m, 2, 3))).to(torch.uint8)
-    if not torch.is_grad_enabled() or not z.requires_grad:
-        return m, k
-    return torch.where(k == 0, z00, torch.where(k == 1, z01, torch.where(k == 2, z10, z11))), k
-
-
-def max_unpool_2x2_explicit(g: Tensor, k: Tensor, out_hw: tuple[int, int]) -> Tensor:
-    """The adjoint of max_pool_2x2_explicit, in g's memory format. Four strided writes: deterministic
-    on every device (F.max_unpool2d has no deterministic CUDA kernel)."""
-    zero = g.new_zeros(())
-    parts = [torch.where(k == q, g, zero) for q in range(4)]
-    if torch.is_grad_enabled() and g.requires_grad:  # out of place, for autograd (BPTT, checks)
-        b, c, h, w = g.shape
-        up = torch.stack(parts, -1).reshape(b, c, h, w, 2, 2).transpose(3, 4).reshape(b, c, 2 * h, 2 * w)
-        return F.pad(up, (0, out_hw[1] - 2 * w, 0, out_hw[0] - 2 * h))
-    fmt = torch.channels_last if g.dim() == 4 and not g.is_contiguous() and \
-        g.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = g.new_zeros(g.shape[0], g.shape[1], *out_hw).contiguous(memory_format=fmt)
-    for view, part in zip(_windows(out), parts):
-        view.copy_(part)
-    return out
 
 
 class Dense(Interaction):
@@ -190,6 +163,22 @@ class Dense(Interaction):
         qb = qa if pre_b is pre_a else pre_b.flatten(1)
         dw = _bilinear_delta(lambda q, p: p.t() @ q, qa, post_a, qb, post_b)
         return {"weight": dw / n, "bias": (post_a - post_b).sum(0) / n}
+
+    flattens_input = True
+
+    def pre_drive(self, pre: Tensor, bias: bool = True, dtype: Optional[torch.dtype] = None,
+                  weight: Optional[Tensor] = None) -> Tensor:
+        b = self.bias if bias else None
+        if dtype is not None:
+            pre, b = pre.to(dtype), None if b is None else b.to(dtype)
+        return F.linear(pre.flatten(1), _cast(self.weight, dtype, weight), b)
+
+    def feedback(self, U: Tensor, memory_format: torch.memory_format = torch.contiguous_format,
+                 dtype: Optional[torch.dtype] = None, weight: Optional[Tensor] = None) -> Tensor:
+        if dtype is not None:
+            U = U.to(dtype)
+        out = (U @ _cast(self.feedback_weight, dtype, weight)).view(U.shape[0], *self.pre_shape)
+        return out.contiguous(memory_format=memory_format) if out.dim() == 4 else out
 
     def extra_repr(self) -> str:
         return f"{math.prod(self.pre_shape)} -> {self.post_shape[0]}"
@@ -305,6 +294,32 @@ class Conv(Interaction):
         dw = _bilinear_delta(lambda q, g: conv2d_weight(q, shape, g, stride, padding),
                              pre_a, self._unpooled(pre_a, post_a), pre_b, self._unpooled(pre_b, post_b))
         return {"weight": dw / n, "bias": (post_a - post_b).sum((0, 2, 3)) / n}
+
+    def pre_drive(self, pre: Tensor, bias: bool = True, dtype: Optional[torch.dtype] = None,
+                  weight: Optional[Tensor] = None) -> Tensor:
+        b = self.bias if bias else None
+        if dtype is not None:
+            pre, b = pre.to(dtype), None if b is None else b.to(dtype)
+        return F.conv2d(pre, _cast(self.weight, dtype, weight), b, self.stride, self.padding)
+
+    def route(self, u: Tensor, post: Tensor, kernels: str = "torch", u_prev: Optional[Tensor] = None,
+              dU_dtype: Optional[torch.dtype] = None) -> Pooled:
+        if torch.is_grad_enabled() and (u.requires_grad or post.requires_grad):  # autograd: the definitions
+            P, idx = self.pool(u)
+            return Pooled(P, self.unpool(post, idx))
+        return IMPLS[kernels][0](u, post, self.pool_kind, u_prev, dU_dtype)
+
+    def feedback(self, U: Tensor, memory_format: torch.memory_format = torch.contiguous_format,
+                 dtype: Optional[torch.dtype] = None, weight: Optional[Tensor] = None) -> Tensor:
+        if dtype is not None:
+            U = U.to(dtype)
+        return F.conv_transpose2d(U, _cast(self.feedback_weight, dtype, weight), None, self.stride, self.padding,
+                                  self.output_padding)
+
+    def to_memory_format(self, memory_format: torch.memory_format) -> None:
+        for p in (self.weight, getattr(self, "weight_b", None)):
+            if p is not None:
+                p.data = p.data.contiguous(memory_format=memory_format)
 
     def extra_repr(self) -> str:
         return (f"{self.pre_shape} -> {self.post_shape}, kernel={self.kernel}, stride={self.stride}, "

@@ -1,7 +1,10 @@
 """EqNetwork: layers of neurons joined by synapses, the primitive function Phi and one step of
 the rate dynamics (Laborieux et al. 2021, Eqs. 7-8 and 16-19).
 
-Layers: s_0 = x (clamped input), s_1 .. s_N (neurons). Synapse k joins s_{k-1} to s_k.
+Layers: s_0 = x (clamped input), s_1 .. s_N (neurons). The interactions (`synapses`) are the terms of
+Phi, each joining two layers, any pair (`edges`: (pre, post) per interaction): the chain's interaction k
+joins s_k to s_{k+1}; a skip connection joins non-adjacent layers. Layer k's drive gathers the forward
+drive of every interaction into it and the feedback of every interaction out of it.
 
 * Squared error (Eq. 16): s_N is the output layer, inside the dynamics; the nudge adds
   beta * (y - s_N) to its drive, i.e. Phi^beta = Phi - beta * 1/2 ||y - s_N||^2.
@@ -9,10 +12,11 @@ Layers: s_0 = x (clamped input), s_1 .. s_N (neurons). Synapse k joins s_{k-1} t
   y_hat = softmax(w_out s_N) sits outside the dynamics, Phi^beta = Phi - beta * CE(w_out s_N, y),
   and the nudge adds beta * w_out^T (y - y_hat) to the drive of s_N.
 
-The step is explicit: s_{t+1} = sigma(dPhi/ds(x, s_t)) (Eq. 8), each layer's dPhi/ds being the
-forward drive from the layer below plus the feedback drive from the layer above. There is no
-autograd graph and no requires_grad on states while relaxing; `phi` exists for checks and for the
-autograd baseline.
+The step is explicit: s_{t+1} = sigma(dPhi/ds(x, s_t)) (Eq. 8), composed of the interactions' layer
+updates by core.relaxer (`step` is its eager synchronous case). There is no autograd graph and no
+requires_grad on states while relaxing; `phi` and `drives` are the reference definitions, for checks
+and for the autograd baseline. The network holds what the energy is; how it relaxes (schedule,
+precision, kernels) is a Relaxer's, passed to whoever relaxes.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout, UniConv, UniDense
 from .activations import get_activation
+from .relaxer import EAGER
 
 Tensor = torch.Tensor
 State = tuple[Tensor, ...]
@@ -79,9 +84,10 @@ class EqNetwork(nn.Module):
         self.synapses = nn.ModuleList(synapses)
         self.readout = readout
         self.layer_shapes = [s.post_shape for s in synapses]
+        self.edges = [(k, k + 1) for k in range(len(synapses))]  # (pre, post) layer of each interaction
+        self.lr_index = list(range(len(synapses)))  # which train.lrs entry each interaction learns with
+        self._index_edges()
         self.memory_format = torch.contiguous_format
-        self.drive_dtype: Optional[torch.dtype] = None  # e.g. torch.bfloat16: drives in it, states as stored
-        self.engine = None  # a core.engine.FusedEngine runs relax() when set (None: `step` below)
         self.check_labels = True  # prepare() checks label ranges (one device sync); off once a data set is checked
         # dropout (the paper's supplementary 4.5): the neurons of one layer, the last conv layer (the
         # first hidden layer without convolutions), are seen by the interactions above them through a
@@ -108,6 +114,31 @@ class EqNetwork(nn.Module):
         keep = u.reshape(u.shape[0], *self.layer_shapes[self.dropout_layer]) >= self.dropout
         return self._layout(keep.to(device=p.device, dtype=p.dtype).div_(1 - self.dropout))
 
+    def _index_edges(self) -> None:
+        """into[k] / out_of[k]: the interactions whose post / pre layer is k (in interaction order)."""
+        n = len(self.layer_shapes)
+        for j, (a, b) in enumerate(self.edges):
+            if not (0 <= a <= n and 1 <= b <= n and a != b):
+                raise ValueError(f"interaction {j} joins layers {a} and {b}; layers are 0 (input) .. {n}")
+            if a == 0 and (b != 1 or j != 0):
+                raise ValueError(f"interaction {j} starts at the input: only the first interaction, into "
+                                 f"layer 1, may (the input's drive is computed once per batch)")
+            if tuple(self.synapses[j].post_shape) != tuple(self.layer_shapes[b - 1]):
+                raise ValueError(f"interaction {j} ({a} -> {b}) gives shape {tuple(self.synapses[j].post_shape)}, "
+                                 f"layer {b} has {tuple(self.layer_shapes[b - 1])}")
+        self.into = [[j for j, (_, b) in enumerate(self.edges) if b == k] for k in range(n + 1)]
+        self.out_of = [[j for j, (a, _) in enumerate(self.edges) if a == k] for k in range(n + 1)]
+
+    @property
+    def is_chain(self) -> bool:
+        """Whether every interaction joins neighbouring layers (no skip connection)."""
+        return all(b == a + 1 for a, b in self.edges)
+
+    def seen_by_interactions(self, layers: tuple, mask: Optional[Tensor]) -> tuple:
+        """The layers (input first) as the interactions whose pre layer they are see them: the dropout
+        layer masked."""
+        return self._as_seen_above(layers, mask, offset=1)
+
     def _as_seen_above(self, layers: tuple, mask: Optional[Tensor], offset: int = 0) -> tuple:
         """The layers as the interactions above them see them: the dropout layer masked (`offset` 1
         when layers[0] is the input)."""
@@ -116,26 +147,12 @@ class EqNetwork(nn.Module):
         k = self.dropout_layer + offset
         return layers[:k] + (layers[k] * mask,) + layers[k + 1:]
 
-    def use_drive_dtype(self, dtype: Optional[torch.dtype]) -> "EqNetwork":
-        """Compute the drives of relaxation steps in `dtype` (autocast; bfloat16 for the bf16 precision)
-        while states stay in the parameters' dtype; None: everything in the parameters' dtype."""
-        self.drive_dtype = dtype
-        return self
-
-    def use_engine(self, engine) -> "EqNetwork":
-        """Relax through `engine` (core.engine.FusedEngine) instead of `step`; None: back to `step`."""
-        self.engine = engine
-        return self
-
     def use_channels_last(self, enable: bool = True) -> "EqNetwork":
         """Keep conv weights, inputs and conv-layer states in NHWC order. Same math; on CPU the
         oneDNN convolutions run without layout reorders (see analysis/bench_relax.py)."""
         self.memory_format = torch.channels_last if enable else torch.contiguous_format
         for syn in self.synapses:
-            if isinstance(syn, Conv):
-                for p in (syn.weight, getattr(syn, "weight_b", None)):
-                    if p is not None:
-                        p.data = p.data.contiguous(memory_format=self.memory_format)
+            syn.to_memory_format(self.memory_format)
         return self
 
     def _layout(self, t: Tensor) -> Tensor:
@@ -148,7 +165,8 @@ class EqNetwork(nn.Module):
         return list(self.synapses) + ([self.readout] if self.readout is not None else [])
 
     def layer_names(self) -> list[str]:
-        names = [f"{s.kind}{k}" for k, s in enumerate(self.synapses)]
+        names = [f"{s.kind}{k}" if b == a + 1 else f"{s.kind}_skip{a}to{b}"
+                 for k, (s, (a, b)) in enumerate(zip(self.synapses, self.edges))]
         return names + (["readout"] if self.readout is not None else [])
 
     def layer_prefixes(self) -> list[str]:
@@ -171,8 +189,8 @@ class EqNetwork(nn.Module):
             raise ValueError(f"input must be a batch tensor of shape (B, {', '.join(map(str, self.input_shape))}), "
                              f"got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
         first = self.synapses[0]
-        ok = (tuple(x.shape[1:]) == self.input_shape if isinstance(first, Conv)
-              else math.prod(x.shape[1:]) == math.prod(self.input_shape))
+        ok = (math.prod(x.shape[1:]) == math.prod(self.input_shape) if first.flattens_input
+              else tuple(x.shape[1:]) == self.input_shape)
         if not ok:
             raise ValueError(f"input has shape {tuple(x.shape)}, the network expects (B, "
                              f"{', '.join(map(str, self.input_shape))})")
@@ -208,8 +226,8 @@ class EqNetwork(nn.Module):
             mask: Optional[Tensor] = None) -> Tensor:
         """Per-sample Phi^beta(x, s) = sum_k s_k . P(w_k * s_{k-1}) - beta L(s, y) (Eqs. 7, 16, 18)."""
         layers = (x,) + tuple(state)
-        seen = self._as_seen_above(layers, mask, offset=1)
-        phi = sum(syn.phi(seen[k], layers[k + 1]) for k, syn in enumerate(self.synapses))
+        seen = self.seen_by_interactions(layers, mask)
+        phi = sum(syn.phi(seen[a], layers[b]) for syn, (a, b) in zip(self.synapses, self.edges))
         if beta != 0.0:
             phi = phi - beta * self.loss(state, y, mask)
         return phi
@@ -242,37 +260,37 @@ class EqNetwork(nn.Module):
         return out
 
     def drives(self, inp: Inputs, state: State, beta: float = 0.0) -> list[Tensor]:
-        """dPhi^beta/ds for every layer, explicitly: forward drive + feedback drive (+ nudge).
+        """dPhi^beta/ds for every layer by the interactions' reference definitions (forward_drive,
+        feedback_drive): each layer's forward drives, then its feedback drives, in interaction order.
 
-        The max-pool indices of synapse k+1 found in its forward pass (on s_k of this step) route
-        its feedback to s_k, exactly as autograd would differentiate Phi.
-        """
-        syn, n, mask = self.synapses, len(self.synapses), inp.mask
-        seen = self._as_seen_above(tuple(state), mask)
-        fwd, idx = [inp.drive], [None]
-        for k in range(1, n):
-            d, i = syn[k].forward_drive(seen[k - 1])
-            fwd.append(d)
-            idx.append(i)
-        fb = [syn[k + 1].feedback_drive(state[k + 1], idx[k + 1]) for k in range(n - 1)]
-        if mask is not None and self.dropout_layer < n - 1:  # the feedback reaches dropped neurons masked
-            fb[self.dropout_layer] = fb[self.dropout_layer] * mask
-        last_mask = mask if mask is not None and self.dropout_layer == n - 1 else None
-        return self.total_drives(fwd, fb, state[-1], inp.target, beta, last_mask)
+        The max-pool indices an interaction finds in its forward pass (on this step's state) route its
+        feedback, exactly as autograd would differentiate Phi."""
+        mask, n = inp.mask, len(self.layer_shapes)
+        layers = (inp.x,) + tuple(state)
+        seen = self.seen_by_interactions(layers, mask)
+        fwd: list = [[] for _ in range(n + 1)]
+        fb: list = [[] for _ in range(n + 1)]
+        for j, (syn, (a, b)) in enumerate(zip(self.synapses, self.edges)):
+            d, idx = (inp.drive, None) if a == 0 else syn.forward_drive(seen[a])
+            fwd[b].append(d)
+            if a > 0:
+                fb[a].append(syn.feedback_drive(layers[b], idx))
+        total = lambda parts: None if not parts else sum(parts[1:], parts[0])  # noqa: E731 (in order)
+        out = []
+        for k in range(1, n + 1):
+            f = total(fb[k])
+            if f is not None and mask is not None and k == self.dropout_layer + 1:
+                f = f * mask  # the feedback reaches dropped neurons masked
+            out.append(total(fwd[k]) if f is None else total(fwd[k]) + f)
+        if beta != 0.0:
+            last_mask = mask if mask is not None and self.dropout_layer == n - 1 else None
+            out[-1] = out[-1] + beta * self.nudge(state[-1], inp.target, last_mask)
+        return out
 
     def step(self, inp: Inputs, state: State, beta: float = 0.0) -> State:
-        """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)) (Eq. 8).
-
-        A pure function of (parameters, inputs, state, beta): no Python-side state, so it can be
-        compiled or captured. Without autograd the activation runs in place on the fresh drives.
-        """
-        act = self.activation.fn if torch.is_grad_enabled() else self.activation.fn_
-        if self.drive_dtype is None:
-            return tuple(act(v) for v in self.drives(inp, state, beta))
-        dtype = state[0].dtype
-        with torch.autocast(inp.x.device.type, dtype=self.drive_dtype):
-            d = self.drives(inp, state, beta)
-        return tuple(act(v.to(dtype)) for v in d)
+        """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)) (Eq. 8): the eager case of
+        core.relaxer (a pure function of parameters, inputs, state and beta)."""
+        return EAGER.step(self, inp, state, beta)
 
     # -- local updates ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -283,10 +301,10 @@ class EqNetwork(nn.Module):
         -beta dL/dw_out (Eq. 18), which depends on s_N and the label.
         """
         layers = (inp.x,) + tuple(state)
-        seen = self._as_seen_above(layers, inp.mask, offset=1)  # pre as the interactions above see it
+        seen = self.seen_by_interactions(layers, inp.mask)  # pre as the interactions above see it
         grads: Grads = {}
-        for k, syn in enumerate(self.synapses):
-            grads.update({f"synapses.{k}.{n}": g for n, g in syn.local_update(seen[k], layers[k + 1]).items()})
+        for k, (syn, (a, b)) in enumerate(zip(self.synapses, self.edges)):
+            grads.update({f"synapses.{k}.{n}": g for n, g in syn.local_update(seen[a], layers[b]).items()})
         if self.readout is not None:
             upd = self.readout.cost_update(seen[-1], inp.target, beta)
             grads.update({f"readout.{n}": g for n, g in upd.items()})
@@ -299,11 +317,11 @@ class EqNetwork(nn.Module):
         differencing the two phases' states before correlating them (no cancellation of nearly equal
         terms). inp_a.x is inp_b.x for a clamped input; spiking phases bring their own input rates."""
         layers_a, layers_b = (inp_a.x,) + tuple(state_a), (inp_b.x,) + tuple(state_b)
-        seen_a = self._as_seen_above(layers_a, inp_a.mask, offset=1)
-        seen_b = self._as_seen_above(layers_b, inp_b.mask, offset=1)
+        seen_a = self.seen_by_interactions(layers_a, inp_a.mask)
+        seen_b = self.seen_by_interactions(layers_b, inp_b.mask)
         grads: Grads = {}
-        for k, syn in enumerate(self.synapses):
-            d = syn.local_update_delta(seen_a[k], layers_a[k + 1], seen_b[k], layers_b[k + 1])
+        for k, (syn, (a, b)) in enumerate(zip(self.synapses, self.edges)):
+            d = syn.local_update_delta(seen_a[a], layers_a[b], seen_b[a], layers_b[b])
             grads.update({f"synapses.{k}.{n}": g for n, g in d.items()})
         if self.readout is not None:  # -beta dCE/dw_out: of opposite signs in the two phases, no cancellation
             ua = self.readout.cost_update(seen_a[-1], inp_a.target, beta_a)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Optional, Protocol
 import torch
 
 from ..core.dynamics import Relaxed, Settling, free_phase, nudged_phase
-from ..core.engine import batched_inputs, plus_minus_beta
+from ..core.relaxer import EAGER, Relaxer, batched_inputs, plus_minus_beta
 from ..core.network import EqNetwork, Inputs, State
 from .estimators import Equilibria, Grads, check_estimator, estimate, finish, needs_minus, nudge_beta, write_grads
 
@@ -59,23 +59,24 @@ def ep_step(m: Minimizer, net: EqNetwork, inp: Inputs, estimator: str, beta: flo
 
 
 class RateRelaxation:
-    """The rate dynamics as EP's minimiser: T1 / T2 relaxation steps (ending early at `tol`, or by the
-    `settling` rule), the +beta and -beta phases as one batch of 2B when the network has an engine."""
+    """The rate dynamics as EP's minimiser: T1 / T2 relaxation steps by `relaxer` (ending early at `tol`,
+    or by the `settling` rule), the +beta and -beta phases as one batch of 2B when the relaxer's settings
+    say batch_phases."""
 
     def __init__(self, net: EqNetwork, T1: int, T2: int, tol: float = 0.0, tol_every: int = 1,
-                 state: Optional[State] = None, settling: Optional[Settling] = None):
+                 state: Optional[State] = None, settling: Optional[Settling] = None, relaxer: Relaxer = EAGER):
         self.net, self.T1, self.T2, self.tol, self.tol_every, self.state = net, T1, T2, tol, tol_every, state
-        self.settling = settling
+        self.settling, self.relaxer = settling, relaxer
 
     def free_phase(self, inp: Inputs) -> Relaxed:
-        return free_phase(self.net, inp, self.T1, self.state, self.tol, self.tol_every, self.settling)
+        return free_phase(self.net, inp, self.T1, self.state, self.tol, self.tol_every, self.settling, self.relaxer)
 
     def nudged_phases(self, inp: Inputs, free: Relaxed, beta: float, minus: bool):
-        net, T2, tol, every, rule = self.net, self.T2, self.tol, self.tol_every, self.settling
-        if minus and getattr(net, "engine", None) is not None:
-            return both_nudged_phases(net, inp, free.state, T2, beta, tol, every, rule)
-        plus = nudged_phase(net, inp, free.state, T2, beta, tol, every, rule)
-        return plus, (nudged_phase(net, inp, free.state, T2, -beta, tol, every, rule) if minus else None)
+        net, T2, tol, every, rule, rx = self.net, self.T2, self.tol, self.tol_every, self.settling, self.relaxer
+        if minus and rx.settings.batch_phases:
+            return both_nudged_phases(net, inp, free.state, T2, beta, tol, every, rule, rx)
+        plus = nudged_phase(net, inp, free.state, T2, beta, tol, every, rule, rx)
+        return plus, (nudged_phase(net, inp, free.state, T2, -beta, tol, every, rule, rx) if minus else None)
 
     def delta(self, inp: Inputs, a: Relaxed, beta_a: float, b: Relaxed, beta_b: float) -> Grads:
         return self.net.dphi_dtheta_delta(inp, a.state, beta_a, inp, b.state, beta_b)
@@ -88,16 +89,16 @@ def ep_gradients(net: EqNetwork, x: Tensor, y: Tensor, estimator: str = "symmetr
                  beta: float = 0.5, T1: int = 20, T2: int = 4, tol: float = 0.0,
                  generator: Optional[torch.Generator] = None, state: Optional[State] = None,
                  tol_every: int = 1, kp_leak: float = 0.0, mask: Optional[Tensor] = None,
-                 settling: Optional[Settling] = None) -> EPResult:
+                 settling: Optional[Settling] = None, relaxer: Relaxer = EAGER) -> EPResult:
     """EP on the rate dynamics: free phase (T1 steps), nudged phase(s) (T2 steps each) and the chosen
     estimate in .grad; with tol > 0 a phase ends early once converged (checked every `tol_every` steps),
     with `settling` by that rule instead (core.dynamics.Settling; its free-phase gaps are the caller's:
     EPResult.gaps gives this batch's for the next); `mask` is the batch's dropout mask
-    (EqNetwork.draw_mask), the same in every phase."""
+    (EqNetwork.draw_mask), the same in every phase; `relaxer` runs the steps (core.relaxer)."""
     with torch.no_grad():
         inp = net.prepare(x, y)._replace(mask=mask)
-        ph = ep_step(RateRelaxation(net, T1, T2, tol, tol_every, state, settling), net, inp, estimator, beta,
-                     generator, kp_leak)
+        ph = ep_step(RateRelaxation(net, T1, T2, tol, tol_every, state, settling, relaxer), net, inp, estimator,
+                     beta, generator, kp_leak)
         return ep_result(ph, net.loss(ph.free.state, inp.y, mask), net.logits(ph.free.state, mask), ph.free.state)
 
 
@@ -111,13 +112,13 @@ def ep_result(ph: EPPhases, loss: Tensor, logits: Tensor, s_free: State) -> EPRe
 
 
 def both_nudged_phases(net: EqNetwork, inp: Inputs, s_free: State, T2: int, beta: float, tol: float = 0.0,
-                       tol_every: int = 1, settling: Optional[Settling] = None) -> tuple[Relaxed, Relaxed]:
+                       tol_every: int = 1, settling: Optional[Settling] = None,
+                       relaxer: Relaxer = EAGER) -> tuple[Relaxed, Relaxed]:
     """The +beta and -beta phases as one batch of 2B (both start from s*; each sample's nudge carries its
-    own sign), split back into two. Needs an engine that takes a per-sample beta (core.engine); with
-    tol > 0 both halves run until the slower one has converged."""
+    own sign), split back into two; with tol > 0 both halves run until the slower one has converged."""
     B = s_free[0].shape[0]
     both = nudged_phase(net, batched_inputs(inp), tuple(torch.cat([s, s]) for s in s_free), T2,
-                        plus_minus_beta(beta, B, s_free[0]), tol, tol_every, settling)
+                        plus_minus_beta(beta, B, s_free[0]), tol, tol_every, settling, relaxer)
     plus = tuple(s[:B] for s in both.state)
     minus = tuple(s[B:] for s in both.state)
     return Relaxed(plus, both.steps, both.delta, both.gaps), Relaxed(minus, both.steps, both.delta, both.gaps)
