@@ -28,7 +28,7 @@ import torch
 from spikeep.torch_settings import set_precision
 from spikeep.validation import load_config
 from spikeep.core.dynamics import free_phase
-from spikeep.core.engine import FusedEngine
+from spikeep.core.relaxer import EAGER, Relaxer, RelaxSettings
 from spikeep.core.interactions import Conv
 from spikeep.core.network import EqNetwork
 from spikeep.learning.ep import ep_gradients
@@ -76,20 +76,20 @@ def paper_iteration(net, opt, x, y, T1, T2, beta):
     opt.step()
 
 
-def spikeep_iteration(net, opt, x, y, T1, T2, beta):
+def spikeep_iteration(net, opt, x, y, T1, T2, beta, relaxer=EAGER):
     opt.zero_grad(set_to_none=False)
-    ep_gradients(net, x, y, "symmetric", beta, T1, T2)
+    ep_gradients(net, x, y, "symmetric", beta, T1, T2, relaxer=relaxer)
     opt.step()
 
 
 def make_variant(base: EqNetwork, engine: str, precision: str, schedule: str = "sync", cl: bool = True,
-                 graphs: bool = True) -> EqNetwork:
-    net = copy.deepcopy(base).use_engine(None).use_channels_last(cl)
-    net.use_drive_dtype(torch.bfloat16 if precision == "bf16" else None)
-    if engine != "eager" and engine != "paper":
-        net.use_engine(FusedEngine(net, "triton" if engine == "triton" else "torch", schedule,
-                                   precision == "bf16_incremental", 20, graphs=graphs))
-    return net
+                 graphs: bool = True) -> tuple[EqNetwork, Relaxer]:
+    """A copy of the network and the relaxer of one variant (engine 'paper' relaxes by autograd instead)."""
+    net = copy.deepcopy(base).use_channels_last(cl)
+    fused = engine not in ("eager", "paper")
+    prec = precision if precision in ("strict", "bf16", "bf16_incremental") else "strict"  # tf32: a torch flag
+    return net, Relaxer(RelaxSettings(schedule=schedule, precision=prec, kernels="triton" if engine == "triton" else "torch",
+                                      graphs=fused and graphs, batch_phases=fused))
 
 
 def variants_for(batch: int, dev: torch.device, full: bool) -> dict:
@@ -131,14 +131,14 @@ def bench_batch(base, batch, dev, steps, repeats, full) -> list[dict]:
     x = torch.rand(batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     variants = variants_for(batch, dev, full)
-    nets = {n: make_variant(base, e, p, sch, cl=e != "paper") for n, (e, p, sch) in variants.items()}
+    nets = {n: make_variant(base, e, p, sch, cl=e != "paper") for n, (e, p, sch) in variants.items()}  # (net, relaxer)
     with torch.no_grad():
         s0 = free_phase(base, base.prepare(x, y), 5).state
     best = {n: float("inf") for n in variants}
     for r in range(repeats + 1):  # round 0 warms up (cuDNN plans, Triton compilation, graph capture)
         for name, (engine, prec, _) in variants.items():
             set_mode(prec)
-            net = nets[name]
+            net, rx = nets[name]
             s = tuple(net._layout(t.clone()) for t in s0) if engine != "paper" else [t.contiguous() for t in s0]
             sync(dev)
             t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def bench_batch(base, batch, dev, steps, repeats, full) -> list[dict]:
                 paper_relax(net, x, y, s, steps)
             else:
                 with torch.no_grad():
-                    free_phase(net, net.prepare(x, y), steps, s)
+                    free_phase(net, net.prepare(x, y), steps, s, relaxer=rx)
             sync(dev)
             if r:
                 best[name] = min(best[name], (time.perf_counter() - t0) / steps)
@@ -179,14 +179,16 @@ def bench_iterations(base, dev, n, T1=250, T2=25, beta=1.0, batch=128) -> list[d
     rows = []
     for name, (engine, prec) in methods.items():
         set_mode(prec)
-        net = make_variant(base, engine, prec, cl=engine != "paper")
+        net, rx = make_variant(base, engine, prec, cl=engine != "paper")
         opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-        it = paper_iteration if engine == "paper" else spikeep_iteration
         times = []
         for i in range(n + 1):
             sync(dev)
             t0 = time.perf_counter()
-            it(net, opt, x, y, T1, T2, beta)
+            if engine == "paper":
+                paper_iteration(net, opt, x, y, T1, T2, beta)
+            else:
+                spikeep_iteration(net, opt, x, y, T1, T2, beta, rx)
             sync(dev)
             if i:
                 times.append(time.perf_counter() - t0)
@@ -207,14 +209,14 @@ def profile_variant(base, dev, engine, prec, batch, steps=10) -> dict:
     x = torch.rand(batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     set_mode(prec)
-    net = make_variant(base, engine, prec, graphs=False)
+    net, rx = make_variant(base, engine, prec, graphs=False)
     with torch.no_grad():
         inp = net.prepare(x, y)
-        s = free_phase(net, inp, 3).state
-        free_phase(net, inp, steps, s)
+        s = free_phase(net, inp, 3, relaxer=rx).state
+        free_phase(net, inp, steps, s, relaxer=rx)
         sync(dev)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            free_phase(net, inp, steps, s)
+            free_phase(net, inp, steps, s, relaxer=rx)
             sync(dev)
     set_precision("strict")
     kern = {}

@@ -19,7 +19,7 @@ and the residual max |s_T - s_{T-1}| at the end of each phase. Rows:
   bf16 free phase    the free phase's drives in bfloat16, the nudged phases in float32 (from that s*)
   tf32 (CUDA only)   matmuls and convolutions in TF32, the rest float32
   bf16_incremental   float32 drives updated by bfloat16 convolutions of each step's change, exact float32
-                     recomputation every 20 steps (core.engine); "no recompute": the same without the bound
+                     recomputation every 20 steps (core.relaxer); "no recompute": the same without the bound
 --weights RUN_DIR/best.pt (or checkpoint.pt) uses trained weights instead of the initialisation.
 Writes precision.json and precision.md to --out.
 """
@@ -35,7 +35,7 @@ import torch
 from spikeep.validation import load_config
 from spikeep.torch_settings import set_precision
 from spikeep.core.dynamics import free_phase, nudged_phase
-from spikeep.core.engine import FusedEngine
+from spikeep.core.relaxer import EAGER, Relaxer, RelaxSettings
 from spikeep.core.network import EqNetwork
 from spikeep.data import load_cifar10, normalize
 from spikeep.learning.estimators import symmetric_estimate
@@ -49,28 +49,24 @@ def residual(net: EqNetwork, inp, s, beta=0.0) -> float:
         return max(float((a - b).abs().max()) for a, b in zip(net.step(inp, s, beta), s))
 
 
-def estimates(net: EqNetwork, x, y, T1, T2, beta, free_dtype=None, polish=0, info=None, s_start=None):
-    """(naive, cancellation-free) symmetric estimates by parameter name; `free_dtype` computes the
-    first T1 - polish steps of the free phase's drives in that dtype, the rest in the network's own.
-    `info` (a dict) receives the free state and the residuals; `s_start`: the free phase's start."""
+def estimates(net: EqNetwork, x, y, T1, T2, beta, free_relaxer=None, polish=0, info=None, s_start=None,
+              relaxer: Relaxer = EAGER):
+    """(naive, cancellation-free) symmetric estimates by parameter name, the phases run by `relaxer`;
+    `free_relaxer` runs the first T1 - polish steps of the free phase (e.g. bf16 drives), the rest
+    `relaxer`. `info` (a dict) receives the free state and the residuals; `s_start`: the free phase's start."""
     with torch.no_grad():
         inp = net.prepare(x, y)
-        own = net.drive_dtype
-        net.use_drive_dtype(free_dtype or own)
-        s0 = free_phase(net, inp, T1 - polish, s_start).state
-        net.use_drive_dtype(own)
+        s0 = free_phase(net, inp, T1 - polish, s_start, relaxer=free_relaxer or relaxer).state
         if polish:
-            s0 = free_phase(net, inp, polish, s0).state
-        sp = nudged_phase(net, inp, s0, T2, beta).state
-        sm = nudged_phase(net, inp, s0, T2, -beta).state
+            s0 = free_phase(net, inp, polish, s0, relaxer=relaxer).state
+        sp = nudged_phase(net, inp, s0, T2, beta, relaxer=relaxer).state
+        sm = nudged_phase(net, inp, s0, T2, -beta, relaxer=relaxer).state
         naive_p, naive_m = net.dphi_dtheta(inp, sp, beta), net.dphi_dtheta(inp, sm, -beta)
         naive = {k: (naive_m[k] - naive_p[k]) / (2 * beta) for k in naive_p}
         delta = symmetric_estimate(lambda a, ba, b, bb: net.dphi_dtheta_delta(inp, a, ba, inp, b, bb), sp, sm, beta)
         if info is not None:
-            eng, net.engine = net.engine, None  # residuals by the reference step
             info.update(s_free=s0, res_free=residual(net, inp, s0), res_plus=residual(net, inp, sp, beta),
-                        res_minus=residual(net, inp, sm, -beta))
-            net.engine = eng
+                        res_minus=residual(net, inp, sm, -beta))  # residuals by the reference step
     return naive, delta
 
 
@@ -110,7 +106,7 @@ def main() -> None:
     ap.add_argument("--npz", default="", help="CIFAR-10 npz (default: the config's data, $SPIKEEP_DATA)")
     ap.add_argument("--weights", help="a run's best.pt or checkpoint.pt (trained weights)")
     ap.add_argument("--recompute-every", type=int, default=20)
-    ap.add_argument("--impl", default="torch", choices=["torch", "triton"], help="kernels of the fused engine")
+    ap.add_argument("--impl", default="torch", choices=["torch", "triton"], help="kernels of the relaxer")
     a = ap.parse_args()
     cfg = load_config(REPO / "spikeep" / "configs" / "cifar10_paper.toml")
     test = normalize(load_cifar10(cfg.data.root or None, a.npz or cfg.data.npz).test, cfg.data.mean, cfg.data.std)
@@ -141,15 +137,12 @@ def main() -> None:
         print(f"{name}: done", flush=True)
 
     run("float32", net32, "float32, naive")
-    net32.use_drive_dtype(torch.bfloat16)
-    run("bf16 drives", net32, "bf16 drives, naive")
-    net32.use_drive_dtype(None)
-    run("bf16 free phase, float32 nudged phases", net32, free_dtype=torch.bfloat16)
+    bf16 = Relaxer(RelaxSettings(precision="bf16", kernels=a.impl))
+    run("bf16 drives", net32, "bf16 drives, naive", relaxer=bf16)
+    run("bf16 free phase, float32 nudged phases", net32, free_relaxer=bf16)
     for K, label in ((a.recompute_every, f"bf16_incremental (exact recompute every {a.recompute_every})"),
                      (10**9, "bf16_incremental, no recompute (drift unbounded)")):
-        net32.use_engine(FusedEngine(net32, a.impl, incremental=True, recompute_every=K))
-        run(label, net32)
-        net32.use_engine(None)
+        run(label, net32, relaxer=Relaxer(RelaxSettings(precision="bf16_incremental", kernels=a.impl, recompute_every=K)))
     if dev.type == "cuda":
         set_precision("tf32")
         run("tf32", net32, "tf32, naive")

@@ -19,7 +19,7 @@ import torch
 
 from spikeep.validation import load_config
 from spikeep.core.dynamics import free_phase, nudged_phase
-from spikeep.core.engine import FusedEngine
+from spikeep.core.relaxer import Relaxer, RelaxSettings
 from spikeep.core.network import EqNetwork
 from spikeep.data import load_cifar10, normalize
 from spikeep.learning.estimators import symmetric_estimate
@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 TOLS = (1e-2, 1e-3, 1e-4, 1e-6)
 
 
-def trajectory(net, inp, start, T):
-    res, s = [], start
+def trajectory(net, inp, start, T, schedule="sync"):
+    res, s, rx = [], start, Relaxer(RelaxSettings(schedule=schedule))
     for _ in range(T):
-        s, r = net.engine.block(inp, s, 0.0, 1)
+        s, r = rx.block(net, inp, s, 0.0, 1)
         res.append(float(r))
     return s, res
 
@@ -59,28 +59,22 @@ def main() -> None:
     out = {}
     with torch.no_grad():
         inp = net.prepare(x, y)
-        net.use_engine(FusedEngine(net))
         tight = free_phase(net, inp, 1000, tol=1e-13).state
         g_ref = estimate(net, inp, tight)
         other = copy.deepcopy(net)
         for p in other.parameters():
             p.mul_(1 + 1e-3 * torch.randn_like(p))
-        other.use_engine(FusedEngine(other))
         warm0 = free_phase(other, other.prepare(x, y), 1000, tol=1e-13).state
         for name, sched, start in (("sync, from zeros", "sync", None), ("async, from zeros", "async", None),
                                    ("sync, warm start", "sync", warm0), ("async, warm start", "async", warm0)):
-            net.use_engine(FusedEngine(net, schedule=sched))
             s0 = net.init_state(a.images) if start is None else start
-            s, res = trajectory(net, inp, s0, a.T)
-            net.use_engine(FusedEngine(net))
+            s, res = trajectory(net, inp, s0, a.T, sched)
             row = {"residual": res, "steps_to": {str(t): next((i + 1 for i, r in enumerate(res) if r < t), None)
                                                  for t in TOLS}}
             for t in (1e-3, 1e-4):  # the estimate after stopping at tolerance t
                 n = row["steps_to"][str(t)]
                 if n is not None:
-                    net.use_engine(FusedEngine(net, schedule=sched))
-                    st, _ = trajectory(net, inp, s0, n)
-                    net.use_engine(FusedEngine(net))
+                    st, _ = trajectory(net, inp, s0, n, sched)
                     g = estimate(net, inp, st)
                     w = "synapses.0.weight"
                     d = g[w].flatten() - g_ref[w].flatten()

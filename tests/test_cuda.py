@@ -79,7 +79,7 @@ def test_cuda_max_pool_tie_rule_and_layouts_match_cpu():
     """Off the CPU the explicit tie rule runs: same values, same winners and the same unpooling as the
     CPU kernels, in both memory formats; a tie-heavy ConvNet settles the same in NCHW and NHWC."""
     from conftest import small_conv
-    from spikeep.core.interactions import max_pool_2x2, max_unpool_2x2
+    from spikeep.core.pooling import max_pool_2x2, max_unpool_2x2
 
     g = torch.Generator().manual_seed(0)
     ties = torch.randint(0, 3, (4, 6, 9, 11), generator=g).double()
@@ -125,8 +125,8 @@ def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypat
 
 def test_cuda_triton_engine_equals_reference_and_graphs_equal_eager():
     """The Triton layer updates on the GPU (float64: to rounding) and CUDA-graph blocks (bitwise
-    the same kernels replayed) against the reference step; batched +-beta EP against sequential."""
-    from spikeep.core.engine import FusedEngine
+    the same kernels replayed) against the reference drives; batched +-beta EP against sequential."""
+    from spikeep.core.relaxer import Relaxer, RelaxSettings
 
     net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,)).cuda()
     x, y = batch_for(net, 6)
@@ -138,18 +138,18 @@ def test_cuda_triton_engine_equals_reference_and_graphs_equal_eager():
             net.use_channels_last(cl)
             st = tuple(net._layout(t) for t in s)
             for beta in (0.0, 0.5):
-                ref = net.step(inp, st, beta)
-                got = FusedEngine(net, "triton").step(inp, st, beta)
+                ref = tuple(net.activation.fn(d) for d in net.drives(inp, st, beta))
+                got = Relaxer(RelaxSettings(kernels="triton")).step(net, inp, st, beta)
                 assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) <= 1e-12
-        eng = FusedEngine(net, "triton", graphs=True)
-        plain = FusedEngine(net, "triton", graphs=False)
+        eng = Relaxer(RelaxSettings(kernels="triton", graphs=True))
+        plain = Relaxer(RelaxSettings(kernels="triton", graphs=False))
         for _ in range(2):  # capture, then replay
-            g = eng.run_block(inp, s, 0.3, 9)
-        p = plain.run_block(inp, s, 0.3, 9)
+            g = eng.run_block(net, inp, s, 0.3, 9)
+        p = plain.run_block(net, inp, s, 0.3, 9)
         assert all(torch.equal(a, b) for a, b in zip(g.state, p.state))
-    ref = copy.deepcopy(net).use_engine(None)
-    net.use_engine(FusedEngine(net, "triton"))
-    ep_gradients(net, xc, yc, "symmetric", 0.5, 30, 8)
+    ref = copy.deepcopy(net)
+    ep_gradients(net, xc, yc, "symmetric", 0.5, 30, 8,
+                 relaxer=Relaxer(RelaxSettings(kernels="triton", graphs=True, batch_phases=True)))
     ep_gradients(ref, xc, yc, "symmetric", 0.5, 30, 8)
     for p, q in zip(net.parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-13)
@@ -157,12 +157,12 @@ def test_cuda_triton_engine_equals_reference_and_graphs_equal_eager():
 
 def test_cuda_incremental_float32_accurate():
     """bf16_incremental on the GPU: the free equilibrium within float32 rounding of float64's."""
-    from spikeep.core.engine import FusedEngine
+    from spikeep.core.relaxer import Relaxer, RelaxSettings
 
     net = small_conv(pools="mm", loss="cross_entropy", channels=(8, 12), in_shape=(3, 12, 12)).cuda()
     x, y = batch_for(net, 8)
     exact = free_phase(net, net.prepare(x.cuda(), y.cuda()), 300, tol=1e-14).state
     net.float()
-    net.use_engine(FusedEngine(net, "triton", incremental=True, recompute_every=20))
-    s = free_phase(net, net.prepare(x.float().cuda(), y.cuda()), 300).state
+    rx = Relaxer(RelaxSettings(kernels="triton", precision="bf16_incremental", recompute_every=20))
+    s = free_phase(net, net.prepare(x.float().cuda(), y.cuda()), 300, relaxer=rx).state
     assert max(float((a.double() - b).abs().max()) for a, b in zip(s, exact)) < 1e-5

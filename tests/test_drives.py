@@ -157,7 +157,7 @@ def test_delta_of_local_updates_is_the_difference_float64(make):
 
 
 def test_max_pool_tie_rule_is_the_first_maximum_in_any_layout():
-    from spikeep.core.interactions import (max_pool_2x2, max_pool_2x2_explicit, max_unpool_2x2,
+    from spikeep.core.pooling import (max_pool_2x2, max_pool_2x2_explicit, max_unpool_2x2,
                                            max_unpool_2x2_explicit)
 
     z = torch.tensor([[1.0, 1.0, 0.0, 2.0, 5.0], [1.0, 1.0, 2.0, 2.0, 5.0], [0.0, 3.0, 4.0, 4.0, 5.0],
@@ -187,7 +187,8 @@ def test_layouts_settle_to_the_same_state_with_tied_pools(monkeypatch):
     """A padding-0 ConvNet from rest: after one step layer 2 is driven by its bias alone, flat, so every
     pool window of conv 3 is tied, and s_3's feedback goes where the tie rule says. NCHW and NHWC follow
     the same trajectory (float64); another tie rule (the last maximum) does not, so ties matter here."""
-    import spikeep.core.interactions as interactions
+    import spikeep.core.fused as fused
+    import spikeep.core.pooling as pooling
 
     kw = dict(pools="mmm", paddings=(0, 0, 0), strides=(1, 1, 1), channels=(4, 6, 8), loss="cross_entropy",
               hidden=(), in_shape=(2, 30, 30), scale=2.0)
@@ -198,9 +199,9 @@ def test_layouts_settle_to_the_same_state_with_tied_pools(monkeypatch):
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-13, atol=1e-13)
     def last_maximum(z):  # windows reversed (every map here has even sides): the last maximum wins
-        v, k = interactions.max_pool_2x2_explicit(z.flip(-1).flip(-2))
+        v, k = pooling.max_pool_2x2_explicit(z.flip(-1).flip(-2))
         return v.flip(-1).flip(-2), (3 - k).flip(-1).flip(-2)
 
-    monkeypatch.setattr(interactions, "max_pool_2x2", last_maximum)
+    monkeypatch.setattr(fused, "max_pool_2x2", last_maximum)  # the layer update's pooling kernel
     c = free_phase(net, net.prepare(x, y), 60).state
     assert max(float((u - w).abs().max()) for u, w in zip(a, c)) > 0.05

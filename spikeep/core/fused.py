@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .pooling import _windows, max_pool_2x2
+from .pooling import _windows, max_pool_2x2, max_unpool_2x2
 from .activations import get_activation
 
 Tensor = torch.Tensor
@@ -53,7 +53,7 @@ def pool_unpool_torch(u: Tensor, s: Tensor, kind: str, u_prev: Optional[Tensor] 
     if kind == "m":
         if u.device.type == "cpu":  # PyTorch's CPU kernels keep the first maximum (tested)
             P, idx = max_pool_2x2(u)
-            U = F.max_unpool2d(s, idx, 2, 2, output_size=u.shape[2:])
+            U = max_unpool_2x2(s, idx, u.shape[2:])
         else:
             w = _windows(u)
             P = torch.maximum(torch.maximum(w[0], w[1]), torch.maximum(w[2], w[3]))

@@ -304,7 +304,7 @@ class Conv(Interaction):
 
     def route(self, u: Tensor, post: Tensor, kernels: str = "torch", u_prev: Optional[Tensor] = None,
               dU_dtype: Optional[torch.dtype] = None) -> Pooled:
-        if torch.is_grad_enabled() and (u.requires_grad or post.requires_grad):  # autograd: the definitions
+        if u_prev is None and torch.is_grad_enabled() and (u.requires_grad or post.requires_grad):  # autograd
             P, idx = self.pool(u)
             return Pooled(P, self.unpool(post, idx))
         return IMPLS[kernels][0](u, post, self.pool_kind, u_prev, dU_dtype)

@@ -1,6 +1,7 @@
-"""The relaxation engine (core.engine, core.fused): layer updates equal the reference step, the Triton
-kernels (under Triton's interpreter on the CPU) equal the PyTorch ones, batched +-beta phases equal the
-sequential ones, the async schedule and warm starts reach the equilibrium, bf16_incremental is accurate."""
+"""The relaxer (core.relaxer, core.fused): its layer updates equal the interactions' reference drives
+(EqNetwork.drives, written separately from the layer update), the Triton kernels (under Triton's
+interpreter on the CPU) equal the PyTorch ones, batched +-beta phases equal the sequential ones, the async
+schedule and warm starts reach the equilibrium, bf16_incremental is accurate."""
 import copy
 import os
 
@@ -9,7 +10,7 @@ import torch
 
 from conftest import batch_for, random_state, small_conv, small_mlp
 from spikeep.core.dynamics import free_phase, nudged_phase
-from spikeep.core.engine import FusedEngine, batched_inputs, plus_minus_beta
+from spikeep.core.relaxer import Relaxer, RelaxSettings, batched_inputs, plus_minus_beta
 from spikeep.core.fused import pool_unpool_torch, pool_unpool_triton, settle_torch, settle_triton, triton_available
 from spikeep.learning.ep import both_nudged_phases, ep_gradients
 
@@ -29,6 +30,15 @@ def _max_diff(a, b):
     return max(float((u - v).detach().abs().max()) for u, v in zip(a, b))
 
 
+def reference_step(net, inp, s, beta=0.0):
+    """sigma(dPhi^beta/ds) from the interactions' forward_drive / feedback_drive definitions."""
+    return tuple(net.activation.fn(d) for d in net.drives(inp, s, beta))
+
+
+def R(**kw) -> Relaxer:
+    return Relaxer(RelaxSettings(**kw))
+
+
 def _tied_state(net, n):
     """Flat states: every 2x2 window of the next pooling is tied (a layer driven by its bias alone)."""
     return tuple(torch.full((n, *s), 0.25, dtype=torch.float64) for s in net.layer_shapes)
@@ -41,12 +51,12 @@ def test_fused_step_equals_reference_float64(name, channels_last, impl):
     net = small_conv(**NETS[name]).use_channels_last(channels_last)
     x, y = batch_for(net, 5)
     inp = net.prepare(x, y)
-    eng = FusedEngine(net, impl)
+    eng = R(kernels=impl)
     for s in (random_state(net, 5), _tied_state(net, 5), net.init_state(5)):
         s = tuple(net._layout(t) for t in s)
         for beta in (0.0, 0.7, -0.3):
             with torch.no_grad():
-                ref, got = net.step(inp, s, beta), eng.step(inp, s, beta)
+                ref, got = reference_step(net, inp, s, beta), eng.step(net, inp, s, beta)
             assert _max_diff(ref, got) <= 1e-12
             assert all(g.shape == r.shape for g, r in zip(got, ref))
 
@@ -61,10 +71,10 @@ def test_fused_step_float32_and_dropout_mask(impl):
     assert mask is not None and (mask == 0).any()
     inp = net.prepare(x.float(), y)._replace(mask=mask)
     s = tuple(t.float() for t in random_state(net, 6))
-    eng = FusedEngine(net, impl)
+    eng = R(kernels=impl)
     with torch.no_grad():
         for beta in (0.0, 0.5):
-            ref, got = net.step(inp, s, beta), eng.step(inp, s, beta)
+            ref, got = reference_step(net, inp, s, beta), eng.step(net, inp, s, beta)
             assert _max_diff(ref, got) <= 2e-6  # float32: rounding only
 
 
@@ -74,7 +84,7 @@ def test_fused_mlp_equals_reference():
     inp = net.prepare(x, y)
     s = random_state(net, 4)
     with torch.no_grad():
-        assert _max_diff(net.step(inp, s, 0.4), FusedEngine(net).step(inp, s, 0.4)) <= 1e-12
+        assert _max_diff(reference_step(net, inp, s, 0.4), net.step(inp, s, 0.4)) <= 1e-12
 
 
 @needs_triton
@@ -100,15 +110,15 @@ def test_triton_kernels_equal_torch_incl_ties_and_deltas(fmt):
 def test_batched_nudged_phases_equal_sequential():
     net = small_conv(pools="ma", paddings=(1, 0), loss="cross_entropy", hidden=(9,))
     x, y = batch_for(net, 5)
-    net.use_engine(FusedEngine(net))
+    fused = R(batch_phases=True)
     inp = net.prepare(x, y)
     s = free_phase(net, inp, 40).state
-    plus, minus = both_nudged_phases(net, inp, s, 12, 0.6)
+    plus, minus = both_nudged_phases(net, inp, s, 12, 0.6, relaxer=fused)
     assert _max_diff(plus.state, nudged_phase(net, inp, s, 12, 0.6).state) <= 1e-13
     assert _max_diff(minus.state, nudged_phase(net, inp, s, 12, -0.6).state) <= 1e-13
-    # and the estimate: engine (batched) against the eager network (sequential)
-    ref = copy.deepcopy(net).use_engine(None)
-    ep_gradients(net, x, y, "symmetric", 0.6, 40, 12)
+    # and the estimate: batched phases against the eager relaxer (sequential)
+    ref = copy.deepcopy(net)
+    ep_gradients(net, x, y, "symmetric", 0.6, 40, 12, relaxer=fused)
     ep_gradients(ref, x, y, "symmetric", 0.6, 40, 12)
     for (n, p), q in zip(net.named_parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-14), n
@@ -126,17 +136,16 @@ def test_async_schedule_reaches_the_sync_equilibrium_in_fewer_sweeps():
     x, y = batch_for(net, 6)
     inp = net.prepare(x, y)
     sync = free_phase(net, inp, 400, tol=1e-13)
-    net.use_engine(FusedEngine(net, schedule="async"))
-    asyn = free_phase(net, inp, 400, tol=1e-13)
+    red_black = R(schedule="async")
+    asyn = free_phase(net, inp, 400, tol=1e-13, relaxer=red_black)
     assert sync.delta < 1e-13 and asyn.delta < 1e-13  # both converged
     with torch.no_grad():  # a fixed point of Eq. 8 itself (with max-pools there can be several:
-        ref = copy.deepcopy(net).use_engine(None)  # channels (6, 8) has two, each schedule finds one)
-        assert _max_diff(ref.step(inp, asyn.state), asyn.state) <= 1e-12
+        # channels (6, 8) has two, each schedule finds one)
+        assert _max_diff(reference_step(net, inp, asyn.state), asyn.state) <= 1e-12
     assert _max_diff(sync.state, asyn.state) <= 1e-10  # here: the same one
     assert asyn.steps < sync.steps  # a sweep costs one step's convolutions
     # the nudged phase too
-    a = nudged_phase(net, inp, asyn.state, 200, 0.5, tol=1e-13).state
-    net.use_engine(None)
+    a = nudged_phase(net, inp, asyn.state, 200, 0.5, tol=1e-13, relaxer=red_black).state
     b = nudged_phase(net, inp, sync.state, 200, 0.5, tol=1e-13).state
     assert _max_diff(a, b) <= 1e-10
 
@@ -145,11 +154,11 @@ def test_residual_falls_and_block_reports_it():
     net = small_conv(pools="mm", loss="cross_entropy")
     x, y = batch_for(net, 4)
     inp = net.prepare(x, y)
-    eng = FusedEngine(net)
+    eng = R()
     s, res = net.init_state(4), []
     with torch.no_grad():
         for _ in range(6):
-            s, r = eng.block(inp, s, 0.0, 5)
+            s, r = eng.block(net, inp, s, 0.0, 5)
             res.append(float(r))
     assert res[-1] < res[0] * 1e-3
 
@@ -162,9 +171,9 @@ def test_incremental_with_exact_deltas_equals_recomputed_dynamics(K):
     x, y = batch_for(net, 5)
     inp = net.prepare(x, y)
     s0 = random_state(net, 5)
-    ref = FusedEngine(net).block(inp, s0, 0.3, 25).state
-    got = FusedEngine(net, incremental=True, recompute_every=K, delta_dtype=torch.float64).block(
-        inp, s0, 0.3, 25).state
+    ref = R().block(net, inp, s0, 0.3, 25).state
+    got = R(precision="bf16_incremental", recompute_every=K, delta_dtype=torch.float64).block(
+        net, inp, s0, 0.3, 25).state
     assert _max_diff(ref, got) <= 1e-12
 
 
@@ -178,8 +187,7 @@ def test_incremental_bf16_bound_matters():
     net.float()
     errs = {}
     for K in (20, 10**9):
-        net.use_engine(FusedEngine(net, incremental=True, recompute_every=K))
-        s = free_phase(net, inp, 300).state
+        s = free_phase(net, inp, 300, relaxer=R(precision="bf16_incremental", recompute_every=K)).state
         errs[K] = _max_diff([t.double() for t in s], exact)
     assert errs[20] < 1e-5  # float32-accurate
     assert errs[10**9] > 10 * errs[20]
@@ -246,9 +254,9 @@ def test_incremental_paper_convnet_within_one_percent_of_float64_at_same_equilib
     net64 = copy.deepcopy(net).double()
     errs = {}
     for K in (20, 10**9):
-        net.use_engine(FusedEngine(net, incremental=True, recompute_every=K))
         info: dict = {}
-        _, g = estimates(net, x, y, 60, 15, 0.5, info=info)
+        _, g = estimates(net, x, y, 60, 15, 0.5, info=info,
+                         relaxer=R(precision="bf16_incremental", recompute_every=K, batch_phases=True))
         ref, _ = same_equilibrium_reference(net64, x.double(), y, info["s_free"], 15, 0.5)
         errs[K] = {k: v["rel_error"] for k, v in compare(g, ref, net).items()}
     assert max(errs[20].values()) < 0.01, errs[20]
@@ -281,7 +289,9 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
     # 0 < steps_free <= 12 would hold for any run)
     assert len(h) == 2 and all((r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) == (12, 4, 20) for r in h), \
         [(r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) for r in h]
-    assert res.net.engine is not None and res.net.engine.incremental
+    from spikeep.build import relax_settings
+    rs = relax_settings(cfg, torch.device("cpu"))  # the relaxer the run's learner was given
+    assert rs.incremental and rs.batch_phases and rs.kernels == "torch"
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     store = ck["warm_start"]["store"]
     assert len(store) == 4 and store[0].shape[0] == 48 and store[0].dtype == torch.bfloat16
