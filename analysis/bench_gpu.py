@@ -25,15 +25,15 @@ from pathlib import Path
 
 import torch
 
-from spikeep.torch_settings import set_precision
-from spikeep.validation import load_config
+from spikeep.training.torch_settings import set_precision
+from spikeep.training.validation import load_config
 from spikeep.core.dynamics import free_phase
 from spikeep.core.relaxer import EAGER, Relaxer, RelaxSettings
 from spikeep.core.interactions import Conv
 from spikeep.core.network import EqNetwork
 from spikeep.learning.ep import ep_gradients
 
-PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model  # Table 2's ConvNet
+PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "config" / "shipped" / "cifar10_paper.toml").model  # Table 2's ConvNet
 CONV_KERNELS = ("conv", "xmma", "implicit", "gemm", "cudnn", "fprop", "dgrad", "wgrad", "cutlass", "sm90",
                 "sm80", "winograd", "fft")
 

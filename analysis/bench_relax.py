@@ -24,14 +24,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikeep.config import ModelConfig
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.core.dynamics import free_phase
 from spikeep.core.network import EqNetwork
 
 NETS = {
     # Laborieux et al. 2021: CIFAR-10 ConvNet, 128-256-512-512, kernels 3, paddings 1-1-1-0, max-pools,
     # softmax readout
-    "conv": load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model,
+    "conv": load_config(Path(__file__).resolve().parents[1] / "spikeep" / "config" / "shipped" / "cifar10_paper.toml").model,
     "mlp": ModelConfig(input_shape=[1, 28, 28], hidden=[512], n_classes=10, activation="my_hard_sig",
                        loss="mse"),
 }

@@ -6,7 +6,7 @@ real batches (the config's own data, batch size and phases), alternating blocks 
 Prints seconds per iteration (best block) and each setting's time relative to one thread.
 
     python analysis/bench_threads.py                                # quickstart, MNIST MLP, spiking MLP, spiking ConvNet
-    python analysis/bench_threads.py spikeep/configs/mnist_conv.toml --threads 1 2 4
+    python analysis/bench_threads.py spikeep/config/shipped/mnist_conv.toml --threads 1 2 4
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import build_network, make_learner, make_optimizer
-from spikeep.validation import load_config
+from spikeep.training.build import build_network, make_learner, make_optimizer
+from spikeep.training.validation import load_config
 from spikeep.data import prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT = ["spikeep/configs/quickstart.toml", "spikeep/configs/mnist_mlp.toml", "spikeep/configs/mnist_mlp_spiking.toml",
-           "spikeep/configs/mnist_conv_spiking.toml"]
+DEFAULT = ["spikeep/config/shipped/quickstart.toml", "spikeep/config/shipped/mnist_mlp.toml", "spikeep/config/shipped/mnist_mlp_spiking.toml",
+           "spikeep/config/shipped/mnist_conv_spiking.toml"]
 
 
 def iteration(learner, opt, x, y, gen) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.core.network import EqNetwork
 from spikeep.traces import TraceRecorder, layer_specs
 
-PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "configs" / "cifar10_paper.toml").model  # Table 2's ConvNet
+PAPER = load_config(Path(__file__).resolve().parents[1] / "spikeep" / "config" / "shipped" / "cifar10_paper.toml").model  # Table 2's ConvNet
 FILTERS = (("none", 1), ("lzf", 1), ("gzip", 1), ("gzip", 4))
 
 

@@ -6,7 +6,7 @@ update of the same real training batches; blocks alternate between the two `--ro
 fastest block of each counts (the least disturbed by other work). With --weights (trained weights),
 both are also evaluated on the test set, which shows the accuracy at which the costs are compared.
 
-    python analysis/bench_twin.py spikeep/configs/mnist_mlp2_spiking.toml --rate-T1 40 --rate-T2 15 --weights RUN/best.pt
+    python analysis/bench_twin.py spikeep/config/shipped/mnist_mlp2_spiking.toml --rate-T1 40 --rate-T2 15 --weights RUN/best.pt
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import build_network, make_learner
-from spikeep.validation import load_config
+from spikeep.training.build import build_network, make_learner
+from spikeep.training.validation import load_config
 from spikeep.data import prepare_data
-from spikeep.evaluation import evaluate
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.evaluation import evaluate
+from spikeep.training.checkpoint_files import load_checkpoint
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Accuracy against weight precision: train a config at several weight bit widths and rounding modes
 (plus float) and write a markdown table and a plot.
 
-    python analysis/bits_sweep.py spikeep/configs/mnist_mlp.toml --bits 1 2 4 8 --out analysis/results/bits_mnist_mlp
-    python analysis/bits_sweep.py spikeep/configs/quickstart.toml --bits 4 8 --roundings nearest stochastic   # quick
+    python analysis/bits_sweep.py spikeep/config/shipped/mnist_mlp.toml --bits 1 2 4 8 --out analysis/results/bits_mnist_mlp
+    python analysis/bits_sweep.py spikeep/config/shipped/quickstart.toml --bits 4 8 --roundings nearest stochastic   # quick
 
 Every run is an ordinary run folder under OUT/runs/ (so it can be inspected or resumed); extra
 settings go through --set as for `spikeep train`.
@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from spikeep.validation import load_config
-from spikeep.trainer import train
+from spikeep.training.validation import load_config
+from spikeep.training.trainer import train
 
 
 def main() -> None:

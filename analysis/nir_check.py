@@ -2,7 +2,7 @@
 
 Exports the run (spikeep export --approximate), reads the file with nir.read, imports it with
 norse.torch.from_nir, swaps Norse's IF (reset to zero) for spikeep's subtractive IF
-(spikeep.nir_export.SubtractiveIF) and simulates T steps of the first test images with the input as a
+(spikeep.training.nir_export.SubtractiveIF) and simulates T steps of the first test images with the input as a
 constant current. Compares per layer the spike counts with spikeep's spiking twin over the same T
 steps, and the graph's predictions (argmax of the output node's sum over the T steps: the readout
 Affine of the spikes) with the twin's and the labels; also with Norse's own reset to zero. Graphs with a
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from spikeep.validation import spiking_params
+from spikeep.training.validation import spiking_params
 from spikeep.data import prepare_data
-from spikeep.evaluation import load_run
-from spikeep.nir_export import export_run, run_in_norse
+from spikeep.training.evaluation import load_run
+from spikeep.training.nir_export import export_run, run_in_norse
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from spikeep.build import build_network
-from spikeep.validation import config_from_dict, spiking_params
+from spikeep.training.build import build_network
+from spikeep.training.validation import config_from_dict, spiking_params
 from spikeep.config import apply_overrides
 from spikeep.data import prepare_data
-from spikeep.plots import spike_pictures
+from spikeep.training.plots import spike_pictures
 from spikeep.spiking.simulator import SpikingSimulator, probe_phases
-from spikeep.checkpoint_files import check_state_dict, load_checkpoint
+from spikeep.training.checkpoint_files import check_state_dict, load_checkpoint
 
 
 def main() -> None:

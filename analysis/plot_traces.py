@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spikeep import traces  # noqa: E402
-from spikeep.plots import legend_outside  # noqa: E402
+from spikeep.training.plots import legend_outside  # noqa: E402
 
 
 def _readable_ticks(ax, integer_x: bool = False) -> None:

@@ -1,5 +1,5 @@
 """Precision of the symmetric EP estimate, per layer, against float64: the paper's CIFAR-10 ConvNet
-(Laborieux et al. 2021), real CIFAR-10 test images normalised as in spikeep/configs/cifar10_paper.toml.
+(Laborieux et al. 2021), real CIFAR-10 test images normalised as in spikeep/config/shipped/cifar10_paper.toml.
 
     python analysis/precision.py [--device cpu] [--images 8] [--T1 60] [--T2 15] [--beta 0.5] [--out DIR]
 
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from spikeep.validation import load_config
-from spikeep.torch_settings import set_precision
+from spikeep.training.validation import load_config
+from spikeep.training.torch_settings import set_precision
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.relaxer import EAGER, Relaxer, RelaxSettings
 from spikeep.core.network import EqNetwork
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--recompute-every", type=int, default=20)
     ap.add_argument("--impl", default="torch", choices=["torch", "triton"], help="kernels of the relaxer")
     a = ap.parse_args()
-    cfg = load_config(REPO / "spikeep" / "configs" / "cifar10_paper.toml")
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_paper.toml")
     test = normalize(load_cifar10(cfg.data.root or None, a.npz or cfg.data.npz).test, cfg.data.mean, cfg.data.std)
     x, y = test.x[:a.images], test.y[:a.images]
     dev = torch.device(a.device)

@@ -26,15 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> (config, --set overrides)
 RUNS = {
-    "quickstart": ("spikeep/configs/quickstart.toml", []),
-    "spiking_30_iterations": ("spikeep/configs/mnist_mlp_spiking.toml", ["data.subset=600", "train.epochs=1"]),
-    "bptt": ("spikeep/configs/quickstart.toml", ["estimator.name=bptt", "train.epochs=2"]),
-    "quantized": ("spikeep/configs/quickstart.toml", ["plasticity.bits=4", "plasticity.rounding=stochastic",
+    "quickstart": ("spikeep/config/shipped/quickstart.toml", []),
+    "spiking_30_iterations": ("spikeep/config/shipped/mnist_mlp_spiking.toml", ["data.subset=600", "train.epochs=1"]),
+    "bptt": ("spikeep/config/shipped/quickstart.toml", ["estimator.name=bptt", "train.epochs=2"]),
+    "quantized": ("spikeep/config/shipped/quickstart.toml", ["plasticity.bits=4", "plasticity.rounding=stochastic",
                                              "plasticity.headroom=2.0", "train.epochs=2"]),
-    "random_sign_conv": ("spikeep/configs/mnist_conv.toml", ["data.name=mnist-quickstart", "data.subset=256",
+    "random_sign_conv": ("spikeep/config/shipped/mnist_conv.toml", ["data.name=mnist-quickstart", "data.subset=256",
                                                     "train.epochs=1", "estimator.name=random_sign",
                                                     "train.checkpoint_every=0"]),
-    "one_sided_mse_spiking_poisson": ("spikeep/configs/quickstart.toml", [
+    "one_sided_mse_spiking_poisson": ("spikeep/config/shipped/quickstart.toml", [
         "model.loss=mse", "model.neurons=spiking", "estimator.name=one_sided", "data.subset=200",
         "train.epochs=1", "spiking.encoding=poisson", "spiking.T1=50", "spiking.T2=25", "spiking.window=25",
         "train.eval_batch_size=500"]),

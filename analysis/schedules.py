@@ -28,12 +28,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from spikeep.build import build_network, make_learner
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.build import build_network, make_learner
+from spikeep.training.checkpoint_files import load_checkpoint
 from spikeep.core.dynamics import free_phase
 from spikeep.data import prepare_data
 from spikeep.learning.ep import ep_gradients
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 
 # name -> (config overrides, warm start from the previous stage's equilibrium)
 CANDIDATES: dict[str, tuple[list[str], bool]] = {

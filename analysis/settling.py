@@ -9,7 +9,7 @@ network's own EP update on the same weights and batch (rate dynamics run to conv
 * test accuracy of the free phase (inference) on the test slice, and spikes per inference;
 * seconds per training image (estimate) and per test image (inference), in this process.
 
-    python analysis/settling.py spikeep/configs/mnist_mlp2_spiking.toml --weights RUN/best.pt --out analysis/results/spiking_deep/settling_mlp
+    python analysis/settling.py spikeep/config/shipped/mnist_mlp2_spiking.toml --weights RUN/best.pt --out analysis/results/spiking_deep/settling_mlp
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeep.build import build_network, make_learner
-from spikeep.validation import load_config
+from spikeep.training.build import build_network, make_learner
+from spikeep.training.validation import load_config
 from spikeep.data import prepare_data
 from spikeep.learning.ep import ep_gradients
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.checkpoint_files import load_checkpoint
 
 
 def cosines(a: dict, b: dict) -> dict:

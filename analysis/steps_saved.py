@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.relaxer import Relaxer, RelaxSettings
 from spikeep.core.network import EqNetwork
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--weights")
     ap.add_argument("--out", default="runs/steps_saved")
     a = ap.parse_args()
-    cfg = load_config(REPO / "spikeep" / "configs" / "cifar10_paper.toml")
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_paper.toml")
     test = normalize(load_cifar10(None, "").test, cfg.data.mean, cfg.data.std)
     x, y = test.x[:a.images].double(), test.y[:a.images]
     torch.manual_seed(0)

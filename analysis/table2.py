@@ -82,7 +82,7 @@ def short_names(paths: list[str]) -> list[str]:
 def run_labels(runs: list[dict]) -> list[str]:
     """One legend label per run, all different: the Table 2 row, and the run folder's name beside it
     when several runs share a row (two runs of one config, or seeds)."""
-    from spikeep.plots import unique_labels
+    from spikeep.training.plots import unique_labels
 
     return unique_labels([row_of(r["key"]) for r in runs], short_names([r["run"] for r in runs]))
 
@@ -98,7 +98,7 @@ def figure4(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from spikeep.plots import integer_axis, marker_every
+    from spikeep.training.plots import integer_axis, marker_every
 
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for i, (r, label) in enumerate(zip(runs, run_labels(runs))):
@@ -124,7 +124,7 @@ def figure5(runs: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spikeep.plots import integer_axis, marker_every
+    from spikeep.training.plots import integer_axis, marker_every
 
     uni = [r for r in runs if any(k.startswith("angle_") for k in r["history"][-1])]
     if not uni:

@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO / "analysis"))
 import table2  # noqa: E402
 
 NETS = {
-    "mlp": ("spikeep/configs/mnist_mlp.toml", ["model.hidden=[256,256]", "train.lrs=[0.1,0.05,0.05]", "dynamics.T1=30",
+    "mlp": ("spikeep/config/shipped/mnist_mlp.toml", ["model.hidden=[256,256]", "train.lrs=[0.1,0.05,0.05]", "dynamics.T1=30",
                                       "dynamics.T2=8"]),
-    "conv": ("spikeep/configs/mnist_conv.toml", ["train.checkpoint_every=0"]),
+    "conv": ("spikeep/config/shipped/mnist_conv.toml", ["train.checkpoint_every=0"]),
 }
 VARIANTS = {
     "bidirectional": ["estimator.name=symmetric"],

@@ -1,4 +1,4 @@
-"""Build spikeep/_data/mnist_quickstart.npz: a small, class-balanced MNIST subset shipped with the
+"""Build spikeep/data/mnist_quickstart.npz: a small, class-balanced MNIST subset shipped with the
 package so the quick start runs with no download.
 
     python scripts/build_quickstart.py --root ../shared/data --train 6000 --test 1000
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--root", required=True, help="folder holding MNIST/raw")
     ap.add_argument("--train", type=int, default=6000)
     ap.add_argument("--test", type=int, default=1000)
-    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "spikeep" / "_data" / "mnist_quickstart.npz"))
+    ap.add_argument("--out", default=str(Path(__file__).parents[1] / "spikeep" / "data" / "mnist_quickstart.npz"))
     a = ap.parse_args()
     ds = load_mnist(a.root)
     tr, te = balanced(ds.train.y, a.train // 10), balanced(ds.test.y, a.test // 10)

@@ -11,7 +11,7 @@
 #        left of BUDGET seconds (default 300). Report: $OUT/window_first.tgz.
 #   bash scripts/cifar10_window.sh second [--dry-run] [--minutes M] [--config TOML]
 #        carried: .cifar-parts/part2 and .whl. Joins part1 and part2 (join_cifar10.py checks every array's
-#        sha256) and trains CONFIG (default cifar10_window, spikeep/configs/cifar10_window.toml) on all 50,000 images for M minutes
+#        sha256) and trains CONFIG (default cifar10_window, spikeep/config/shipped/cifar10_window.toml) on all 50,000 images for M minutes
 #        (default: the config's train.minutes) with a final evaluation of the 10,000 test images. If part1 is
 #        gone (the machine was released between the calls), it says so and trains on what part2 alone holds
 #        (18,000 random training images, the whole test set). Report: $OUT/window_second.tgz (run folder
@@ -129,7 +129,7 @@ RUN=$STASH/run
 rm -rf "$RUN"
 ARGS=("$CONFIG" --device "$DEVICE" --set data.npz="$NPZ" --set data.subset=0 --run-dir "$RUN" --no-progress "${SETS[@]}")
 [ -n "$MINUTES" ] && ARGS+=(--set train.minutes="$MINUTES")
-M=$(python3 -c "import sys; from spikeep.validation import load_config; print(load_config(sys.argv[1], sys.argv[2:]).train.minutes)" \
+M=$(python3 -c "import sys; from spikeep.training.validation import load_config; print(load_config(sys.argv[1], sys.argv[2:]).train.minutes)" \
     "$CONFIG" ${MINUTES:+train.minutes=$MINUTES})
 HARD=$(python3 -c "print(int(float('$M') * 60 + 120))")   # the run's own deadline + setup; a guard only
 say "training $CONFIG on the $DATA data for $M min (hard stop after $HARD s)"

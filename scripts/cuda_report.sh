@@ -5,7 +5,7 @@
 #
 # 1. the CUDA tests (tests/test_cuda.py), 2. analysis/bench_gpu.py (paper ConvNet, batch 128, every
 # precision, against the paper code's method), 3. analysis/precision.py on the GPU (TF32 rows included),
-# 4. training CONFIG (default spikeep/configs/cifar10_ep_symmetric_ce.toml) for at most MINUTES (default 8) of
+# 4. training CONFIG (default spikeep/config/shipped/cifar10_ep_symmetric_ce.toml) for at most MINUTES (default 8) of
 # this invocation, into OUT_DIR/run: a later invocation with the same OUT_DIR resumes it (--resume), so
 # a long run goes on across jobs limited to 10 minutes. Needs CIFAR-10 under $SPIKEEP_DATA.
 set -uo pipefail
@@ -13,7 +13,7 @@ usage="usage: scripts/cuda_report.sh OUT_DIR [CONFIG] [MINUTES]
 
   OUT_DIR   folder for the report (env.txt, test_cuda.log, bench_gpu.json/.txt, precision/, run/);
             an existing one resumes its training run
-  CONFIG    training config (default spikeep/configs/cifar10_ep_symmetric_ce.toml)
+  CONFIG    training config (default spikeep/config/shipped/cifar10_ep_symmetric_ce.toml)
   MINUTES   at most this many minutes of training in this invocation (default 8)"
 case "${1:-}" in
   -h|--help) echo "$usage"; exit 0 ;;
@@ -21,7 +21,7 @@ case "${1:-}" in
   -*) echo "unknown option $1" >&2; echo "$usage" >&2; exit 2 ;;
 esac
 out=$1
-config=${2:-spikeep/configs/cifar10_ep_symmetric_ce.toml}
+config=${2:-spikeep/config/shipped/cifar10_ep_symmetric_ce.toml}
 minutes=${3:-8}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."

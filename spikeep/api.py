@@ -34,18 +34,18 @@ from typing import Optional, Union
 
 import torch
 
-from .build import build_network as _build_network, make_learner
+from .training.build import build_network as _build_network, make_learner
 from .config import Config, shipped_configs
 from .core.dynamics import Relaxed, relax as _relax
 from .core.network import EqNetwork, State
 from .core.relaxer import EAGER, Relaxer
 from .data import Dataset, check_labels, prepare_data
-from .evaluation import evaluate_run, load_run
+from .training.evaluation import evaluate_run, load_run
 from .learning.ep import EPResult, ep_gradients
-from .methods import FreeEquilibrium, Learner
-from .torch_settings import set_threads
-from .trainer import TrainResult, train as _train
-from .validation import load_config
+from .training.learners import FreeEquilibrium, Learner
+from .training.torch_settings import set_threads
+from .training.trainer import TrainResult, train as _train
+from .training.validation import load_config
 
 __all__ = ["load_config", "configs", "build_network", "learner", "load_data", "relax", "ep_estimate", "Model",
            "load", "evaluate", "train"]

@@ -20,7 +20,7 @@ def _on_signal(signum, frame) -> None:  # noqa: ARG001
 
 def _resume_hint(which: str) -> str:
     """What to do next for the run folder this process was writing (none: nothing to say)."""
-    rf = sys.modules.get("spikeep.runfolder")  # never an import here: this runs inside signal handlers
+    rf = sys.modules.get("spikeep.training.run_folder")  # never an import here: this runs inside signal handlers
     where = rf.ACTIVE.get(which) if rf is not None else None
     if where is None:
         return ""
@@ -54,14 +54,14 @@ def _add_common(p: argparse.ArgumentParser, config_required: bool = True) -> Non
 
 
 def _config(args) -> "Config":
-    from .validation import load_config
+    from .training.validation import load_config
 
     overrides = list(args.overrides) + ([f'dynamics.device="{args.device}"'] if args.device else [])
     return load_config(args.config, overrides)
 
 
 def cmd_train(args) -> int:
-    from .trainer import train
+    from .training.trainer import train
 
     if args.resume:
         given = [what for what, on in (("CONFIG", args.config), ("--set", args.overrides), ("--device", args.device),
@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_run
+    from .training.evaluation import evaluate_run
 
     r = evaluate_run(args.run_dir, args.weights, args.device, args.neurons, args.set)
     spk = (f"; {r['spikes_per_inference']:.0f} spikes and {r['synops_per_inference']:.3g} SynOps per inference"
@@ -101,7 +101,7 @@ def cmd_evaluate(args) -> int:
 def cmd_gdu(args) -> int:
     import torch
 
-    from .build import build_network
+    from .training.build import build_network
     from .data import batches, load_dataset
     from .learning.gdu import gdu_check, save_gdu
 
@@ -162,7 +162,7 @@ def cmd_configs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .nir_export import export_run
+    from .training.nir_export import export_run
 
     out = Path(args.out)
     if out.suffix != ".nir":
@@ -297,10 +297,10 @@ def _add_export_and_configs(sub) -> None:
 
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .distributed import ProcessZeroError
-    from .files import StorageError
-    from .checks import DivergenceError
-    from .checkpoint_files import CheckpointError
+    from .training.data_parallel import ProcessZeroError
+    from .training.files import StorageError
+    from .training.divergence import DivergenceError
+    from .training.checkpoint_files import CheckpointError
     from .traces import TracesError
 
     import torch

@@ -72,7 +72,7 @@ def kill_when(proc, cond, timeout: float = 120.0, poll: float = 0.005) -> bool:
 def crash_at_update(monkeypatch, n: int):
     """Make training raise KeyboardInterrupt (a simulated crash) at its n-th optimizer step, right after
     the update; returns the function that puts things back."""
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
 
     calls = {"n": 0}
     real = tr.FiniteChecks.add
@@ -91,7 +91,7 @@ def crash_at_update(monkeypatch, n: int):
 def run_crash_resume(cfg, tmp_path, monkeypatch, update: int = 17):
     """Train cfg once whole (tmp_path/a) and once crashed at its `update`-th optimizer step and resumed
     (tmp_path/b); returns both TrainResults, after checking that their weights are bitwise equal."""
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
 
     a = tr.train(cfg, tmp_path / "a", progress=False, echo=False)
     restore = crash_at_update(monkeypatch, update)

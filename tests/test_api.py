@@ -38,7 +38,7 @@ def test_load_config_by_name_or_path_with_overrides():
     import spikeep
 
     by_name = spikeep.load_config("quickstart", ["train.epochs=2"])
-    by_path = spikeep.load_config(REPO / "spikeep" / "configs" / "quickstart.toml", ["train.epochs=2"])
+    by_path = spikeep.load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", ["train.epochs=2"])
     assert by_name == by_path and by_name.train.epochs == 2 and by_name.name == "quickstart"
     assert spikeep.load_config("quickstart.toml").name == "quickstart"
     assert "quickstart" in spikeep.configs() and "cifar10_paper" in spikeep.configs()
@@ -84,7 +84,7 @@ def test_relax_and_ep_estimate_on_a_network():
 def test_a_spiking_learner_needs_no_call_after_an_optimizer_step():
     """The event back end keeps fan-out tables built from the weights: after opt.step() the next estimate
     must use the new weights (before, a script had to call the undocumented learner.weights_changed())."""
-    from spikeep.methods import SpikingEP
+    from spikeep.training.learners import SpikingEP
     from spikeep.spiking.simulator import SpikingParams
 
     net = small_mlp(loss="cross_entropy", hidden=(12, 10))

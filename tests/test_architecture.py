@@ -102,8 +102,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 def place(mod: str, where: dict[str, tuple[str, int]]) -> tuple[str, int]:
-    # the root package names its own __init__ only: a module missing from the picture must not fall back to it
-    best = max((name for name in where if mod == name or (name != "spikeep" and mod.startswith(name + "."))),
+    # a package whose modules the picture names one by one (the root package, training) names its own
+    # __init__ only: a module missing from the picture must not fall back to it
+    listed = {name for name in where if any(other.startswith(name + ".") for other in where)}
+    best = max((name for name in where if mod == name or (name not in listed and mod.startswith(name + "."))),
                key=len, default=None)
     if best is None:
         raise AssertionError(f"{mod} is in no tier: add it to the dependency picture in README.md")
@@ -142,6 +144,31 @@ def test_the_picture_names_every_module_and_only_real_ones():
         place(m, where)  # and every module has a place
 
 
+MAX_ROOT_ENTRIES = 12
+
+
+def root_entries(pkg_dir: Path) -> list[str]:
+    """What a reader sees at the package root: files and folders (caches left out)."""
+    return sorted(p.name for p in pkg_dir.iterdir() if p.name != "__pycache__")
+
+
+def test_the_package_root_shows_the_stacks_in_at_most_twelve_entries():
+    """The root holds the stacks' folders and the entry points; anything else lives inside a package."""
+    entries = root_entries(REPO / "spikeep")
+    assert len(entries) <= MAX_ROOT_ENTRIES, f"{len(entries)} entries at the root of spikeep/: {entries}"
+
+
+def test_the_root_check_counts_files_and_folders(tmp_path):
+    pkg = tmp_path / "toy"
+    (pkg / "__pycache__").mkdir(parents=True)
+    for i in range(MAX_ROOT_ENTRIES - 1):
+        (pkg / f"m{i}.py").write_text("")
+    (pkg / "sub").mkdir()
+    assert len(root_entries(pkg)) == MAX_ROOT_ENTRIES  # the cache is not counted
+    (pkg / "shipped.toml").write_text("")  # data files count
+    assert len(root_entries(pkg)) == MAX_ROOT_ENTRIES + 1
+
+
 def test_config_is_plain_data():
     """The config package imports nothing of spikeep outside itself."""
     mods = modules(REPO / "spikeep")
@@ -169,6 +196,8 @@ def test_the_check_finds_upward_imports_and_cycles(tmp_path):
     assert any(p.startswith("import cycle:") and "toy.mid" in p and "toy.high" in p for p in found), found
     with pytest.raises(AssertionError, match="in no tier"):
         problems(pkg, {**stacks, "base": [["toy.other"]]})  # the package itself is in none
+    with pytest.raises(AssertionError, match="toy.low.a is in no tier"):  # low names its modules one by one
+        problems(pkg, {**stacks, "physics": [["toy.low", "toy.low.b"], ["toy.high"]]})
 
 
 def test_the_picture_is_read_from_the_readme(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import REPO
 from spikeep.config import ConfigError
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 
 
 def test_a_config_starts_from_its_base_and_its_own_keys_win(tmp_path):
@@ -31,9 +31,9 @@ def test_base_mistakes_are_named(tmp_path):
 
 
 def test_every_cifar10_config_shares_the_paper_convnet():
-    """The paper ConvNet is spelled out once, in spikeep/configs/cifar10_paper.toml; the Table 2 rows keep it."""
-    paper = load_config(REPO / "spikeep" / "configs" / "cifar10_paper.toml")
-    rows = sorted(p for p in (REPO / "spikeep" / "configs").glob("cifar10_*.toml") if p.name != "cifar10_paper.toml")
+    """The paper ConvNet is spelled out once, in spikeep/config/shipped/cifar10_paper.toml; the Table 2 rows keep it."""
+    paper = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_paper.toml")
+    rows = sorted(p for p in (REPO / "spikeep" / "config" / "shipped").glob("cifar10_*.toml") if p.name != "cifar10_paper.toml")
     assert len(rows) >= 10
     for p in rows:
         text = p.read_text()
@@ -41,7 +41,7 @@ def test_every_cifar10_config_shares_the_paper_convnet():
         cfg = load_config(p)
         assert cfg.data == paper.data or p.name.startswith("cifar10_cpu"), p.name
     for name in ("cifar10_ep_symmetric_ce", "cifar10_ep_symmetric_mse", "cifar10_bptt_ce", "cifar10_uni_sym_kp_vf"):
-        m = load_config(REPO / "spikeep" / "configs" / f"{name}.toml").model
+        m = load_config(REPO / "spikeep" / "config" / "shipped" / f"{name}.toml").model
         assert (m.channels, m.paddings, m.pools) == ([128, 256, 512, 512], [1, 1, 1, 0], "mmmm"), name
-    sym = load_config(REPO / "spikeep" / "configs" / "cifar10_ep_symmetric_ce.toml")
+    sym = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_ep_symmetric_ce.toml")
     assert sym.model == paper.model and sym.train == paper.train and sym.estimator == paper.estimator

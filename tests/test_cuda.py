@@ -9,7 +9,7 @@ import torch
 from conftest import batch_for, small_conv
 from spikeep.core.dynamics import free_phase
 from spikeep.learning.ep import ep_gradients
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.checkpoint_files import load_checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -35,7 +35,7 @@ def test_cuda_drives_equal_autograd_and_cpu():
 
 def test_cuda_ep_step_matches_cpu_float32():
     """Strict float32 (TF32 off for matmuls and cuDNN) against the CPU, estimate by estimate."""
-    from spikeep.torch_settings import set_precision
+    from spikeep.training.torch_settings import set_precision
 
     set_precision("strict")
     net = small_conv(loss="cross_entropy").float()
@@ -101,14 +101,14 @@ def test_cuda_max_pool_tie_rule_and_layouts_match_cpu():
 def test_cuda_training_resumes_bitwise_in_deterministic_mode(tmp_path, monkeypatch):
     """20 iterations on CUDA with train.deterministic = true, interrupted after 7 and resumed: the same
     weights as without the interruption, bit for bit."""
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
     from conftest import REPO, crash_at_update
-    from spikeep.validation import load_config
+    from spikeep.training.validation import load_config
 
     over = ['dynamics.device="cuda"', "train.deterministic=true", "data.subset=500", "model.hidden=[64]",
             "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5", "train.checkpoint_every=3", "train.epochs=1",
             "estimator.name=random_sign", "data.crop_padding=2", "data.hflip=true"]
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over)
     try:
         tr.train(cfg, tmp_path / "a", progress=False, echo=False)
         restore = crash_at_update(monkeypatch, 7)

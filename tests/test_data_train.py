@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import REPO, needs_mnist
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.data import DataMissing, load_dataset, load_mnist, load_quickstart
-from spikeep.trainer import train
+from spikeep.training.trainer import train
 
 
 def test_quickstart_subset_shipped():
@@ -37,7 +37,7 @@ def test_mnist_from_archives_never_writes_into_the_data_folder(tmp_path, monkeyp
 
 
 def test_train_quickstart_end_to_end_is_reproducible(tmp_path):
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", ["train.epochs=1", "data.subset=600"])
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", ["train.epochs=1", "data.subset=600"])
     a = train(cfg, tmp_path / "a", progress=False, echo=False)
     b = train(cfg, tmp_path / "b", progress=False, echo=False)
     assert a.history[0]["test_acc"] > 50.0  # 600 images, one epoch: well above chance (10 %)
@@ -47,7 +47,7 @@ def test_train_quickstart_end_to_end_is_reproducible(tmp_path):
 
 @pytest.mark.parametrize("estimator", ["one_sided", "random_sign", "bptt"])
 def test_every_estimator_trains(estimator, tmp_path):
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml",
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml",
                       ["train.epochs=1", "data.subset=1000", f"estimator.name={estimator}"])
     r = train(cfg, tmp_path, progress=False, echo=False)
     assert r.history[0]["test_acc"] > 50.0
@@ -57,7 +57,7 @@ def test_conv_network_trains_on_quickstart(tmp_path):
     over = ["train.epochs=1", "data.subset=1000", "model.channels=[8]", "model.kernels=[5]", "model.strides=[1]",
             "model.paddings=[0]", "model.pools=m", "model.hidden=[]", "train.lrs=[0.1, 0.05]",
             "dynamics.T1=15", "dynamics.T2=5"]
-    r = train(load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over), tmp_path, progress=False, echo=False)
+    r = train(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over), tmp_path, progress=False, echo=False)
     assert r.history[0]["test_acc"] > 50.0
 
 
@@ -65,8 +65,8 @@ def test_conv_network_trains_on_quickstart(tmp_path):
 @needs_mnist
 def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
     """Acceptance d: MLP 784-512-10, symmetric EP, >= 97.5 % test accuracy within 3 epochs; BPTT too."""
-    ep = train(load_config(REPO / "spikeep" / "configs" / "mnist_mlp.toml"), tmp_path / "ep", progress=False)
-    bptt = train(load_config(REPO / "spikeep" / "configs" / "mnist_mlp_bptt.toml"), tmp_path / "bptt", progress=False)
+    ep = train(load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_mlp.toml"), tmp_path / "ep", progress=False)
+    bptt = train(load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_mlp_bptt.toml"), tmp_path / "bptt", progress=False)
     with capsys.disabled():
         for name, r in (("EP symmetric", ep), ("BPTT", bptt)):
             print(f"\n{name}: " + ", ".join(f"epoch {h['epoch']} {h['test_acc']:.2f}% ({h['seconds']:.1f} s)"
@@ -77,7 +77,7 @@ def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
             "train.log"} <= files
     assert bptt.history[-1]["test_acc"] >= 97.0
     # issue 5 (c): the rate-trained weights run in the spiking twin (IF neurons, theta = 2) lose <= 0.5 pp
-    from spikeep.evaluation import evaluate_run
+    from spikeep.training.evaluation import evaluate_run
 
     rate = evaluate_run(tmp_path / "ep", "best")
     spiking = evaluate_run(tmp_path / "ep", "best", neurons="spiking")
@@ -92,7 +92,7 @@ def test_mnist_mlp_symmetric_ep_reaches_97_5_percent(capsys, tmp_path):
 def test_mnist_mlp_trained_as_a_spiking_network_reaches_98_percent(capsys, tmp_path):
     """Issue 5 (b): MLP 784-512-10 trained entirely in spiking mode (IF neurons, spike-count rates,
     local symmetric rule) reaches >= 98.0 % test accuracy within 3 epochs (EqSpike: 97.6 %)."""
-    r = train(load_config(REPO / "spikeep" / "configs" / "mnist_mlp_spiking.toml"), tmp_path, progress=False)
+    r = train(load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_mlp_spiking.toml"), tmp_path, progress=False)
     with capsys.disabled():
         print("\nspiking EP: " + ", ".join(f"epoch {h['epoch']} {h['test_acc']:.2f}% ({h['seconds']:.0f} s, "
                                          f"{h['spikes_per_inference']:.0f} spikes/inference)" for h in r.history))

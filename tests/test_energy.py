@@ -17,15 +17,15 @@ HIDDEN, N_CLASSES, N_IN, T = [12, 8], 10, 784, 40
 
 
 def _sim(encoding="current", chip_input=""):
-    from spikeep.build import build_network, make_learner
-    from spikeep.validation import load_config
+    from spikeep.training.build import build_network, make_learner
+    from spikeep.training.validation import load_config
 
     over = [f"model.hidden={HIDDEN}", "model.neurons=\"spiking\"", f"spiking.T1={T}", "spiking.T2=20",
             "spiking.window=20", f"spiking.encoding=\"{encoding}\"", "plasticity.profile=\"loihi2\"",
             "train.lrs=[0.1, 0.1, 0.05]", "model.init_scale=3.0"]
     if chip_input:
         over.append(f"spiking.chip_input=\"{chip_input}\"")
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over)
     net = build_network(cfg, torch.device("cpu"))
     return cfg, make_learner(cfg, net).sim
 
@@ -43,7 +43,7 @@ def _fan_out_by_hand() -> tuple[int, list[int]]:
 
 @pytest.mark.parametrize("chip_input,encoding", [("bias", "current"), ("spikes", "current"), ("spikes", "given")])
 def test_energy_breakdown_recomputed_from_counted_events(chip_input, encoding):
-    from spikeep.evaluation import Evaluation
+    from spikeep.training.evaluation import Evaluation
     from spikeep.hardware.energy import energy_columns
 
     cfg, sim = _sim("current", chip_input)
@@ -90,11 +90,11 @@ def test_energy_breakdown_recomputed_from_counted_events(chip_input, encoding):
 
 def test_loihi2_takes_a_bias_by_default_and_poisson_input_takes_spikes():
     from spikeep.config import ConfigError
-    from spikeep.validation import load_config
+    from spikeep.training.validation import load_config
 
     cfg, _ = _sim()
     assert cfg.spiking.chip_input == "bias"
-    base = REPO / "spikeep" / "configs" / "quickstart.toml"
+    base = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
     poisson = ["model.neurons=\"spiking\"", "spiking.encoding=\"poisson\"", "plasticity.profile=\"loihi2\""]
     assert load_config(base, poisson).spiking.chip_input == "spikes"  # the only way a Poisson-driven network can be priced
     with pytest.raises(ConfigError, match="chip_input = 'bias'"):
@@ -109,7 +109,7 @@ def test_loihi2_takes_a_bias_by_default_and_poisson_input_takes_spikes():
 def test_no_profile_presents_a_missing_figure_as_found_in_its_source():
     from spikeep.hardware.chips import PROFILES
     from spikeep.hardware.energy import energy_columns
-    from spikeep.evaluation import Evaluation
+    from spikeep.training.evaluation import Evaluation
     from spikeep.spiking.metrics import ChipEvents
 
     ev = Evaluation(0.0, 0.0, 0.0, 0.0, 40, ChipEvents(1e4, 100.0, 500.0, 50.0, 600.0, 12.0))

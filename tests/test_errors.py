@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_conv, small_mlp
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.config import ConfigError, ModelConfig
 from spikeep.core.dynamics import free_phase, nudged_phase, relax
 from spikeep.learning.ep import ep_gradients
@@ -85,13 +85,13 @@ def test_missing_config_file(tmp_path):
 
 
 def test_overrides_and_shipped_configs():
-    cfg = load_config(REPO / "spikeep" / "configs" / "mnist_mlp.toml", ["train.epochs=1", "estimator.name=one_sided",
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_mlp.toml", ["train.epochs=1", "estimator.name=one_sided",
                                                           "dynamics.tol=1e-4"])
     assert cfg.train.epochs == 1 and cfg.estimator.name == "one_sided" and cfg.dynamics.tol == 1e-4
     assert cfg.name == "mnist_mlp"
     with pytest.raises(ConfigError, match="unknown key 'epoch'"):
-        load_config(REPO / "spikeep" / "configs" / "mnist_mlp.toml", ["train.epoch=1"])
-    for path in sorted((REPO / "spikeep" / "configs").glob("*.toml")):
+        load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_mlp.toml", ["train.epoch=1"])
+    for path in sorted((REPO / "spikeep" / "config" / "shipped").glob("*.toml")):
         cfg = load_config(path)
         EqNetwork(cfg.model)  # every shipped config builds
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_mlp
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.core.dynamics import free_phase
-from spikeep.checks import DivergenceError
-from spikeep.trainer import train
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.divergence import DivergenceError
+from spikeep.training.trainer import train
+from spikeep.training.checkpoint_files import load_checkpoint
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
         "train.epochs=2", "estimator.name=random_sign"]
 
@@ -74,7 +74,7 @@ def test_bf16_drives_train_like_float32_and_are_recorded(tmp_path):
     assert a > 40 and abs(a - b) < 3, (a, b)
     assert not all(torch.equal(u, v) for u, v in zip(r.net.parameters(), f.net.parameters()))  # bf16 did run
     cfg = load_config(QUICK, TINY + ["dynamics.precision=bf16"])
-    from spikeep.build import build_network
+    from spikeep.training.build import build_network
     assert build_network(cfg).drive_dtype == torch.bfloat16
     assert (tmp_path / "bf16" / "env.json").read_text().count("tf32_matmul") == 1
 

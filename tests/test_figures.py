@@ -17,13 +17,13 @@ from figcheck import (data_lines, hidden_lines, integer_ticks, legend_overlap, l
 
 @pytest.fixture
 def saved(monkeypatch):
-    """{file name: figure} of every figure saved (spikeep.plots through save_figure_atomic, the analysis
+    """{file name: figure} of every figure saved (spikeep.training.plots through save_figure_atomic, the analysis
     scripts through Figure.savefig), kept for inspection after they are written and closed."""
     from matplotlib.figure import Figure
 
-    import spikeep.plots
+    import spikeep.training.plots
 
-    figs, original, atomic = {}, Figure.savefig, spikeep.plots.save_figure_atomic
+    figs, original, atomic = {}, Figure.savefig, spikeep.training.plots.save_figure_atomic
 
     def keep(self, fname, *args, **kwargs):
         original(self, fname, *args, **kwargs)
@@ -35,7 +35,7 @@ def saved(monkeypatch):
         return atomic(fig, path, dpi)
 
     monkeypatch.setattr(Figure, "savefig", keep)
-    monkeypatch.setattr(spikeep.plots, "save_figure_atomic", keep_atomic)
+    monkeypatch.setattr(spikeep.training.plots, "save_figure_atomic", keep_atomic)
     return figs
 
 
@@ -59,7 +59,7 @@ def gdu_result(K: int = 20) -> dict:
 def test_gdu_every_method_shows_where_they_coincide(tmp_path, saved, K):
     """The old gdu.png drew BPTT (dashed) over EP symmetric (solid) in the same colour and width: BPTT
     and one-sided could not be seen. Each line must change pixels when taken away."""
-    from spikeep.plots import plot_gdu
+    from spikeep.training.plots import plot_gdu
 
     result = gdu_result(K)
     result["estimators"]["symmetric"]["conv0"]["rel_error"][0] = 0.0  # as at t = 1 on gdu_conv
@@ -81,7 +81,7 @@ def test_gdu_every_method_shows_where_they_coincide(tmp_path, saved, K):
 def test_curves_and_angles_one_and_three_epochs(tmp_path, saved):
     """Epoch axes in whole numbers (not 1.5, nor 0.96 ... 1.04 for a single epoch), a one-epoch run
     drawn (markers), one legend beside the panels."""
-    from spikeep.plots import plot_angles, plot_curves
+    from spikeep.training.plots import plot_angles, plot_curves
 
     hist = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.1 / e, "train_acc": 50 + 10 * e, "test_acc": 48 + 10 * e,
              "angle_dense0": 80 - 5 * e, "angle_readout": 60 - 3 * e} for e in (1, 2, 3)]
@@ -162,7 +162,7 @@ def probe():
 def test_raster_says_and_keeps_its_neuron_order(tmp_path, saved, probe):
     """raster.png says how its rows are ordered (by spike count, fewest at the bottom) and they are so
     ordered: the number of spikes drawn per row never falls as the row rises."""
-    from spikeep.plots import plot_raster
+    from spikeep.training.plots import plot_raster
 
     plot_raster(probe, ["dense0", "dense1"], tmp_path / "raster.png")
     fig = saved["raster.png"]
@@ -180,7 +180,7 @@ def test_raster_says_and_keeps_its_neuron_order(tmp_path, saved, probe):
 
 def test_rate_convergence_labels_its_phase_boundaries(tmp_path, saved, probe):
     """The old rate_convergence.png drew red phase lines that nothing explained."""
-    from spikeep.plots import plot_rate_convergence
+    from spikeep.training.plots import plot_rate_convergence
 
     plot_rate_convergence(probe, ["dense0", "dense1"], tmp_path / "rate_convergence.png")
     fig = saved["rate_convergence.png"]

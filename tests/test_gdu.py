@@ -97,7 +97,7 @@ def test_gdu_detects_a_wrong_gradient():
 
 def test_gdu_cli_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "gdu"
-    assert main(["gdu", str(REPO / "spikeep" / "configs" / "gdu_conv.toml"), "--out", str(out),
+    assert main(["gdu", str(REPO / "spikeep" / "config" / "shipped" / "gdu_conv.toml"), "--out", str(out),
                  "--set", "gdu.K=12"]) == 0
     data = json.loads((out / "gdu.json").read_text())
     assert data["K"] == 12 and data["t"] == list(range(1, 13))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, kill_when
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.checkpoint_files import load_checkpoint
 from test_resume_exact import folder_differences
 
 SETS = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
@@ -18,11 +18,11 @@ SETS = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics
 
 # The child runs spikeep's CLI with one change: its n-th write of checkpoint.pt puts half of the bytes
 # into the very temporary file the atomic write uses, flushes them, leaves a marker and waits, so the
-# parent's kill -9 lands mid-write (the real writer, spikeep.files.replace_atomically, does every other write).
+# parent's kill -9 lands mid-write (the real writer, spikeep.training.files.replace_atomically, does every other write).
 CHILD = r"""
 import os, sys, time
 from pathlib import Path
-import spikeep.files as files
+import spikeep.training.files as files
 
 stall_at, marker = int(os.environ["STALL_AT"]), Path(os.environ["STALL_MARKER"])
 real, seen = files.replace_atomically, {"n": 0}
@@ -76,7 +76,7 @@ def _sets():
 
 
 def test_two_kills_mid_checkpoint_write_resume_to_the_uninterrupted_run(tmp_path):
-    config = str(REPO / "spikeep" / "configs" / "quickstart.toml")
+    config = str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml")
     ref = _cli([config, "--run-dir", str(tmp_path / "ref"), *_sets()])
     assert ref.wait() == 0, ref.stderr.read()[-2000:]
     run = tmp_path / "run"
@@ -115,7 +115,7 @@ def test_kill_mid_trace_write_resumes_to_the_uninterrupted_traces(tmp_path):
     import numpy as np
     from spikeep import traces
 
-    config = str(REPO / "spikeep" / "configs" / "quickstart.toml")
+    config = str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml")
     sets = _sets() + [a for s in TRACED for a in ("--set", s)]
     ref = _cli([config, "--run-dir", str(tmp_path / "ref"), *sets])
     assert ref.wait() == 0, ref.stderr.read()[-2000:]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import REPO
-from spikeep.build import build_network
-from spikeep.methods import RateEP
-from spikeep.trainer import train
-from spikeep.validation import load_config
+from spikeep.training.build import build_network
+from spikeep.training.learners import RateEP
+from spikeep.training.trainer import train
+from spikeep.training.validation import load_config
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 # two hidden layers; beta small, phases long enough that EP's estimate is close to BPTT's gradient
 DEEP = ["data.subset=100", "model.hidden=[32, 24]", "train.batch_size=25", "train.epochs=1",
         "train.lrs=[0.2, 0.1, 0.05]", "train.momentum=0.9", "dynamics.T1=60", "dynamics.T2=30",

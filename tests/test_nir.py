@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, small_conv, small_mlp
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.cli import main
-from spikeep.nir_export import ExportError, read_graph, run_in_norse, to_nir
+from spikeep.training.nir_export import ExportError, read_graph, run_in_norse, to_nir
 from spikeep.spiking.neurons import NeuronParams
 from spikeep.spiking.simulator import SpikingParams, SpikingSimulator
-from spikeep.trainer import train
+from spikeep.training.trainer import train
 
 nir = pytest.importorskip("nir")
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 
 
 def folder_hash(folder):

@@ -159,13 +159,13 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
     """Training keeps every weight on its layer's grid; a run interrupted mid-epoch resumes to the
     same weights (the checkpoint holds scales, codes, residuals and the rounding generator)."""
     from conftest import REPO, run_crash_resume
-    from spikeep.validation import load_config
-    from spikeep.checkpoint_files import load_checkpoint
+    from spikeep.training.validation import load_config
+    from spikeep.training.checkpoint_files import load_checkpoint
 
     over = ["train.epochs=2", "data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.checkpoint_every=4", "plasticity.bits=4", f"plasticity.rounding={rounding}",
             "plasticity.headroom=2.0", "plasticity.scale=pow2"]
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over)
     a, _ = run_crash_resume(cfg, tmp_path, monkeypatch)  # the resumed run ends on the same weights
     state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["plasticity"]["layers"]
     for name, layer in zip(a.net.layer_names(), a.net.layers):
@@ -180,7 +180,7 @@ def test_training_with_quantized_synapses_resumes_bitwise(tmp_path, monkeypatch,
                                               ("memristor", 8, "memristor")])
 def test_profiles_load_and_give_their_bits(name, bits, device):
     from spikeep.hardware.chips import get_profile
-    from spikeep.validation import config_from_dict, synapse_spec
+    from spikeep.training.validation import config_from_dict, synapse_spec
 
     cfg = config_from_dict({"plasticity": {"profile": name}, "model": {"neurons": "spiking"},
                             "train": {"lrs": [0.1, 0.1]}})
@@ -199,7 +199,7 @@ def test_profiles_load_and_give_their_bits(name, bits, device):
 
 def test_bad_profiles_give_clear_errors():
     from spikeep.hardware.chips import ChipProfile, Energy, register_profile
-    from spikeep.validation import config_from_dict
+    from spikeep.training.validation import config_from_dict
     from spikeep.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown chip profile 'truenorth'; known profiles: ideal, loihi2"):
@@ -271,13 +271,13 @@ def test_spiking_run_with_a_profile_reports_energy_and_records_integer_codes(tmp
 
     import spikeep.traces as traces
     from conftest import REPO
-    from spikeep.validation import load_config
-    from spikeep.trainer import train
+    from spikeep.training.validation import load_config
+    from spikeep.training.trainer import train
 
     over = ["train.epochs=1", "data.subset=200", "model.hidden=[24]", "train.batch_size=20",
             "model.neurons=\"spiking\"", "spiking.T1=40", "spiking.T2=20", "spiking.window=20",
             "plasticity.profile=\"loihi2\"", "traces.enabled=true", "traces.sample=30", "traces.full_every=5"]
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over)
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over)
     r = train(cfg, tmp_path, progress=False, echo=False)
     row = r.history[-1]
     assert row["spikes_per_inference"] > 0 and row["synops_per_inference"] >= row["spikes_per_inference"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.core.dynamics import free_phase, nudged_phase
 from spikeep.core.network import EqNetwork
 from spikeep.data import load_cifar10, normalize
@@ -34,7 +34,7 @@ def _estimates(net, x, y, T1=60, T2=15, beta=0.5, start=None, tol=0.0):
 @pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_file(), reason="CIFAR-10 npz not found under $SPIKEEP_DATA")
 def test_float32_symmetric_estimate_within_one_percent_of_float64_paper_convnet():
-    cfg = load_config(REPO / "spikeep" / "configs" / "cifar10_ep_symmetric_ce.toml")
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_ep_symmetric_ce.toml")
     test = normalize(load_cifar10(npz=str(CIFAR)).test, cfg.data.mean, cfg.data.std)
     x, y = test.x[:8], test.y[:8]
     torch.manual_seed(0)

@@ -15,13 +15,13 @@ matplotlib.use("Agg")
 
 @pytest.fixture
 def saved_figures(monkeypatch):
-    """Every figure saved (by spikeep.plots through save_figure_atomic, or by an analysis script with
+    """Every figure saved (by spikeep.training.plots through save_figure_atomic, or by an analysis script with
     savefig to a file), kept for inspection as (file name, figure, dpi)."""
     from matplotlib.figure import Figure
 
-    import spikeep.plots
+    import spikeep.training.plots
 
-    saved, original, atomic = [], Figure.savefig, spikeep.plots.save_figure_atomic
+    saved, original, atomic = [], Figure.savefig, spikeep.training.plots.save_figure_atomic
 
     def keep(self, fname, *args, **kwargs):
         original(self, fname, *args, **kwargs)
@@ -33,7 +33,7 @@ def saved_figures(monkeypatch):
         return atomic(fig, path, dpi)
 
     monkeypatch.setattr(Figure, "savefig", keep)
-    monkeypatch.setattr(spikeep.plots, "save_figure_atomic", keep_atomic)
+    monkeypatch.setattr(spikeep.training.plots, "save_figure_atomic", keep_atomic)
     return saved
 
 
@@ -44,7 +44,7 @@ def _legend_texts(legend):
 def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figures):
     from spikeep.cli import main
 
-    assert main(["gdu", str(REPO / "spikeep" / "configs" / "gdu_conv.toml"), "--out", str(tmp_path), "--set", "gdu.K=6"]) == 0
+    assert main(["gdu", str(REPO / "spikeep" / "config" / "shipped" / "gdu_conv.toml"), "--out", str(tmp_path), "--set", "gdu.K=6"]) == 0
     (name, fig, dpi), = [f for f in saved_figures if f[0].endswith("gdu.png")]
     assert [_legend_texts(lg) for lg in fig.legends] == [["BPTT (wide pale band)", "EP symmetric", "EP one-sided"]]
     top = fig.axes[:3]
@@ -61,10 +61,10 @@ def test_gdu_figure_says_what_colours_and_line_styles_mean(tmp_path, saved_figur
 
 
 def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
-    from spikeep.validation import load_config
-    from spikeep.trainer import train
+    from spikeep.training.validation import load_config
+    from spikeep.training.trainer import train
 
-    cfg = load_config(REPO / "spikeep" / "configs" / "quickstart.toml",
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml",
                       ["data.subset=200", "model.hidden=[8]", "train.batch_size=20", "dynamics.T1=10", "dynamics.T2=4",
                        "train.epochs=1", "traces.enabled=true", "traces.sample=6"])
     train(cfg, tmp_path / "run", progress=False, echo=False)
@@ -104,7 +104,7 @@ def test_trace_figures_have_legends_and_readable_ticks(tmp_path, saved_figures):
 
 def test_no_warning_when_spikeep_starts():
     """Norse 1.1.0's torch.jit.script FutureWarning is filtered at import; nothing else is printed."""
-    code = "import spikeep.cli, spikeep.trainer, spikeep.spiking.simulator, spikeep.nir_export"
+    code = "import spikeep.cli, spikeep.training.trainer, spikeep.spiking.simulator, spikeep.training.nir_export"
     r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     r = subprocess.run([sys.executable, "-m", "spikeep.cli", "train", "--help"], capture_output=True, text=True, cwd=REPO)

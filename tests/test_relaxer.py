@@ -194,7 +194,7 @@ def test_incremental_bf16_bound_matters():
 
 
 def test_warm_starts_save_steps_and_round_trip():
-    from spikeep.methods import WarmStarts
+    from spikeep.training.learners import WarmStarts
 
     net = small_conv(pools="mm", loss="cross_entropy")
     x, y = batch_for(net, 6)
@@ -242,11 +242,11 @@ def test_incremental_paper_convnet_within_one_percent_of_float64_at_same_equilib
     import sys
     sys.path.insert(0, str(os.path.join(os.path.dirname(__file__), "..", "analysis")))
     from precision import compare, estimates, same_equilibrium_reference
-    from spikeep.validation import load_config
+    from spikeep.training.validation import load_config
     from spikeep.core.network import EqNetwork
     from spikeep.data import load_cifar10, normalize
 
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "spikeep", "configs", "cifar10_ep_symmetric_ce.toml"))
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "spikeep", "config", "shipped", "cifar10_ep_symmetric_ce.toml"))
     test = normalize(load_cifar10(None, str(_cifar_npz())).test, cfg.data.mean, cfg.data.std)
     x, y = test.x[:8], test.y[:8]
     torch.manual_seed(0)
@@ -265,11 +265,11 @@ def test_incremental_paper_convnet_within_one_percent_of_float64_at_same_equilib
 
 @needs_cifar
 def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
-    """spikeep/configs/cifar10_fast.toml (engine, bf16_incremental, tolerances, per-sample warm starts) on a tiny
+    """spikeep/config/shipped/cifar10_fast.toml (engine, bf16_incremental, tolerances, per-sample warm starts) on a tiny
     real CIFAR-10 subset: trains, writes its steps per phase, resumes its warm starts from a checkpoint."""
     import numpy as np
-    from spikeep.validation import load_config
-    from spikeep.trainer import train
+    from spikeep.training.validation import load_config
+    from spikeep.training.trainer import train
 
     with np.load(_cifar_npz(), allow_pickle=False) as z:
         rng = np.random.default_rng(0)
@@ -280,7 +280,7 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
     over = [f"data.npz={small}", "model.channels=[8,8,16,16]", "dynamics.T1=12", "dynamics.T2=4",
             "dynamics.tol_every=4", "train.epochs=2", "train.batch_size=16", "train.checkpoint_every=2",
             "train.eval_batch_size=16", "dynamics.device=cpu"]
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "spikeep", "configs", "cifar10_fast.toml"), over)
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "spikeep", "config", "shipped", "cifar10_fast.toml"), over)
     assert cfg.dynamics.precision == "bf16_incremental" and cfg.dynamics.warm_start == "per_sample"
     res = train(cfg, tmp_path / "run", progress=False, echo=False)
     h = res.history

@@ -15,13 +15,13 @@ import pytest
 
 from conftest import REPO, crash_at_update
 from spikeep import traces
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.cli import main
-from spikeep.files import StorageError, write_json_atomic
-from spikeep.trainer import train
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.files import StorageError, write_json_atomic
+from spikeep.training.trainer import train
+from spikeep.training.checkpoint_files import load_checkpoint
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",
         "train.checkpoint_every=2", "train.epochs=2"]
 TRACED = TINY + ["traces.enabled=true", "traces.sample=20", "traces.flush_every=3"]
@@ -137,7 +137,7 @@ def test_disk_full_while_writing_traces(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("how", ["seen before writing", "failing write"])
 def test_disk_full_while_writing_a_checkpoint(tmp_path, capsys, monkeypatch, how):
-    import spikeep.files as files
+    import spikeep.training.files as files
 
     run = tmp_path / "run"
     state = {"n": 0, "before": None}
@@ -192,7 +192,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, capsys, monkeypatch):
 # 5. an infinite loss is divergence; JSON stays strict ------------------------------------------------
 
 def test_infinite_loss_is_divergence_and_json_stays_strict(tmp_path, capsys, monkeypatch):
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
 
     real = tr.make_optimizer
 
@@ -255,13 +255,13 @@ def test_unreadable_configs_name_the_file(tmp_path, capsys, monkeypatch):
 # 8. Ctrl-C ------------------------------------------------------------------------------------------
 
 def test_ctrl_c_prints_one_line(tmp_path, capsys, monkeypatch):
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tr, "train", interrupted)
-    import spikeep.runfolder as rf
+    import spikeep.training.run_folder as rf
 
     rf.ACTIVE["last"] = None
     assert main(["train", str(QUICK), "--run-dir", str(tmp_path / "run")]) == 130
@@ -432,7 +432,7 @@ def test_only_process_0_reports_the_final_test_accuracy(monkeypatch, capsys, tmp
     """issue 29, item 1: process 1 of a resumed data-parallel run held the checkpoint's history only and
     printed a stale 'test accuracy' line; the report is process 0's alone (TrainResult.main)."""
     import spikeep.cli as cli
-    import spikeep.trainer as tr
+    import spikeep.training.trainer as tr
 
     for main, lines in ((False, 0), (True, 1)):
         monkeypatch.setattr(tr, "train", lambda *a, **k: tr.TrainResult(None, [{"test_acc": 48.5}], tmp_path, main))

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import REPO, crash_at_update
-from spikeep.checkpoint import TrainState
-from spikeep.checkpoint_files import load_checkpoint
-from spikeep.epoch_stats import EpochStats
-from spikeep.trainer import train
-from spikeep.validation import load_config
+from spikeep.training.train_state import TrainState
+from spikeep.training.checkpoint_files import load_checkpoint
+from spikeep.training.epochs import EpochStats
+from spikeep.training.trainer import train
+from spikeep.training.validation import load_config
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 # 12 batches per epoch, a checkpoint every 5: a crash at the 18th update resumes at epoch 2, batch 5,
 # mid-epoch, with epoch 2's running statistics, the momentum buffers and the halved cosine lr to restore.
 TINY = ["data.subset=300", "model.hidden=[32]", "train.batch_size=25", "dynamics.T1=15", "dynamics.T2=5",

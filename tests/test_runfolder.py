@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from conftest import REPO, crash_at_update
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 from spikeep.cli import main
-from spikeep.runfolder import LOCK_NAME, RunFolderError, RunLock
-from spikeep.trainer import train
-from spikeep.checkpoint_files import load_checkpoint, save_checkpoint
+from spikeep.training.run_folder import LOCK_NAME, RunFolderError, RunLock
+from spikeep.training.trainer import train
+from spikeep.training.checkpoint_files import load_checkpoint, save_checkpoint
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 TINY = ["data.subset=200", "model.hidden=[16]", "train.batch_size=25", "dynamics.T1=10", "dynamics.T2=3",
         "train.checkpoint_every=2", "train.epochs=1"]
 
@@ -153,7 +153,7 @@ def test_sigint_and_sigterm_at_random_moments_end_with_one_line(tmp_path):
 
 
 def test_gpu_and_library_failures_are_not_bad_input(tmp_path, capsys, monkeypatch):
-    import spikeep.methods as ln
+    import spikeep.training.learners as ln
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -201,7 +201,7 @@ def test_unusable_run_dirs_are_refused_before_anything_runs(tmp_path, capsys):
 
 def test_missing_data_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPIKEEP_DATA", str(tmp_path / "nothing"))
-    cfg = REPO / "spikeep" / "configs" / "cifar10_cpu_sym_ce.toml"
+    cfg = REPO / "spikeep" / "config" / "shipped" / "cifar10_cpu_sym_ce.toml"
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(cfg), "--no-progress"]) == 2
     assert "cifar10" in capsys.readouterr().err.lower()
@@ -246,7 +246,7 @@ def test_trace_file_stays_near_its_data_size_with_checkpoints_every_iteration(tm
 
 
 def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp_path):
-    from spikeep.run_start import last_checkpoint_words
+    from spikeep.training.run_folder import last_checkpoint_words
 
     run = tmp_path / "r"
     train(load_config(QUICK, TINY), run, progress=False, echo=False)
@@ -261,7 +261,7 @@ def test_divergence_message_says_when_the_last_checkpoint_is_already_far_off(tmp
 def test_spiking_evaluation_loss_comes_from_the_spiking_network(tmp_path, capsys):
     """The spiking twin's loss is its own (from spike rates), close to the rate network's, not a copy;
     the command prints enough digits to show the difference."""
-    from spikeep.evaluation import evaluate_run
+    from spikeep.training.evaluation import evaluate_run
 
     run = tmp_path / "r"
     train(load_config(QUICK, ["train.epochs=1", "data.subset=500"]), run, progress=False, echo=False)
@@ -274,12 +274,12 @@ def test_spiking_evaluation_loss_comes_from_the_spiking_network(tmp_path, capsys
 def test_the_lock_holds_when_its_file_is_deleted(tmp_path):
     """issue 29, item 8: the lock is on the folder itself, so deleting .spikeep.lock while a run writes
     does not let a second process in, and the refusal says why it cannot name the pid."""
-    from spikeep.runfolder import LOCK_NAME, RunFolderError, RunLock
+    from spikeep.training.run_folder import LOCK_NAME, RunFolderError, RunLock
 
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from spikeep.runfolder import RunLock; l = RunLock(Path(sys.argv[1])).acquire(); "
+                               "from spikeep.training.run_folder import RunLock; l = RunLock(Path(sys.argv[1])).acquire(); "
                                "print('locked', flush=True); time.sleep(60)", str(run)],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -11,12 +11,12 @@ import torch
 
 from conftest import REPO, kill_when
 from spikeep.cli import main
-from spikeep.validation import load_config
-from spikeep.build import build_network, make_optimizer, make_scheduler
-from spikeep.evaluation import evaluate_run
-from spikeep.checks import DivergenceError
-from spikeep.trainer import train
-from spikeep.checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from spikeep.training.validation import load_config
+from spikeep.training.build import build_network, make_optimizer, make_scheduler
+from spikeep.training.evaluation import evaluate_run
+from spikeep.training.divergence import DivergenceError
+from spikeep.training.trainer import train
+from spikeep.training.checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
 RUN_FILES = {"config.json", "env.json", "metrics.csv", "summary.json", "checkpoint.pt", "best.pt", "curves.png",
              "train.log"}
@@ -25,7 +25,7 @@ TINY = ["train.epochs=3", "data.subset=600", "model.hidden=[64]", "train.batch_s
 
 
 def tiny_config(*extra):
-    return load_config(REPO / "spikeep" / "configs" / "quickstart.toml", TINY + list(extra))
+    return load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", TINY + list(extra))
 
 
 def weights(run_dir, name="checkpoint.pt"):
@@ -77,7 +77,7 @@ def test_resume_after_kill_gives_bitwise_identical_weights(tmp_path):
     cfg_args = ["--set", "data.subset=600", "--set", "model.hidden=[64]", "--set", "train.batch_size=25",
                 "--set", "dynamics.T1=25", "--set", "dynamics.T2=8", "--set", "train.checkpoint_every=2",
                 "--set", "train.epochs=3", "--set", "estimator.name=random_sign"]
-    cfg_path = str(REPO / "spikeep" / "configs" / "quickstart.toml")
+    cfg_path = str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml")
     ref = tmp_path / "ref"
     assert _spawn_train(ref, cfg_path, "--run-dir", str(ref), *cfg_args).wait() == 0
     run = tmp_path / "killed"
@@ -161,7 +161,7 @@ def test_divergence_stops_the_run_naming_layer_and_iteration(tmp_path):
 def test_cosine_schedule_after_t_max_climbs_again():
     """The paper's CosineAnnealingLR(T_max=100, eta_min=1e-5) run for 120 epochs: at epoch 100 the
     rate is eta_min, then it rises along the cosine (closed form), epoch 120 runs at ~8.6 % of the base rate."""
-    cfg = load_config(REPO / "spikeep" / "configs" / "cifar10_ep_symmetric_ce.toml")
+    cfg = load_config(REPO / "spikeep" / "config" / "shipped" / "cifar10_ep_symmetric_ce.toml")
     net = build_network(cfg)
     opt = make_optimizer(net, cfg)
     sched = make_scheduler(opt, cfg)
@@ -190,7 +190,7 @@ def _launch(run_dir, processes: int, batch: int, extra=(), resume=False, **popen
         args = ["-m", "spikeep.cli", "train", "--no-progress", "--resume", str(run_dir)]
     else:
         sets = [a for o in [*DP_OVER, f"train.batch_size={batch}", *extra] for a in ("--set", o)]
-        args = ["-m", "spikeep.cli", "train", str(REPO / "spikeep" / "configs" / "quickstart.toml"), "--no-progress",
+        args = ["-m", "spikeep.cli", "train", str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"), "--no-progress",
                 "--run-dir", str(run_dir), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(head + args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -297,7 +297,7 @@ def test_a_refusal_in_process_zero_stops_every_process(tmp_path):
     """Process 0 refuses the resume (no checkpoint in the folder): the other process stops too, with
     process 0's reason, instead of waiting forever at the next collective."""
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text(json.dumps(load_config(REPO / "spikeep" / "configs" / "quickstart.toml").to_dict()))
+    (tmp_path / "run" / "config.json").write_text(json.dumps(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml").to_dict()))
     port, procs = _free_port(), []
     for rank in (0, 1):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",

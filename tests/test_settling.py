@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_mlp, batch_for
-from spikeep.build import build_network, make_learner
-from spikeep.checkpoint_files import load_checkpoint
+from spikeep.training.build import build_network, make_learner
+from spikeep.training.checkpoint_files import load_checkpoint
 from spikeep.core.dynamics import Settling, free_phase, layer_distances, nudged_phase
 from spikeep.data import prepare_data
 from spikeep.learning.ep import ep_gradients
-from spikeep.validation import load_config
+from spikeep.training.validation import load_config
 
 WEIGHTS = Path(__file__).parent / "data" / "cifar10_cpu_epoch4_fp16.pt"
 

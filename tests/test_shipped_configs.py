@@ -1,4 +1,4 @@
-"""The configs ship inside the package (spikeep/configs/) and are used by name from any folder:
+"""The configs ship inside the package (spikeep/config/shipped/) and are used by name from any folder:
 `spikeep train quickstart`, `spikeep configs`; and (slow) the acceptance from a built wheel installed in
 a fresh virtual environment, run in an empty folder."""
 import os
@@ -21,13 +21,13 @@ TINY = ["--set", "data.subset=100", "--set", "train.epochs=1", "--set", "model.h
 def test_configs_lists_the_shipped_configs_and_prints_one(capsys):
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
-    names = sorted(p.stem for p in (REPO / "spikeep" / "configs").glob("*.toml"))
+    names = sorted(p.stem for p in (REPO / "spikeep" / "config" / "shipped").glob("*.toml"))
     assert len(names) >= 20 and sorted(shipped_configs()) == names
     listed = [line.split()[0] for line in out.splitlines()[:len(names)]]
     assert listed == names
     assert re.search(r"^quickstart\s+Quick start: ", out, re.M)
     assert main(["configs", "quickstart"]) == 0
-    assert capsys.readouterr().out == (REPO / "spikeep" / "configs" / "quickstart.toml").read_text()
+    assert capsys.readouterr().out == (REPO / "spikeep" / "config" / "shipped" / "quickstart.toml").read_text()
     assert main(["configs", "no_such"]) == 2
     assert "no shipped config named 'no_such'" in capsys.readouterr().err
 
@@ -47,10 +47,17 @@ def test_train_a_config_by_name_from_another_folder(tmp_path):
     assert r.returncode == 2 and "give its name, quickstart" in r.stderr  # the old path says where it went
 
 
-def test_a_file_in_the_folder_wins_over_a_shipped_name(tmp_path, monkeypatch):
-    from spikeep.validation import load_config
+def test_the_old_folders_of_the_configs_say_where_they_went(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for old in ("models/quickstart.toml", "spikeep/configs/quickstart.toml"):
+        assert main(["train", old]) == 2
+        assert "give its name, quickstart" in capsys.readouterr().err, old
 
-    (tmp_path / "quickstart.toml").write_text('base = "' + str(REPO / "spikeep" / "configs" / "quickstart.toml")
+
+def test_a_file_in_the_folder_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    from spikeep.training.validation import load_config
+
+    (tmp_path / "quickstart.toml").write_text('base = "' + str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml")
                                               + '"\n[train]\nepochs = 7\n')
     monkeypatch.chdir(tmp_path)
     assert load_config("quickstart.toml").train.epochs == 7  # the file here
@@ -58,7 +65,7 @@ def test_a_file_in_the_folder_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 
 def test_a_config_of_ones_own_starts_from_a_shipped_one_by_name(tmp_path):
-    from spikeep.validation import load_config
+    from spikeep.training.validation import load_config
 
     mine = tmp_path / "elsewhere" / "mine.toml"
     mine.parent.mkdir()
@@ -69,7 +76,7 @@ def test_a_config_of_ones_own_starts_from_a_shipped_one_by_name(tmp_path):
 
 def test_the_configs_are_package_data():
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["spikeep"]
-    assert "configs/*.toml" in data and not (REPO / "models").exists()
+    assert "config/shipped/*.toml" in data and "data/*.npz" in data and not (REPO / "models").exists()
 
 
 @pytest.mark.slow

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from spikeep.torch_settings import choose_threads
-from spikeep.validation import load_config
-from spikeep.checkpoint import TrainState
+from spikeep.training.torch_settings import choose_threads
+from spikeep.training.validation import load_config
+from spikeep.training.train_state import TrainState
 from spikeep.cli import main
-from spikeep.trainer import train
+from spikeep.training.trainer import train
 
-QUICK = REPO / "spikeep" / "configs" / "quickstart.toml"
+QUICK = REPO / "spikeep" / "config" / "shipped" / "quickstart.toml"
 SMALL = ["data.subset=200", "model.hidden=[16]", "train.batch_size=20", "dynamics.T1=10", "dynamics.T2=4",
          "train.epochs=2"]
 
@@ -21,7 +21,7 @@ def test_threads_follow_the_rule(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert choose_threads(load_config(QUICK, ["train.threads=3"])) == (3, "train.threads")
     assert choose_threads(load_config(QUICK)) == (1, "auto: no conv layers")
-    conv = load_config(REPO / "spikeep" / "configs" / "mnist_conv.toml")
+    conv = load_config(REPO / "spikeep" / "config" / "shipped" / "mnist_conv.toml")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)), raising=False)
     monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))  # an idle 6-core machine: all 6
     assert choose_threads(conv) == (6, "auto: conv layers, 6 cores, 0 busy by the 1-minute load")
@@ -76,7 +76,7 @@ def test_clock_checkpoints_let_a_killed_run_resume_bitwise(tmp_path, monkeypatch
             raise Crash()
 
     monkeypatch.setattr(TrainState, "save", save_then_maybe_die)
-    monkeypatch.setattr("spikeep.trainer.time.monotonic", iter(range(0, 10**9, 61)).__next__)  # 61 s per reading
+    monkeypatch.setattr("spikeep.training.trainer.time.monotonic", iter(range(0, 10**9, 61)).__next__)  # 61 s per reading
     cfg = load_config(QUICK, SMALL + ["train.checkpoint_minutes=1"])
     with pytest.raises(Crash):
         train(cfg, tmp_path / "run", progress=False, echo=False)

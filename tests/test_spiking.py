@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import batch_for, small_conv, small_mlp
 from norse.torch.functional.encode import poisson_encode
 
-from spikeep.validation import config_from_dict
+from spikeep.training.validation import config_from_dict
 from spikeep.config import ConfigError
 from spikeep.core.dynamics import free_phase
 from spikeep.learning.ep import ep_gradients
@@ -358,7 +358,7 @@ def test_settling_options_are_checked():
 
 
 def test_probe_pictures(tmp_path):
-    from spikeep.plots import plot_rate_convergence, plot_raster
+    from spikeep.training.plots import plot_rate_convergence, plot_raster
 
     net = small_mlp(hidden=(16,), scale=2.0)
     x, y = batch_for(net, 3)

@@ -20,7 +20,7 @@ TRACED = ["--set", "data.subset=500", "--set", "model.hidden=[48]", "--set", "tr
           "--set", "dynamics.T1=20", "--set", "dynamics.T2=6", "--set", "train.epochs=3",
           "--set", "train.checkpoint_every=3", "--set", "traces.enabled=true", "--set", "traces.sample=40",
           "--set", "traces.flush_every=2", "--set", "traces.full_every=7", "--set", "traces.probe=4"]
-QUICK = str(REPO / "spikeep" / "configs" / "quickstart.toml")
+QUICK = str(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -187,8 +187,8 @@ LAYOUT_CHECK = textwrap.dedent('''
 
 
 def test_layout_is_readable_by_h5py_alone(tmp_path):
-    from spikeep.validation import load_config
-    from spikeep.trainer import train
+    from spikeep.training.validation import load_config
+    from spikeep.training.trainer import train
 
     cfg = load_config(QUICK, [a for a in TRACED[1::2]] + ["train.epochs=1"])
     train(cfg, tmp_path / "run", progress=False, echo=False)
@@ -205,8 +205,8 @@ def test_layout_is_readable_by_h5py_alone(tmp_path):
 
 
 def _small_run(tmp_path):
-    from spikeep.validation import load_config
-    from spikeep.trainer import train
+    from spikeep.training.validation import load_config
+    from spikeep.training.trainer import train
 
     cfg = load_config(QUICK, ["data.subset=100", "model.hidden=[8]", "train.batch_size=25", "dynamics.T1=10",
                               "dynamics.T2=4", "train.epochs=1", "traces.enabled=true", "traces.sample=6",
@@ -284,8 +284,8 @@ def test_summary_column_is_variable_length_utf8_and_a_locked_file_says_why(tmp_p
 
     import spikeep.traces.format as fmt
     from spikeep.traces import Traces
-    from spikeep.trainer import train
-    from spikeep.validation import load_config
+    from spikeep.training.trainer import train
+    from spikeep.training.validation import load_config
 
     cfg = load_config("quickstart", ["train.epochs=1", "data.subset=200", "data.test_subset=100", "traces.enabled=true",
                                      "model.hidden=[16]"])

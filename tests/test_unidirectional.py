@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import REPO, batch_for, random_state
-from spikeep.validation import config_from_dict, load_config
+from spikeep.training.validation import config_from_dict, load_config
 from spikeep.config import ConfigError, ModelConfig
 from spikeep.core.network import EqNetwork
 from spikeep.learning.ep import ep_gradients
 from spikeep.learning.alignment import alignment_angles
-from spikeep.trainer import train
+from spikeep.training.trainer import train
 
 CONV = dict(input_shape=[1, 12, 12], channels=[4, 6], kernels=[3, 3], strides=[1, 1], paddings=[1, 1], pools="mm",
             hidden=[9], n_classes=5)
@@ -98,7 +98,7 @@ def test_config_checks_and_angles_in_metrics(tmp_path):
     over = ["model.unidirectional=true", "estimator.name=sym_kp_vf", "estimator.kp_leak=0.05", "model.hidden=[32,16]",
             "train.lrs=[0.1,0.05,0.05]", "data.subset=300", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.epochs=2"]
-    r = train(load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
+    r = train(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert [h for h in header if h.startswith("angle_")] == ["angle_unidense1"]  # the readout stays symmetric
     assert r.history[-1]["angle_unidense1"] < r.history[0]["angle_unidense1"] < 90  # leakage aligns them
@@ -127,7 +127,7 @@ def test_dropout_mask_is_the_same_in_every_phase_and_off_in_evaluation(monkeypat
     ep_gradients(net, x, y, "symmetric", 0.5, 10, 4, mask=mask)
     assert len(seen) == 18 and all(m is mask for m in seen)  # free, +beta, -beta: one mask
     seen.clear()
-    from spikeep.methods import RateEP
+    from spikeep.training.learners import RateEP
     RateEP(net, "symmetric", 0.5, 10, 4).free_equilibrium(x)
     assert seen and all(m is None for m in seen)  # evaluation: no dropout
     monkeypatch.undo()
@@ -150,7 +150,7 @@ def test_dropout_trains_and_bptt_unrolls_with_one_mask(tmp_path):
     over = ["model.dropout=0.1", "model.hidden=[32]", "data.subset=300", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.epochs=2"]
     for est in ("symmetric", "bptt"):
-        r = train(load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over + [f"estimator.name={est}"]), tmp_path / est,
+        r = train(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over + [f"estimator.name={est}"]), tmp_path / est,
                   progress=False, echo=False)
         assert r.history[-1]["test_acc"] > 40
 
@@ -161,7 +161,7 @@ def test_angles_in_the_weight_traces(tmp_path):
     over = ["model.unidirectional=true", "estimator.name=sym_kp_vf", "estimator.kp_leak=0.05", "model.hidden=[32,16]",
             "train.lrs=[0.1,0.05,0.05]", "data.subset=200", "train.batch_size=25", "dynamics.T1=15",
             "dynamics.T2=5", "train.epochs=1", "traces.enabled=true", "traces.sample=10"]
-    r = train(load_config(REPO / "spikeep" / "configs" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
+    r = train(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", over), tmp_path / "run", progress=False, echo=False)
     with traces.open(tmp_path / "run" / "traces.h5") as t:
         lt = t["unidense1"]
         assert lt.angle.shape == (t.n_rows(),) and not hasattr(t["dense0"], "angle")
@@ -177,7 +177,7 @@ def test_table2_script_places_runs_in_their_rows(tmp_path):
             "dynamics.T1=15", "dynamics.T2=5", "train.epochs=2"]
     for name, extra in (("bi", []), ("kp", ["model.unidirectional=true", "estimator.name=sym_kp_vf",
                                            "estimator.kp_leak=0.05"])):
-        train(load_config(REPO / "spikeep" / "configs" / "quickstart.toml", base + extra), tmp_path / name, progress=False, echo=False)
+        train(load_config(REPO / "spikeep" / "config" / "shipped" / "quickstart.toml", base + extra), tmp_path / name, progress=False, echo=False)
     r = subprocess.run([sys.executable, str(REPO / "analysis" / "table2.py"), str(tmp_path / "bi"), str(tmp_path / "kp"),
                         "--out", str(tmp_path / "t2")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr

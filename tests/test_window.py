@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeep.build import build_network
-from spikeep.checkpoint_files import load_checkpoint
-from spikeep.trainer import train
-from spikeep.validation import load_config
+from spikeep.training.build import build_network
+from spikeep.training.checkpoint_files import load_checkpoint
+from spikeep.training.trainer import train
+from spikeep.training.validation import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -2,8 +2,8 @@
 
 Plain data only: this package imports nothing else of spikeep. Each section checks what it can know by
 itself (types, ranges, lengths); the checks that need the package (activation and pooling names,
-spiking and synapse parameters, chip profiles) run where the objects are built, in spikeep.build,
-whose `load_config` is the one entry point that reads and validates a config file.
+spiking and synapse parameters, chip profiles) run where the objects are built, in spikeep.training (build.py;
+validation.py, whose `load_config` is the one entry point that reads and validates a config file).
 
     sections.py   the sections (dataclasses) and their own checks
     reading.py    typed reading of dicts, TOML files, --set overrides and run folders' config.json

@@ -102,8 +102,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-# the configs shipped inside the package (spikeep/configs/*.toml), found by name from any folder
-SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+# the configs shipped inside the package (spikeep/config/shipped/*.toml), found by name from any folder
+SHIPPED = Path(__file__).resolve().parent / "shipped"
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -113,7 +113,7 @@ def shipped_configs() -> dict[str, Path]:
 
 def resolve_config(path_or_name: Union[str, Path]) -> Path:
     """A config file from a path, or from the name of a shipped config ('quickstart' or 'quickstart.toml'
-    -> spikeep/configs/quickstart.toml). An existing file always wins; a plain name that is neither a
+    -> spikeep/config/shipped/quickstart.toml). An existing file always wins; a plain name that is neither a
     file here nor a shipped config is an error that lists the shipped ones."""
     path = Path(path_or_name)
     if path.exists() or len(path.parts) != 1:
@@ -127,7 +127,7 @@ def resolve_config(path_or_name: Union[str, Path]) -> Path:
 
 
 def read_toml(path: Union[str, Path]) -> dict[str, Any]:
-    """A TOML config file (or a shipped config's name, see resolve_config) as a dict, `name` defaulting to the file's stem (spikeep.validation.load_config
+    """A TOML config file (or a shipped config's name, see resolve_config) as a dict, `name` defaulting to the file's stem (spikeep.training.validation.load_config
     turns it into a validated Config). A top-level `base = "other.toml"` (relative to this file's folder)
     starts from that file's settings, section by section, and this file's keys win; bases may have bases.
     A base that is no file there but a shipped config's name ("quickstart.toml") is that shipped config."""
@@ -167,8 +167,8 @@ def _read_one_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is a directory, not a config file (give a .toml file or a shipped config's name, e.g. quickstart)")
     if not path.is_file():
         shipped = path.stem in shipped_configs() and path.suffix == ".toml"
-        raise ConfigError(f"config file not found: {path}" + (f" (the configs once in models/ ship inside the package "
-                                                             f"now: give its name, {path.stem})" if shipped else ""))
+        raise ConfigError(f"config file not found: {path}" + (f" (the configs once in models/ and spikeep/configs/ "
+                                                             f"ship inside the package now: give its name, {path.stem})" if shipped else ""))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

@@ -113,7 +113,7 @@ def _sampled_synapses(ep: dict, bptt_cum: list, layers: list, K: int) -> dict:
 
 def save_gdu(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write gdu.json and gdu.png (EP updates vs truncated BPTT per layer, like Fig. 2)."""
-    from ..plots import plot_gdu
+    from ..training.plots import plot_gdu
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..files import StorageError, ensure_space, storage_error
+from ..training.files import StorageError, ensure_space, storage_error
 from .format import (FORMAT, LIBVER, PER_ITERATION, PER_SNAPSHOT, READABLE, SUMMARY_COLUMNS, LayerSpec, TracesError,
                      describe, open_for_reading)
 

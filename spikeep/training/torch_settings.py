@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,7 +8,7 @@ Randomness: the data order comes from one generator (its state at the start of e
 checkpointed, so a run resumed mid-epoch replays the same permutation), random signs from a second one,
 checkpointed as it is; augmentation and dropout masks are keyed per sample (seed, epoch, sample index:
 spikeep.data.keyed_uniform). A process of a distributed run holds its shard of each epoch
-(spikeep.distributed) and draws only for its own samples.
+(spikeep.training.data_parallel) and draws only for its own samples.
 """
 from __future__ import annotations
 
@@ -24,31 +24,29 @@ import torch
 from tqdm.auto import tqdm
 
 from .build import build_network, engine_name, make_learner, make_optimizer, make_plasticity, make_scheduler
-from .checkpoint import TrainState
+from .train_state import TrainState
 from .checkpoint_files import CHECKPOINT_FORMAT, save_checkpoint
-from .checks import DivergenceError, FiniteChecks
-from .config import Config
-from .data import DROPOUT_STREAM, Split, augment_keyed, check_labels, keyed_uniform, prepare_data
-from .distributed import Dist, any_process, average_gradients, barrier, batches_per_epoch, epoch_shard, \
+from .divergence import DivergenceError, FiniteChecks
+from ..config import Config
+from ..data import DROPOUT_STREAM, Split, augment_keyed, check_labels, keyed_uniform, prepare_data
+from .data_parallel import Dist, any_process, average_gradients, barrier, batches_per_epoch, epoch_shard, \
     global_batch_size, join_process_group, on_main, place, sum_over_processes
-from .epoch_files import write_epoch_files
-from .epoch_stats import EpochStats
+from .epochs import EpochStats, write_epoch_files
 from .evaluation import Evaluation, evaluate
 from .files import StorageError, remove_stale_temporaries, write_json_atomic
-from .hardware.energy import energy_columns
-from .learning.alignment import alignment_angles
-from .logs import close_logger, get_logger, log_traceback_to_file
-from .methods import Learner, SpikingEP, WarmStarts
+from ..hardware.energy import energy_columns
+from ..learning.alignment import alignment_angles
+from .train_log import close_logger, get_logger, log_traceback_to_file
+from .learners import Learner, SpikingEP, WarmStarts
 from .plots import spike_pictures
 from .provenance import environment
-from .run_start import last_checkpoint_words, open_run_dir, resumable
-from .runfolder import RunLock, check_run_dir, refuse_existing_run
-from .spiking.metrics import ChipEvents
-from .spiking.simulator import probe_phases
+from .run_folder import RunLock, check_run_dir, last_checkpoint_words, open_run_dir, refuse_existing_run, resumable
+from ..spiking.metrics import ChipEvents
+from ..spiking.simulator import probe_phases
 from .time_budget import Budget
 from .torch_settings import resolve_device, set_threads
 from .trace_recording import open_recorder, record_snapshot
-from .traces import TraceRecorder
+from ..traces import TraceRecorder
 from .validation import check_config
 
 
@@ -68,7 +66,7 @@ def train(cfg: Optional[Config] = None, run_dir: Optional[str | Path] = None, *,
     otherwise a new folder is made (runs/<name>/<timestamp> unless run_dir is given). A given run_dir
     that holds anything is refused (overwrite=True moves it aside first, deleting nothing). Nothing is
     created before the config, the data and the device are known good; one process writes a folder
-    at a time (runfolder.RunLock). Under torchrun only process 0 touches the folder. progress: tqdm bars
+    at a time (run_folder.RunLock). Under torchrun only process 0 touches the folder. progress: tqdm bars
     (None: only when stderr is a terminal, so logs and pipes get none).
     """
     procs = join_process_group()

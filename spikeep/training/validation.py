@@ -13,17 +13,17 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .config import (Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, resolve_config,
+from ..config import (Config, ConfigError, PlasticityConfig, SpikingConfig, parse_config, read_toml, resolve_config,
                      with_overrides)
-from .core.fused import triton_available
-from .core.interactions import POOLS
-from .core.network import EqNetwork
-from .core.activations import get_activation
-from .data import DATA_SHAPES
-from .hardware.chips import apply_profile, chip_input_for, get_profile
-from .learning.plasticity import SynapseSpec
-from .spiking.neurons import NeuronParams
-from .spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
+from ..core.fused import triton_available
+from ..core.interactions import POOLS
+from ..core.network import EqNetwork
+from ..core.activations import get_activation
+from ..data import DATA_SHAPES
+from ..hardware.chips import apply_profile, chip_input_for, get_profile
+from ..learning.plasticity import SynapseSpec
+from ..spiking.neurons import NeuronParams
+from ..spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, SpikingParams
 
 
 def spiking_params(s: SpikingConfig) -> SpikingParams:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .distributed import Dist, any_process
+from .data_parallel import Dist, any_process
 
 
 class DivergenceError(FloatingPointError):

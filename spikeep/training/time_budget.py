@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .distributed import any_process, sum_over_processes
+from .data_parallel import any_process, sum_over_processes
 from .files import write_json_atomic
 
 PROBE_SKIP = 3  # iterations not timed: first-call costs (compilation, graph capture, autotuning)
@@ -104,7 +104,7 @@ class Probe:
 
 
 class Budget:
-    """train.minutes in the loop (spikeep.time_budget): time a few iterations, fix the plan once (plan.json,
+    """train.minutes in the loop (spikeep.training.time_budget): time a few iterations, fix the plan once (plan.json,
     the cosine's T_max), and cut the run at a batch boundary when the time left would not cover an
     evaluation and a checkpoint."""
 
@@ -122,7 +122,7 @@ class Budget:
             self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
 
     def after_iteration(self, cfg, st, procs, n_batches: int) -> None:
-        """cfg: the run's Config; st: its TrainState (plan, sched, batch, stats); procs: distributed.Dist."""
+        """cfg: the run's Config; st: its TrainState (plan, sched, batch, stats); procs: data_parallel.Dist."""
         if st.plan is None and self.setup is not None:
             m = self.probe.after_iteration(st.batch, st.stats.steps, n_batches)
             if m is not None:

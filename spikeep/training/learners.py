@@ -25,15 +25,15 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .core.dynamics import Settling, free_phase
-from .core.relaxer import EAGER, Relaxer
-from .core.network import EqNetwork, State
-from .learning.bptt import bptt_gradients
-from .learning.ep import ep_gradients
-from .learning.estimators import nudge_beta
-from .spiking.rule import spiking_ep_gradients
-from .spiking.metrics import ChipEvents
-from .spiking.simulator import SpikingParams, SpikingSimulator
+from ..core.dynamics import Settling, free_phase
+from ..core.relaxer import EAGER, Relaxer
+from ..core.network import EqNetwork, State
+from ..learning.bptt import bptt_gradients
+from ..learning.ep import ep_gradients
+from ..learning.estimators import nudge_beta
+from ..spiking.rule import spiking_ep_gradients
+from ..spiking.metrics import ChipEvents
+from ..spiking.simulator import SpikingParams, SpikingSimulator
 
 Tensor = torch.Tensor
 

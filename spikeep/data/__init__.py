@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 
-from .config import DataConfig
+from ..config import DataConfig
 
 Tensor = torch.Tensor
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -99,8 +99,9 @@ def load_mnist(root: Optional[str | Path] = None, download: bool = False) -> Dat
 
 
 def load_quickstart() -> Dataset:
-    """The small MNIST subset shipped inside spikeep (see scripts/build_quickstart.py)."""
-    with resources.files("spikeep").joinpath("_data", QUICKSTART).open("rb") as f:
+    """The small MNIST subset shipped inside spikeep (spikeep/data/mnist_quickstart.npz, see
+    scripts/build_quickstart.py)."""
+    with resources.files("spikeep.data").joinpath(QUICKSTART).open("rb") as f:
         z = np.load(f, allow_pickle=False)
         arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     split = lambda x, y: Split(torch.from_numpy(x).unsqueeze(1).float().div_(255), torch.from_numpy(y).long())

@@ -9,13 +9,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import TrainState
-from .config import Config
-from .data import Split
-from .methods import Learner
+from .. import __version__
+from .train_state import TrainState
+from ..config import Config
+from ..data import Split
+from .learners import Learner
 from .provenance import git_commit
-from .traces import TraceRecorder, layer_specs
+from ..traces import TraceRecorder, layer_specs
 
 
 def open_recorder(cfg: Config, run_dir: Path, st: TrainState, test_set: Split, ckpt,

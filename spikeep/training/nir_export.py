@@ -44,12 +44,12 @@ import numpy as np
 import torch
 
 from .validation import spiking_params
-from .core.interactions import Conv, Dense
-from .core.network import EqNetwork
+from ..core.interactions import Conv, Dense
+from ..core.network import EqNetwork
 from .files import replace_atomically
-from .spiking.neurons import NeuronParams, NeuronState, neuron_step
+from ..spiking.neurons import NeuronParams, NeuronState, neuron_step
 from .evaluation import load_run
-from .spiking.simulator import SpikingParams
+from ..spiking.simulator import SpikingParams
 
 
 class ExportError(ValueError):

@@ -9,11 +9,11 @@ import torch
 from .build import build_network, make_learner
 from .validation import config_from_dict
 from .torch_settings import set_threads
-from .core.network import EqNetwork
-from .config import Config, apply_overrides, read_json_config
-from .data import Split, batches, prepare_data
-from .methods import Learner
-from .spiking.metrics import ChipEvents
+from ..core.network import EqNetwork
+from ..config import Config, apply_overrides, read_json_config
+from ..data import Split, batches, prepare_data
+from .learners import Learner
+from ..spiking.metrics import ChipEvents
 from .checkpoint_files import check_run_id, check_state_dict, load_checkpoint
 
 

@@ -8,11 +8,11 @@ from typing import Optional
 
 import torch
 
-from .config import Config
-from .core.network import EqNetwork
-from .methods import Learner, WarmStarts
-from .learning.plasticity import Plasticity
-from .epoch_stats import EpochStats
+from ..config import Config
+from ..core.network import EqNetwork
+from .learners import Learner, WarmStarts
+from ..learning.plasticity import Plasticity
+from .epochs import EpochStats
 from .checkpoint_files import CHECKPOINT_FORMAT, CheckpointError, check_state_dict, save_checkpoint
 
 

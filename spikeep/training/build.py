@@ -12,13 +12,13 @@ from typing import Optional
 
 import torch
 
-from .config import Config, ConfigError
-from .core.dynamics import Settling
-from .core.fused import triton_available
-from .core.relaxer import Relaxer, RelaxSettings
-from .core.network import EqNetwork
-from .methods import BPTT, Learner, RateEP, SpikingEP, WarmStarts
-from .learning.plasticity import Plasticity
+from ..config import Config, ConfigError
+from ..core.dynamics import Settling
+from ..core.fused import triton_available
+from ..core.relaxer import Relaxer, RelaxSettings
+from ..core.network import EqNetwork
+from .learners import BPTT, Learner, RateEP, SpikingEP, WarmStarts
+from ..learning.plasticity import Plasticity
 from .torch_settings import resolve_device, set_deterministic, set_precision
 from .validation import spiking_params, synapse_spec
 
