@@ -116,20 +116,19 @@ def test_dense_and_event_back_ends_agree(encoding):
 def test_conv_events_are_kernel_slices(pools, strides, paddings):
     """A spike at (c, i, j) adds its kernel slice: the same currents as conv2d / the transposed
     feedback through the pooling, in float64, at 1 %, 10 % and 50 % activity."""
-    from spikeep.spiking.propagation import conv_feedback_events, conv_forward_events
 
     net = small_conv(pools=pools, strides=strides, paddings=paddings, in_shape=(2, 11, 11), channels=(3, 4))
     g = torch.Generator().manual_seed(0)
     for syn in net.synapses[:2]:
         for p in (0.01, 0.1, 0.5):
             z = (torch.rand(5, *syn.pre_shape, generator=g) < p).double()
-            assert torch.allclose(conv_forward_events(syn, z), syn.forward_current(z), rtol=0, atol=1e-12)
+            assert torch.allclose(syn.forward_events(z), syn.forward_current(z), rtol=0, atol=1e-12)
             post = (torch.rand(5, *syn.post_shape, generator=g) < p).double()
             idx = syn.pool(syn.forward_current(z))[1]  # this step's max-pool winners
             dense = syn.feedback_drive(post, idx)
-            assert torch.allclose(conv_feedback_events(syn, post, idx), dense, rtol=0, atol=1e-12)
+            assert torch.allclose(syn.feedback_events(post, idx), dense, rtol=0, atol=1e-12)
     silent = torch.zeros(3, *net.synapses[0].pre_shape, dtype=torch.float64)
-    assert torch.equal(conv_forward_events(net.synapses[0], silent), net.synapses[0].forward_current(silent))
+    assert torch.equal(net.synapses[0].forward_events(silent), net.synapses[0].forward_current(silent))
 
 
 @pytest.mark.parametrize("encoding", ["current", "poisson"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -104,9 +105,53 @@ class Interaction(nn.Module):
 
     # -- what the rest of the package asks of an interaction instead of its kind --------------------------
     flattens_input = False  # True: takes any presynaptic shape of its size, flattened (dense)
+    by_kernel_slices = False  # spikes propagate by kernel slices (forward_events / feedback_events), no fan-out rows
 
     def to_memory_format(self, memory_format: torch.memory_format) -> None:
         """Keep the weights in this memory format where it means something (conv kernels)."""
+
+    # -- spiking: events and fan-out, as a chip stores and sends them (spikeep.spiking) ------------------
+    def forward_rows(self) -> Optional[Tensor]:
+        """One row per presynaptic neuron: the synapses its spike drives forward (None: by kernel slices)."""
+        return None
+
+    def feedback_rows(self) -> Optional[Tensor]:
+        """One row per postsynaptic neuron: the synapses its spike drives back (None: by kernel slices)."""
+        return None
+
+    def forward_events(self, z: Tensor) -> Tensor:
+        """The pre-pool forward current w * z from the presynaptic spikes z alone (by events)."""
+        raise NotImplementedError
+
+    def feedback_events(self, z: Tensor, indices: Optional[Tensor]) -> Tensor:
+        """The feedback current w_b^T * unpool(z) from the postsynaptic spikes z alone (by events)."""
+        raise NotImplementedError
+
+    def forward_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        """Synapses each presynaptic neuron drives, in the pre shape (SynOps = spikes x fan-out)."""
+        raise NotImplementedError
+
+    def feedback_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        """Synapses each postsynaptic neuron drives back, in the post shape."""
+        raise NotImplementedError
+
+    # -- NIR (spikeep.training.nir_export passes the nir module in) ----------------------------------------
+    def nir_refusal(self) -> Optional[str]:
+        """Why NIR cannot express this interaction at all (None: it can)."""
+        return f"a {type(self).__name__}, which export does not know"
+
+    def nir_nodes(self, nir, k: int) -> list[tuple[str, object]]:
+        """(name, node) of the forward path from the presynaptic layer's spikes to the postsynaptic
+        neurons' input current, in order."""
+        raise NotImplementedError
+
+    def nir_feedback(self, nir) -> tuple[Optional[object], str]:
+        """(node, "") of the feedback path, or (None, why NIR cannot express it)."""
+        return None, f"feedback of a {type(self).__name__}"
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy().copy()
 
 
 def _cast(w: Tensor, dtype: Optional[torch.dtype], weight: Optional[Tensor]) -> Tensor:
@@ -119,6 +164,31 @@ def _bilinear_delta(corr, qa: Tensor, pa: Tensor, qb: Tensor, pb: Tensor) -> Ten
     if qa is qb:
         return corr(qa, pa - pb)
     return (corr(qa - qb, pa + pb) + corr(qa + qb, pa - pb)) * 0.5
+
+
+def _kernel_offsets(pos: Tensor, k: int, stride: int, padding: int, size: int, forward: bool
+                    ) -> tuple[Tensor, Tensor]:
+    """Positions reached along one axis by events at `pos` through kernel taps 0..k-1, (E, k), and a
+    mask of those that exist. forward: output o with o s - p + tap = pos; feedback: input o s - p + tap."""
+    tap = torch.arange(k, device=pos.device)
+    if forward:
+        num = pos[:, None] + padding - tap[None, :]
+        out = torch.div(num, stride, rounding_mode="floor")
+        ok = (num % stride == 0) & (out >= 0) & (out < size)
+    else:
+        out = pos[:, None] * stride - padding + tap[None, :]
+        ok = (out >= 0) & (out < size)
+    return out, ok
+
+
+def _scatter_slices(b: Tensor, y: Tensor, x: Tensor, ok: Tensor, slices: Tensor, batch: int,
+                    hw: tuple[int, int], channels: int) -> Tensor:
+    """Add each event's kernel slices (E, k, k, C) at (b, :, y, x) of a (batch, C, h, w) current."""
+    h, w = hw
+    flat = (b[:, None, None] * h + y[:, :, None]) * w + x[:, None, :]  # (E, k, k)
+    out = slices.new_zeros(batch * h * w, channels)
+    out.index_add_(0, flat[ok], slices[ok])
+    return out.view(batch, h, w, channels).permute(0, 3, 1, 2)
 
 
 class Dense(Interaction):
@@ -179,6 +249,33 @@ class Dense(Interaction):
             U = U.to(dtype)
         out = (U @ _cast(self.feedback_weight, dtype, weight)).view(U.shape[0], *self.pre_shape)
         return out.contiguous(memory_format=memory_format) if out.dim() == 4 else out
+
+    def forward_rows(self) -> Tensor:
+        return self.weight.t()
+
+    def feedback_rows(self) -> Tensor:
+        return self.feedback_weight
+
+    def forward_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        return torch.full(self.pre_shape, float(self.post_shape[0]), dtype=dtype, device=device)
+
+    def feedback_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        return torch.full(self.post_shape, float(math.prod(self.pre_shape)), dtype=dtype, device=device)
+
+    def nir_refusal(self) -> Optional[str]:
+        return None
+
+    def nir_nodes(self, nir, k: int) -> list[tuple[str, object]]:
+        nodes = []
+        if k > 0 and len(self.pre_shape) > 1:  # a conv layer below: flatten it
+            nodes.append((f"flatten_{k}", nir.Flatten(input_type={"input": np.array(self.pre_shape)}, start_dim=0,
+                                                      end_dim=-1)))
+        return nodes + [(f"affine_{k}", nir.Affine(weight=_np(self.weight), bias=_np(self.bias)))]
+
+    def nir_feedback(self, nir) -> tuple[Optional[object], str]:
+        if len(self.pre_shape) == 1:
+            return nir.Linear(weight=_np(self.feedback_weight.t())), ""
+        return None, "dense synapse into a conv layer: NIR has no node to unflatten W^T z"
 
     def extra_repr(self) -> str:
         return f"{math.prod(self.pre_shape)} -> {self.post_shape[0]}"
@@ -315,6 +412,64 @@ class Conv(Interaction):
             U = U.to(dtype)
         return F.conv_transpose2d(U, _cast(self.feedback_weight, dtype, weight), None, self.stride, self.padding,
                                   self.output_padding)
+
+    by_kernel_slices = True
+
+    def forward_events(self, z: Tensor) -> Tensor:
+        """Each spike (b, c, i, j) adds the kernel slice W[:, c, ky, kx] at the outputs it reaches."""
+        b, c, i, j = z.nonzero().unbind(1)
+        k, (ho, wo) = self.kernel, self.conv_hw
+        oy, ok_y = _kernel_offsets(i, k, self.stride, self.padding, ho, True)
+        ox, ok_x = _kernel_offsets(j, k, self.stride, self.padding, wo, True)
+        slices = self.weight.permute(1, 2, 3, 0)[c]  # (E, ky, kx, C_out)
+        return _scatter_slices(b, oy.clamp(0, ho - 1), ox.clamp(0, wo - 1), ok_y[:, :, None] & ok_x[:, None, :],
+                               slices, z.shape[0], (ho, wo), self.current_shape[0])
+
+    def feedback_events(self, z: Tensor, indices: Optional[Tensor]) -> Tensor:
+        """Each spike is routed back through the pooling (`indices`: this step's max-pool winners), then
+        every routed event (b, co, o_y, o_x) of weight v adds v W_b[co, :, ky, kx] at the inputs it reaches."""
+        g = self.unpool(z, indices)
+        b, co, oy, ox = g.nonzero().unbind(1)
+        v = g[b, co, oy, ox]
+        k, (_, h, w) = self.kernel, self.pre_shape
+        iy, ok_y = _kernel_offsets(oy, k, self.stride, self.padding, h, False)
+        ix, ok_x = _kernel_offsets(ox, k, self.stride, self.padding, w, False)
+        slices = self.feedback_weight.permute(0, 2, 3, 1)[co] * v[:, None, None, None]  # (E, ky, kx, C_in)
+        return _scatter_slices(b, iy.clamp(0, h - 1), ix.clamp(0, w - 1), ok_y[:, :, None] & ok_x[:, None, :],
+                               slices, z.shape[0], (h, w), self.pre_shape[0])
+
+    def forward_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        ones = torch.ones(1, *self.current_shape, dtype=dtype, device=device)
+        return F.conv_transpose2d(ones, torch.ones_like(self.weight), None, self.stride, self.padding,
+                                  self.output_padding)[0]
+
+    def feedback_fan_out(self, dtype: torch.dtype, device) -> Tensor:
+        ones = torch.ones(1, *self.pre_shape, dtype=dtype, device=device)
+        cnt = F.conv2d(ones, torch.ones_like(self.weight), None, self.stride, self.padding)  # per conv output
+        if self.pool_kind == "a":  # a spike goes back to all 4 positions of its window (1/4 each)
+            return (4 * F.avg_pool2d(cnt, 2, 2))[0]
+        if self.pool_kind == "m":  # to the window's winner: counted as the window's largest fan-out (a bound)
+            return F.max_pool2d(cnt, 2, 2)[0]
+        return cnt[0]
+
+    def nir_refusal(self) -> Optional[str]:
+        if self.pool_kind == "m":
+            return "it max-pools: NIR has no max-pool node; train with average pooling (model.pools 'a')"
+        return None
+
+    def nir_nodes(self, nir, k: int) -> list[tuple[str, object]]:
+        avg = self.pool_kind == "a"  # average = the 2x2 sum of a conv carrying the 1/4
+        f = 0.25 if avg else 1.0
+        nodes = [(f"conv_{k}", nir.Conv2d(input_shape=tuple(self.pre_shape[1:]), weight=_np(self.weight) * f,
+                                          stride=self.stride, padding=self.padding, dilation=1, groups=1,
+                                          bias=_np(self.bias) * f))]
+        if avg:
+            nodes.append((f"sumpool_{k}", nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                                                        padding=np.array([0, 0]))))
+        return nodes
+
+    def nir_feedback(self, nir) -> tuple[Optional[object], str]:
+        return None, "conv synapse: a transposed convolution through the pooling's adjoint, which NIR cannot express"
 
     def to_memory_format(self, memory_format: torch.memory_format) -> None:
         for p in (self.weight, getattr(self, "weight_b", None)):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..core.interactions import Dense, Interaction
+from ..core.interactions import Interaction
 from ..core.network import EqNetwork
 
 Tensor = torch.Tensor
@@ -59,27 +59,6 @@ class Counts(NamedTuple):
                           self.bias_writes)
 
 
-def _forward_fan_out(s: Interaction, dtype, device) -> Tensor:
-    """Synapses each presynaptic neuron of s drives, in its pre shape."""
-    if isinstance(s, Dense):
-        return torch.full(s.pre_shape, float(s.post_shape[0]), dtype=dtype, device=device)
-    ones = torch.ones(1, *s.current_shape, dtype=dtype, device=device)
-    return F.conv_transpose2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding, s.output_padding)[0]
-
-
-def _feedback_fan_out(s: Interaction, dtype, device) -> Tensor:
-    """Synapses each postsynaptic neuron of s drives back, in its post shape."""
-    if isinstance(s, Dense):
-        return torch.full(s.post_shape, float(math.prod(s.pre_shape)), dtype=dtype, device=device)
-    ones = torch.ones(1, *s.pre_shape, dtype=dtype, device=device)
-    cnt = F.conv2d(ones, torch.ones_like(s.weight), None, s.stride, s.padding)  # per conv output position
-    if s.pool_kind == "a":  # a spike goes back to all 4 positions of its window (1/4 each)
-        return (4 * F.avg_pool2d(cnt, 2, 2))[0]
-    if s.pool_kind == "m":  # to the window's winner: counted as the window's largest fan-out (an upper bound)
-        return F.max_pool2d(cnt, 2, 2)[0]
-    return cnt[0]
-
-
 def fan_out(net: EqNetwork) -> tuple[Tensor, list[Tensor]]:
     """(input fan-out, fan-out of every layer): the synapses a neuron's spike reaches (forward,
     feedback and, for the last layer, the softmax readout). SynOps = spikes x fan-out."""
@@ -89,10 +68,10 @@ def fan_out(net: EqNetwork) -> tuple[Tensor, list[Tensor]]:
     for k in range(n):
         f = torch.zeros(net.layer_shapes[k], dtype=p.dtype, device=p.device)
         if k + 1 < n:
-            f += _forward_fan_out(syn[k + 1], p.dtype, p.device)
+            f += syn[k + 1].forward_fan_out(p.dtype, p.device)
         if k > 0:  # the input layer takes no feedback
-            f += _feedback_fan_out(syn[k], p.dtype, p.device)
+            f += syn[k].feedback_fan_out(p.dtype, p.device)
         if k == n - 1 and net.readout is not None:
             f += net.n_classes
         out.append(f)
-    return _forward_fan_out(syn[0], p.dtype, p.device), out
+    return syn[0].forward_fan_out(p.dtype, p.device), out

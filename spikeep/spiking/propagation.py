@@ -2,7 +2,7 @@
 
 * dense: matrix products (or convolutions) over the whole 0/1 spike tensor;
 * event: only the neurons that spiked send anything, as on a chip with fan-out lists.
-  Dense synapses: each neuron owns one row holding every dense synapse it drives, [W_{k+1}^T | W_{b,k}]
+  Dense synapses (fan-out rows): each neuron owns one row holding every dense synapse it drives, [W_{k+1}^T | W_{b,k}]
   (forward targets, then feedback targets through the synapse's feedback weights); the rows of the
   neurons that spiked are summed with embedding_bag.
   Conv synapses (convolutional fan-out): a spike at (c, i, j) adds its kernel slice W[:, c, ky, kx]
@@ -21,7 +21,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..core.interactions import Conv, Dense
 from ..core.network import EqNetwork
 
 Tensor = torch.Tensor
@@ -63,10 +62,9 @@ def fan_out_tables(net: EqNetwork, include_input: bool = True) -> Tables:
         if k == -1 and not include_input:
             tables.append(None)
             continue
-        if k + 1 < n and isinstance(syn[k + 1], Dense):
-            parts.append(syn[k + 1].weight.t())
-        if k >= 1 and isinstance(syn[k], Dense):
-            parts.append(syn[k].feedback_weight)
+        up = syn[k + 1].forward_rows() if k + 1 < n else None
+        down = syn[k].feedback_rows() if k >= 1 else None
+        parts += [r for r in (up, down) if r is not None]
         tables.append(torch.cat(parts, 1).contiguous() if parts else None)
     return tables
 
@@ -77,80 +75,30 @@ def event_currents(z: Tensor, table: Tensor) -> Tensor:
     return F.embedding_bag(j, table, off, mode="sum")
 
 
-def _kernel_offsets(pos: Tensor, k: int, stride: int, padding: int, size: int, forward: bool
-                    ) -> tuple[Tensor, Tensor]:
-    """Positions reached along one axis by events at `pos` through kernel taps 0..k-1, (E, k), and a
-    mask of those that exist. forward: output o with o s - p + tap = pos; feedback: input o s - p + tap."""
-    tap = torch.arange(k, device=pos.device)
-    if forward:
-        num = pos[:, None] + padding - tap[None, :]
-        out = torch.div(num, stride, rounding_mode="floor")
-        ok = (num % stride == 0) & (out >= 0) & (out < size)
-    else:
-        out = pos[:, None] * stride - padding + tap[None, :]
-        ok = (out >= 0) & (out < size)
-    return out, ok
-
-
-def _scatter_slices(b: Tensor, y: Tensor, x: Tensor, ok: Tensor, slices: Tensor, batch: int,
-                    hw: tuple[int, int], channels: int) -> Tensor:
-    """Add each event's kernel slices (E, k, k, C) at (b, :, y, x) of a (batch, C, h, w) current."""
-    h, w = hw
-    flat = (b[:, None, None] * h + y[:, :, None]) * w + x[:, None, :]  # (E, k, k)
-    out = slices.new_zeros(batch * h * w, channels)
-    out.index_add_(0, flat[ok], slices[ok])
-    return out.view(batch, h, w, channels).permute(0, 3, 1, 2)
-
-
-def conv_forward_events(syn: Conv, z: Tensor) -> Tensor:
-    """Pre-pool forward current W * z of a conv synapse from the spikes z of its input layer alone:
-    each spike (b, c, i, j) adds the kernel slice W[:, c, ky, kx] at the outputs it reaches."""
-    b, c, i, j = z.nonzero().unbind(1)
-    k, (ho, wo) = syn.kernel, syn.conv_hw
-    oy, ok_y = _kernel_offsets(i, k, syn.stride, syn.padding, ho, True)
-    ox, ok_x = _kernel_offsets(j, k, syn.stride, syn.padding, wo, True)
-    slices = syn.weight.permute(1, 2, 3, 0)[c]  # (E, ky, kx, C_out)
-    return _scatter_slices(b, oy.clamp(0, ho - 1), ox.clamp(0, wo - 1), ok_y[:, :, None] & ok_x[:, None, :],
-                           slices, z.shape[0], (ho, wo), syn.current_shape[0])
-
-
-def conv_feedback_events(syn: Conv, z: Tensor, indices: Optional[Tensor]) -> Tensor:
-    """Feedback current W_b^T * unpool(z) of a conv synapse from the spikes z of its output layer: each
-    spike is routed back through the pooling (`indices`: this step's max-pool winners), then every
-    routed event (b, co, o_y, o_x) of weight v adds v W_b[co, :, ky, kx] at the inputs it reaches."""
-    g = syn.unpool(z, indices)
-    b, co, oy, ox = g.nonzero().unbind(1)
-    v = g[b, co, oy, ox]
-    k, (_, h, w) = syn.kernel, syn.pre_shape
-    iy, ok_y = _kernel_offsets(oy, k, syn.stride, syn.padding, h, False)
-    ix, ok_x = _kernel_offsets(ox, k, syn.stride, syn.padding, w, False)
-    slices = syn.feedback_weight.permute(0, 2, 3, 1)[co] * v[:, None, None, None]  # (E, ky, kx, C_in)
-    return _scatter_slices(b, iy.clamp(0, h - 1), ix.clamp(0, w - 1), ok_y[:, :, None] & ok_x[:, None, :],
-                           slices, z.shape[0], (h, w), syn.pre_shape[0])
-
-
 def propagate(net: EqNetwork, z: Tensor, k: int, table: Optional[Tensor], event: bool
               ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """The currents layer k's spikes (k = -1: input spikes) send this step: (W_{k+1} z to the layer
     above, pre-pool for a conv synapse; W_{b,k}^T z to the layer below), by events when `event`
     (`table`: the layer's dense fan-out rows, or None if it drives no dense synapse), densely
     otherwise; None where the target is absent or a conv synapse's feedback must wait for this
-    step's pooling indices (see conv_feedback_events)."""
+    step's pooling indices (Interaction.feedback_events)."""
     syn, n = net.synapses, len(net.synapses)
     up_syn = syn[k + 1] if k + 1 < n else None
     down_syn = syn[k] if k >= 1 else None
+    up_rows = up_syn is not None and not up_syn.by_kernel_slices
+    down_rows = down_syn is not None and not down_syn.by_kernel_slices
     if not event:
         up = up_syn.forward_current(z) if up_syn is not None else None
-        down = down_syn.feedback_drive(z) if isinstance(down_syn, Dense) else None
+        down = down_syn.feedback_drive(z) if down_rows else None
         return up, down
     up = down = None
-    if table is not None:  # every dense synapse of the layer at once
+    if table is not None:  # every fan-out row of the layer at once
         out = event_currents(z, table)
-        n_up = up_syn.post_shape[0] if isinstance(up_syn, Dense) else 0
-        if isinstance(up_syn, Dense):
+        n_up = up_syn.post_shape[0] if up_rows else 0
+        if up_rows:
             up = out[:, :n_up]
-        if isinstance(down_syn, Dense):
+        if down_rows:
             down = out[:, n_up:].view(z.shape[0], *down_syn.pre_shape)
-    if isinstance(up_syn, Conv):
-        up = conv_forward_events(up_syn, z)
+    if up_syn is not None and up_syn.by_kernel_slices:
+        up = up_syn.forward_events(z)
     return up, down

@@ -34,11 +34,10 @@ from typing import NamedTuple, Optional
 import torch
 from norse.torch.functional.encode import poisson_encode_step
 
-from ..core.interactions import Conv
 from ..core.network import EqNetwork, Inputs
 from .metrics import Counts, fan_out
 from .neurons import NeuronParams, NeuronState, check_neuron_params, neuron_step
-from .propagation import Tables, check_spikes, conv_feedback_events, fan_out_tables, propagate
+from .propagation import Tables, check_spikes, fan_out_tables, propagate
 
 Tensor = torch.Tensor
 BACKENDS = ("auto", "dense", "event")
@@ -158,6 +157,10 @@ class SpikingSimulator:
     def __init__(self, net: EqNetwork, params: SpikingParams = SpikingParams()):
         if not isinstance(params, SpikingParams):
             raise TypeError(f"params must be SpikingParams, got {type(params).__name__}")
+        if not net.is_chain:
+            skips = [f"{a} -> {b}" for a, b in net.edges if b != a + 1]
+            raise ValueError(f"the spiking simulator runs chains of layers only; this network has skip connections "
+                             f"({', '.join(skips)}): train it with model.neurons = 'rate', or drop model.skips")
         self.net, self.p = net, params
         self._fan_out: Optional[tuple[Tensor, list[Tensor]]] = None
         self._tables: Optional[Tables] = None
@@ -165,7 +168,7 @@ class SpikingSimulator:
         # per source layer (input first): the activity below which `auto` sends its spikes as events,
         # conv_crossover for a layer that drives a conv synapse (forward or feedback), else crossover
         syn, n = net.synapses, len(net.synapses)
-        self.crossovers = [params.conv_crossover if any(isinstance(syn[j], Conv) for j in (k, k + 1) if 0 <= j < n)
+        self.crossovers = [params.conv_crossover if any(syn[j].by_kernel_slices for j in (k, k + 1) if 0 <= j < n)
                            else params.crossover for k in range(-1, n)]
 
     @property
@@ -258,7 +261,7 @@ class SpikingSimulator:
             fb = sent_down[k + 1]
             if fb is None:  # conv synapse: unpool with this step's max-pool indices, then transposed conv
                 if tables is not None and (self._use_events(st.z[k + 1], k + 1) if ev[k + 2] is None else ev[k + 2]):
-                    fb = conv_feedback_events(syn[k + 1], st.z[k + 1], idx[k + 1])
+                    fb = syn[k + 1].feedback_events(st.z[k + 1], idx[k + 1])
                 else:
                     fb = syn[k + 1].feedback_drive(st.z[k + 1], idx[k + 1])
             f.append(filt(st.f[k], fb))

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from .validation import spiking_params
-from ..core.interactions import Conv, Dense
 from ..core.network import EqNetwork
 from .files import replace_atomically
 from ..spiking.neurons import NeuronParams, NeuronState, neuron_step
@@ -92,7 +91,7 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
         "input": ("the input as a constant current, fed every step" if encoding == "current" else
                   "Bernoulli input spikes with p = pixel value, one draw per step"),
         "input_shape": [int(v) for v in net.input_shape],
-        "input_flattened": isinstance(net.synapses[0], Dense),
+        "input_flattened": net.synapses[0].flattens_input,
         "avg_pool": "conv_k weight and bias = the trained ones x 1/4, then SumPool2d 2x2 (= average pooling)",
         "readout": ("the output node: the readout Affine of the spikes; its mean over time is the softmax "
                     "readout of the spike rates (argmax = the prediction)" if net.readout is not None else
@@ -118,12 +117,12 @@ def _refuse_inexpressible(net: EqNetwork, params: SpikingParams) -> None:
                        f"period; export supports spiking.refractory = 0")
     if params.syn_alpha != 1.0:
         refused.append(f"a synaptic current filter (spiking.syn_alpha = {params.syn_alpha}); export needs 1")
+    if not net.is_chain:
+        refused.append("skip connections (model.skips): export writes chains of layers")
     for k, s in enumerate(net.synapses):
-        if isinstance(s, Conv) and s.pool_kind == "m":
-            refused.append(f"synapse {k} max-pools: NIR has no max-pool node; train with average pooling "
-                           f"(model.pools 'a')")
-        elif not isinstance(s, (Conv, Dense)):
-            refused.append(f"synapse {k} is a {type(s).__name__}, which export does not know")
+        why = s.nir_refusal()
+        if why is not None:
+            refused.append(f"synapse {k}: {why}")
     if refused:
         raise ExportError("cannot export to NIR: " + "; ".join(refused))
 
@@ -143,7 +142,7 @@ def _forward_nodes(nir, net: EqNetwork, p: NeuronParams) -> tuple[dict, list, st
     """Input, then per layer its synapse (flatten, affine or conv + sum pool) and its neurons."""
     syn = net.synapses
     in_shape = tuple(net.input_shape)
-    flat = isinstance(syn[0], Dense)
+    flat = syn[0].flattens_input
     nodes: dict = {"input": nir.Input(input_type=np.array([math.prod(in_shape)] if flat else list(in_shape)))}
     edges: list[tuple[str, str]] = []
     prev = "input"
@@ -155,20 +154,8 @@ def _forward_nodes(nir, net: EqNetwork, p: NeuronParams) -> tuple[dict, list, st
         prev = name
 
     for k, s in enumerate(syn):
-        if isinstance(s, Dense):
-            if k > 0 and len(syn[k - 1].post_shape) > 1:  # a conv layer below: flatten it
-                add(f"flatten_{k}", nir.Flatten(input_type={"input": np.array(syn[k - 1].post_shape)},
-                                                start_dim=0, end_dim=-1))
-            add(f"affine_{k}", nir.Affine(weight=_arr(s.weight), bias=_arr(s.bias)))
-        else:
-            avg = s.pool_kind == "a"  # average = the 2x2 sum of a conv carrying the 1/4
-            f = 0.25 if avg else 1.0
-            add(f"conv_{k}", nir.Conv2d(input_shape=tuple(s.pre_shape[1:]), weight=_arr(s.weight) * f,
-                                        stride=s.stride, padding=s.padding, dilation=1, groups=1,
-                                        bias=_arr(s.bias) * f))
-            if avg:
-                add(f"sumpool_{k}", nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
-                                                  padding=np.array([0, 0])))
+        for name, node in s.nir_nodes(nir, k):
+            add(name, node)
         kind, node = _neuron_node(nir, tuple(s.post_shape), p)
         add(f"{kind}_{k}", node)
     return nodes, edges, prev
@@ -179,14 +166,12 @@ def _feedback_nodes(nir, net: EqNetwork, nodes: dict, edges: list) -> list[str]:
     dropped, kind = [], "lif" if "lif_0" in nodes else "if"
     for k in range(1, len(net.synapses)):
         s = net.synapses[k]
-        if isinstance(s, Dense) and len(s.pre_shape) == 1:
-            nodes[f"feedback_{k}"] = nir.Linear(weight=_arr(s.feedback_weight.t()))
+        node, why = s.nir_feedback(nir)
+        if node is not None:
+            nodes[f"feedback_{k}"] = node
             edges += [(f"{kind}_{k}", f"feedback_{k}"), (f"feedback_{k}", f"{kind}_{k - 1}")]
         else:
-            dropped.append(f"feedback of synapse {k} (conv synapse: a transposed convolution through the "
-                           f"pooling's adjoint, which NIR cannot express)" if isinstance(s, Conv) else
-                           f"feedback of synapse {k} (dense synapse into a conv layer: NIR has no node to "
-                           f"unflatten W^T z)")
+            dropped.append(f"feedback of synapse {k} ({why})")
     return dropped
 
 
