@@ -164,6 +164,11 @@ class EqNetwork(nn.Module):
         """Every interaction with parameters, readout last: one learning rate each."""
         return list(self.synapses) + ([self.readout] if self.readout is not None else [])
 
+    def lr_slots(self) -> list[int]:
+        """For each of `layers`, which train.lrs entry it learns with (one per chain layer, readout last)."""
+        return list(self.lr_index) + ([len(self.lr_index) if not self.lr_index else max(self.lr_index) + 1]
+                                      if self.readout is not None else [])
+
     def layer_names(self) -> list[str]:
         names = [f"{s.kind}{k}" if b == a + 1 else f"{s.kind}_skip{a}to{b}"
                  for k, (s, (a, b)) in enumerate(zip(self.synapses, self.edges))]

@@ -85,7 +85,7 @@ def make_optimizer(net: EqNetwork, cfg: Config, lr_factor: float = 1.0) -> torch
     decay applies to weights and biases alike, as in the paper's code. `lr_factor` scales every rate
     (data parallel: train.lr_scaling)."""
     t = cfg.train
-    groups = [{"params": list(layer.parameters()), "lr": lr * lr_factor} for layer, lr in zip(net.layers, t.lrs)]
+    groups = [{"params": list(layer.parameters()), "lr": t.lrs[i] * lr_factor} for layer, i in zip(net.layers, net.lr_slots())]
     return torch.optim.SGD(groups, lr=t.lrs[0] * lr_factor, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
