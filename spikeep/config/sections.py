@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 # Magnitudes past these overflow float32 arithmetic somewhere in a step (beta x nudge, lr x gradient,
 # scale x weights) long before they could mean anything; refused with the key's name.
 LIMITS = {"estimator.beta": 1e4, "estimator.kp_leak": 1e4, "train.lrs": 1e4, "train.weight_decay": 1e4,
-          "train.momentum": 1e3, "train.eta_min": 1e4, "model.init_scale": 1e3, "data.mean": 1e6,
+          "train.momentum": 1e3, "train.eta_min": 1e4, "model.init_scale": 1e3, "model.skip_scale": 1e3, "data.mean": 1e6,
           "dynamics.tol": 1e6}
 
 
@@ -50,6 +50,15 @@ class ModelConfig:
     neurons: str = "rate"  # "rate" (Eq. 8 dynamics) or "spiking" (IF / LIF-box twin, see [spiking])
     unidirectional: bool = False  # separate feedback weights w_b for every synapse but the first (Sec. 2.4)
     dropout: float = 0.0  # probability, on the last conv layer's neurons (first hidden layer without convs)
+    # skip connections: [from, to] pairs of layers of neurons (1 = the first, N = the last in the dynamics),
+    # to >= from + 2; each is one more term of Phi: a dense interaction into a dense layer (a conv layer
+    # below flattened), or between conv layers a conv interaction (kernel skip_kernel, stride 1, 'same'
+    # padding; a 2x2 skip_pool per halving of the size, stride 2 for a second); it learns with its target
+    # layer's train.lrs entry. Rate networks (the spiking simulator runs chains).
+    skips: list[list[int]] = field(default_factory=list)
+    skip_kernel: int = 3
+    skip_pool: str = "a"
+    skip_scale: float = 1.0  # the skip interactions' init scale (PyTorch's default init times it)
 
     def validate(self) -> None:
         n = len(self.channels)
@@ -75,6 +84,26 @@ class ModelConfig:
         if isinstance(self.init_scale, list) and len(self.init_scale) != n_layers:
             raise ConfigError(f"model.init_scale has {len(self.init_scale)} entries for {n_layers} layers")
         check_magnitude("model.init_scale", self.init_scale)
+        self._validate_skips(n_layers - (self.loss != "mse"))
+
+    def _validate_skips(self, n_layers: int) -> None:
+        for pair in self.skips:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)):
+                raise ConfigError(f"model.skips entries are [from, to] pairs of layer numbers, got {pair!r}")
+            a, b = pair
+            if not (1 <= a and a + 2 <= b <= n_layers):
+                raise ConfigError(f"model.skips {pair}: layers are 1..{n_layers} and a skip joins non-adjacent "
+                                  f"ones, from < to - 1")
+            if a > len(self.channels) >= 0 and b <= len(self.channels):
+                raise ConfigError(f"model.skips {pair}: from a dense layer into a conv layer is not supported")
+        if len({tuple(p) for p in self.skips}) != len(self.skips):
+            raise ConfigError(f"model.skips has a pair twice: {self.skips}")
+        if self.skips and self.neurons == "spiking":
+            raise ConfigError("model.skips: the spiking simulator runs chains of layers; use model.neurons = 'rate'")
+        if self.skip_pool not in ("m", "a") or self.skip_kernel < 1 or self.skip_kernel % 2 == 0:
+            raise ConfigError(f"model.skip_pool must be 'm' or 'a' and model.skip_kernel an odd number >= 1, got "
+                              f"{self.skip_pool!r}, {self.skip_kernel}")
+        check_magnitude("model.skip_scale", self.skip_scale)
 
 
 @dataclass

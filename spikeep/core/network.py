@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .interactions import Conv, Dense, Grads, Interaction, SoftmaxReadout, UniConv, UniDense
 from .activations import get_activation
 from .relaxer import EAGER
@@ -80,12 +80,16 @@ class EqNetwork(nn.Module):
             readout = None
         else:  # w_out: softmax readout outside the dynamics (Eq. 17)
             readout = SoftmaxReadout(shape, cfg.n_classes, scales[-1])
-        # registration order fixes parameters(): synapses first, readout last
-        self.synapses = nn.ModuleList(synapses)
-        self.readout = readout
         self.layer_shapes = [s.post_shape for s in synapses]
         self.edges = [(k, k + 1) for k in range(len(synapses))]  # (pre, post) layer of each interaction
         self.lr_index = list(range(len(synapses)))  # which train.lrs entry each interaction learns with
+        for a, b in cfg.skips:  # skip connections: more terms of Phi, after the chain's
+            synapses.append(self._skip(a, b, cfg))
+            self.edges.append((a, b))
+            self.lr_index.append(b - 1)  # the target layer's chain synapse's rate
+        # registration order fixes parameters(): synapses first (the chain's, then the skips'), readout last
+        self.synapses = nn.ModuleList(synapses)
+        self.readout = readout
         self._index_edges()
         self.memory_format = torch.contiguous_format
         self.check_labels = True  # prepare() checks label ranges (one device sync); off once a data set is checked
@@ -113,6 +117,20 @@ class EqNetwork(nn.Module):
         p = self.synapses[0].weight
         keep = u.reshape(u.shape[0], *self.layer_shapes[self.dropout_layer]) >= self.dropout
         return self._layout(keep.to(device=p.device, dtype=p.dtype).div_(1 - self.dropout))
+
+    def _skip(self, a: int, b: int, cfg: ModelConfig) -> Interaction:
+        """The interaction of model.skips [a, b] (see ModelConfig): dense into a dense layer, else a conv
+        whose pooling (and stride) halve the size as many times as layer b is smaller than layer a."""
+        pre, post = self.layer_shapes[a - 1], self.layer_shapes[b - 1]
+        uni = cfg.unidirectional
+        if len(post) == 1:
+            return (UniDense if uni else Dense)(pre, post[0], cfg.skip_scale)
+        r, k = pre[1] // post[1], cfg.skip_kernel
+        if r not in (1, 2, 4) or pre[1] != r * post[1] or pre[2] != r * post[2]:
+            raise ConfigError(f"model.skips [{a}, {b}]: layer {a} is {tuple(pre)}, layer {b} {tuple(post)}: a conv "
+                              f"skip halves the size at most twice (sizes 1, 2 or 4 times the target's)")
+        return (UniConv if uni else Conv)(pre, post[0], k, 2 if r == 4 else 1, k // 2,
+                                          "i" if r == 1 else cfg.skip_pool, cfg.skip_scale)
 
     def _index_edges(self) -> None:
         """into[k] / out_of[k]: the interactions whose post / pre layer is k (in interaction order)."""
