@@ -74,8 +74,8 @@ def test_bf16_drives_train_like_float32_and_are_recorded(tmp_path):
     assert a > 40 and abs(a - b) < 3, (a, b)
     assert not all(torch.equal(u, v) for u, v in zip(r.net.parameters(), f.net.parameters()))  # bf16 did run
     cfg = load_config(QUICK, TINY + ["dynamics.precision=bf16"])
-    from spikeep.training.build import build_network
-    assert build_network(cfg).drive_dtype == torch.bfloat16
+    from spikeep.training.build import build_network, make_learner
+    assert make_learner(cfg, build_network(cfg)).relaxer.settings.drive_dtype == torch.bfloat16
     assert (tmp_path / "bf16" / "env.json").read_text().count("tf32_matmul") == 1
 
 

@@ -289,7 +289,7 @@ def test_cifar10_fast_config_trains_a_few_iterations(tmp_path):
     # 0 < steps_free <= 12 would hold for any run)
     assert len(h) == 2 and all((r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) == (12, 4, 20) for r in h), \
         [(r["steps_free"], r["steps_nudged"], r["steps_per_batch"]) for r in h]
-    from spikeep.build import relax_settings
+    from spikeep.training.build import relax_settings
     rs = relax_settings(cfg, torch.device("cpu"))  # the relaxer the run's learner was given
     assert rs.incremental and rs.batch_phases and rs.kernels == "torch"
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -108,7 +108,7 @@ def test_config_checks_and_angles_in_metrics(tmp_path):
 # -- dropout (the paper's supplementary 4.5) ----------------------------------------------------------
 
 def test_dropout_mask_is_the_same_in_every_phase_and_off_in_evaluation(monkeypatch):
-    import spikeep.core.network as network
+    import spikeep.core.relaxer as relaxer
 
     torch.manual_seed(0)
     net = EqNetwork(ModelConfig(**CONV, loss="cross_entropy", dropout=0.3)).double()
@@ -117,13 +117,13 @@ def test_dropout_mask_is_the_same_in_every_phase_and_off_in_evaluation(monkeypat
     mask = net.draw_mask(6, torch.Generator().manual_seed(1))
     assert mask.shape == (6, *net.layer_shapes[1]) and set(mask.unique().tolist()) == {0.0, 1 / 0.7}
     seen = []
-    real = network.EqNetwork.drives
+    real = relaxer.Relaxer.step
 
-    def spy(self, inp, state, beta=0.0):
+    def spy(self, net, inp, state, beta=0.0):
         seen.append(inp.mask)
-        return real(self, inp, state, beta)
+        return real(self, net, inp, state, beta)
 
-    monkeypatch.setattr(network.EqNetwork, "drives", spy)
+    monkeypatch.setattr(relaxer.Relaxer, "step", spy)
     ep_gradients(net, x, y, "symmetric", 0.5, 10, 4, mask=mask)
     assert len(seen) == 18 and all(m is mask for m in seen)  # free, +beta, -beta: one mask
     seen.clear()

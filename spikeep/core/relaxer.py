@@ -151,7 +151,7 @@ class Relaxer:
         if not _beta_nonzero(beta):
             return None
         last_mask = inp.mask if inp.mask is not None and net.dropout_layer == len(net.layer_shapes) - 1 else None
-        return net.nudge(s_last, inp.target, last_mask)
+        return net.nudge(s_last, inp.target, last_mask).to(s_last.dtype)  # under bf16: the readout's products in it
 
     # -- synchronous step (Eq. 8) -----------------------------------------------------------------------
     def step(self, net, inp, s: State, beta: Beta = 0.0) -> State:
@@ -161,7 +161,7 @@ class Relaxer:
         seen = net.seen_by_interactions(layers, inp.mask)
         with self._autocast(inp):
             P, Fb = self._drives(net, inp, layers, seen, range(len(net.synapses)))
-        nudge = self._nudge(net, inp, s[-1], beta)
+            nudge = self._nudge(net, inp, s[-1], beta)
         return tuple(self._layer_update(net, inp, k, P, Fb, nudge, beta)[0] for k in range(1, len(s) + 1))
 
     # -- asynchronous sweep -----------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class Relaxer:
                     if src in ks and dst not in ks:  # feedback into a layer of this half, u_j's winners
                         Fb[j] = net.synapses[j].feedback(net.synapses[j].route(u[j], layers[dst], self.settings.kernels)[1],
                                                          net.memory_format)
-            nudge = self._nudge(net, inp, s[-1], beta) if n in ks else None
+                nudge = self._nudge(net, inp, s[-1], beta) if n in ks else None
             for k in sorted(ks):
                 s[k - 1] = self._layer_update(net, inp, k, P, Fb, nudge, beta)[0]
 
