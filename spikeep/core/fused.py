@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .pooling import _windows, max_pool_2x2, max_unpool_2x2
-from .activations import get_activation
+from .activations import ACTIVATIONS as _ACTS
 
 Tensor = torch.Tensor
 ACT_IDS = {"identity": 0, "my_hard_sig": 1, "hard_sigmoid": 2, "sigmoid": 3, "tanh": 4}
@@ -83,18 +83,20 @@ def _scaled_nudge(nudge: Tensor, beta) -> Tensor:
 
 def settle_torch(P: Tensor, Fb: Optional[Tensor], act: str, mask: Optional[Tensor] = None,
                  nudge: Optional[Tensor] = None, s_prev: Optional[Tensor] = None,
-                 ds_dtype: Optional[torch.dtype] = None, beta=None) -> tuple[Tensor, Optional[Tensor]]:
+                 ds_dtype: Optional[torch.dtype] = None, beta=None, owned: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """s = act(P + Fb * mask + beta * nudge) and, given s_prev, ds = s - s_prev (in ds_dtype). beta None:
-    `nudge` is already scaled. P is never written into (it may be the batch's constant input drive);
-    without autograd the activation runs in place on the fresh sum."""
+    `nudge` is already scaled. P is written into only if `owned` (a fresh drive; never the batch's constant
+    input drive) and autograd is off; the activation runs in place on a fresh sum."""
+    grad = torch.is_grad_enabled()
+    own = owned and not grad
     z = P if Fb is None else P + (Fb if mask is None else Fb * mask)
     if nudge is not None:
         if beta is None or torch.is_tensor(beta):
             z = z + (nudge if beta is None else _scaled_nudge(nudge, beta))
         else:  # one fused multiply-add, as the reference step has always done it
-            z = z.add(nudge, alpha=beta) if z is P else z.add_(nudge, alpha=beta)
-    a = get_activation(act)
-    s = a.fn_(z) if z is not P and not torch.is_grad_enabled() else a.fn(z)
+            z = z.add_(nudge, alpha=beta) if z is not P or own else z.add(nudge, alpha=beta)
+    a = _ACTS[act]
+    s = a.fn_(z) if (z is not P or own) and not grad else a.fn(z)
     ds = None if s_prev is None else (s - s_prev).to(ds_dtype or s.dtype)
     return s, ds
 
@@ -265,7 +267,7 @@ def pool_unpool_triton(u: Tensor, s: Tensor, kind: str, u_prev: Optional[Tensor]
 
 def settle_triton(P: Tensor, Fb: Optional[Tensor], act: str, mask: Optional[Tensor] = None,
                   nudge: Optional[Tensor] = None, s_prev: Optional[Tensor] = None,
-                  ds_dtype: Optional[torch.dtype] = None, beta=None) -> tuple[Tensor, Optional[Tensor]]:
+                  ds_dtype: Optional[torch.dtype] = None, beta=None, owned: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """settle_torch as one Triton kernel (the nudge scaled by beta before it); every operand must have P's
     shape and strides (else PyTorch)."""
     if nudge is not None and beta is not None:

@@ -33,6 +33,8 @@ captured and replayed as a CUDA graph. `batch_phases`: the +beta and -beta phase
 """
 from __future__ import annotations
 
+import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
@@ -88,14 +90,34 @@ def _beta_nonzero(beta: Beta) -> bool:
     return torch.is_tensor(beta) or beta != 0.0
 
 
-def _sum(parts: list) -> Optional[Tensor]:
-    """parts[0] + parts[1] + ... in that order (None for none)."""
-    if not parts:
-        return None
-    out = parts[0]
-    for p in parts[1:]:
-        out = out + p
-    return out
+_PLANS: dict = {}
+
+
+def _plan(net) -> list:
+    """Per layer k (1..N, index 0 unused): (interactions into k, interactions out of k, whether k's only
+    forward drive is the input's, whether k is the dropout layer, whether k is the last), from the
+    network's structure alone (so shared by every network of that structure)."""
+    key = (tuple(net.edges), len(net.layer_shapes), net.dropout_layer)
+    plan = _PLANS.get(key)
+    if plan is None:
+        n = len(net.layer_shapes)
+        plan = _PLANS[key] = [None] + [
+            (tuple(net.into[k]), tuple(net.out_of[k]), [net.edges[j][0] for j in net.into[k]] == [0],
+             net.dropout_layer == k - 1, k == n) for k in range(1, n + 1)]
+    return plan
+
+
+def _gather(values: list, js: tuple, dtype: torch.dtype) -> tuple[Optional[Tensor], int]:
+    """(values[j0] + values[j1] + ... in that order, in `dtype`; how many) over the js whose value is there."""
+    out, n = None, 0
+    for j in js:
+        v = values[j]
+        if v is None:
+            continue
+        if v.dtype is not dtype:
+            v = v.to(dtype)
+        out, n = (v if out is None else out + v), n + 1
+    return out, n
 
 
 class Relaxer:
@@ -107,6 +129,14 @@ class Relaxer:
         self.settings = settings
         self.settle = IMPLS[settings.kernels][1]
         self._graphs: dict = {}
+        self._last_plan: tuple = (None, None, None)  # (weakref to a network, its edges list, plan): the hot path
+
+    def _plan(self, net) -> list:
+        ref, edges, plan = self._last_plan
+        if ref is None or ref() is not net or edges is not net.edges:
+            plan = _plan(net)
+            self._last_plan = (weakref.ref(net), net.edges, plan)
+        return plan
 
     def __repr__(self) -> str:
         return f"Relaxer({self.settings})"
@@ -114,37 +144,39 @@ class Relaxer:
     # -- what every schedule shares ---------------------------------------------------------------------
     def _autocast(self, inp):
         dt = self.settings.drive_dtype
-        if dt is None:
-            return torch.autocast(inp.x.device.type, enabled=False)
-        return torch.autocast(inp.x.device.type, dtype=dt)
+        return nullcontext() if dt is None else torch.autocast(inp.x.device.type, dtype=dt)
 
-    def _drives(self, net, inp, layers: tuple, seen: tuple, js, u: Optional[list] = None, feedback=None):
-        """P_j and F_j of the interactions `js` at `layers` (x first); u_j computed afresh and kept in `u`
-        when given; `feedback`: only the interactions whose F_j is wanted (None: all)."""
-        P, Fb = {}, {}
-        for j in js:
-            src, dst = net.edges[j]
+    def _drives(self, net, inp, layers: tuple, seen: tuple, js=None, u: Optional[list] = None, feedback=None):
+        """P_j and F_j (lists by interaction, None where not computed) of the interactions `js` (None: all)
+        at `layers` (x first); u_j computed afresh and kept in `u` when given; `feedback`: only the
+        interactions whose F_j is wanted (None: all)."""
+        n = len(net.edges)
+        P, Fb = [None] * n, [None] * n
+        kernels, fmt = self.settings.kernels, net.memory_format
+        for j, (syn, (src, dst)) in enumerate(zip(net.synapses, net.edges)):
+            if js is not None and j not in js:
+                continue
             if src == 0:  # the clamped input: constant for the batch
                 P[j] = inp.drive
                 continue
-            syn = net.synapses[j]
             uj = syn.pre_drive(seen[src])
             if u is not None:
                 u[j] = uj
-            P[j], U, _ = syn.route(uj, layers[dst], self.settings.kernels)
+            P[j], U, _ = syn.route(uj, layers[dst], kernels)
             if feedback is None or j in feedback:
-                Fb[j] = syn.feedback(U, net.memory_format)
+                Fb[j] = syn.feedback(U, fmt)
         return P, Fb
 
-    def _layer_update(self, net, inp, k: int, P: dict, Fb: dict, nudge, beta: Beta, s_prev=None, ds_dtype=None):
-        """s_k <- act(sum of P_j into k + m_k sum of F_j out of k + beta n_k): the one layer update."""
+    def _layer_update(self, net, inp, k: int, P: list, Fb: list, nudge, beta: Beta, s_prev=None, ds_dtype=None,
+                      fresh: bool = False):
+        """s_k <- act(sum of P_j into k + m_k sum of F_j out of k + beta n_k): the one layer update.
+        `fresh`: the P_j were made for this update alone (may be written into, unless one is the input's)."""
+        into, out_of, from_input, dropout, last = self._plan(net)[k]
         dtype = inp.x.dtype
-        p = _sum([P[j].to(dtype) for j in net.into[k] if j in P])
-        f = _sum([Fb[j].to(dtype) for j in net.out_of[k] if j in Fb])
-        mask = inp.mask if inp.mask is not None and net.dropout_layer == k - 1 else None
-        last = k == len(net.layer_shapes)
-        return self.settle(p, f, net.activation.name, mask, nudge if last else None, s_prev, ds_dtype,
-                           beta if last else None)
+        p, n_p = _gather(P, into, dtype)
+        f, _ = _gather(Fb, out_of, dtype)
+        return self.settle(p, f, net.activation.name, inp.mask if dropout else None, nudge if last else None,
+                           s_prev, ds_dtype, beta if last else None, fresh and (n_p > 1 or not from_input))
 
     def _nudge(self, net, inp, s_last: Tensor, beta: Beta) -> Optional[Tensor]:
         """-dL/ds_N (times beta in the layer update), or None in a free phase."""
@@ -158,11 +190,11 @@ class Relaxer:
         """One synchronous step s_{t+1} = sigma(dPhi^beta/ds(x, s_t)): a pure function of (parameters,
         inputs, state, beta), so it can be captured (CUDA graphs) or differentiated (BPTT)."""
         layers = (inp.x,) + tuple(s)
-        seen = net.seen_by_interactions(layers, inp.mask)
+        seen = layers if inp.mask is None else net.seen_by_interactions(layers, inp.mask)
         with self._autocast(inp):
-            P, Fb = self._drives(net, inp, layers, seen, range(len(net.synapses)))
+            P, Fb = self._drives(net, inp, layers, seen)
             nudge = self._nudge(net, inp, s[-1], beta)
-        return tuple(self._layer_update(net, inp, k, P, Fb, nudge, beta)[0] for k in range(1, len(s) + 1))
+        return tuple(self._layer_update(net, inp, k, P, Fb, nudge, beta, fresh=True)[0] for k in range(1, len(s) + 1))
 
     # -- asynchronous sweep -----------------------------------------------------------------------------
     def _sweep(self, net, inp, s: list, u: list, beta: Beta) -> None:
@@ -173,7 +205,7 @@ class Relaxer:
             ks = set(range(2 - parity, n + 1, 2))
             layers = (inp.x,) + tuple(s)
             seen = net.seen_by_interactions(layers, inp.mask)
-            fresh = [j for j, (_, dst) in enumerate(net.edges) if dst in ks]
+            fresh = {j for j, (_, dst) in enumerate(net.edges) if dst in ks}
             with self._autocast(inp):
                 P, Fb = self._drives(net, inp, layers, seen, fresh, u,
                                      feedback={j for j in fresh if net.edges[j][0] in ks})
@@ -183,7 +215,7 @@ class Relaxer:
                                                          net.memory_format)
                 nudge = self._nudge(net, inp, s[-1], beta) if n in ks else None
             for k in sorted(ks):
-                s[k - 1] = self._layer_update(net, inp, k, P, Fb, nudge, beta)[0]
+                s[k - 1] = self._layer_update(net, inp, k, P, Fb, nudge, beta, fresh=True)[0]
 
     def _all_u(self, net, inp, s: State) -> list:
         layers = (inp.x,) + tuple(s)
@@ -200,7 +232,8 @@ class Relaxer:
         seen = net.seen_by_interactions(layers, inp.mask)
         inner = [j for j, (src, _) in enumerate(net.edges) if src != 0]
         D = {j: net.synapses[j].pre_drive(seen[net.edges[j][0]]) for j in inner}
-        P, U, Fb = {j: inp.drive for j, (src, _) in enumerate(net.edges) if src == 0}, {}, {}
+        n = len(net.edges)
+        P, U, Fb = [inp.drive if src == 0 else None for src, _ in net.edges], [None] * n, [None] * n
         for j in inner:
             syn, dst = net.synapses[j], net.edges[j][1]
             P[j], U[j], _ = syn.route(D[j], layers[dst], kern)
