@@ -2,18 +2,38 @@
 layer over the library functions."""
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+
+# where the command stands, read by the signal handlers: "entry" (this process is the command line, spikeep
+# or python -m spikeep: it ends with the command), "hold" (the final line is being written: a signal waits
+# for it), "pending" (the signal that waits), "status" (the command has ended with this exit status, its
+# last line written)
+_STATE: dict = {"entry": False, "hold": False, "pending": None, "status": None}
 
 
 def _on_signal(signum, frame) -> None:  # noqa: ARG001
     """SIGINT / SIGTERM at any moment, imports included: one line, then exit at once, as a kill would
     (every file spikeep writes is replaced atomically or appended and checked, so the folder is as after
-    kill -9: resumable from its last checkpoint)."""
+    kill -9: resumable from its last checkpoint). While the final line is written, the signal waits for it
+    (a second one does not: a reader that takes no more output cannot hold the process)."""
+    if _STATE["hold"] and _STATE["pending"] is None:
+        _STATE["pending"] = signum
+        return
+    _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    """The one line (on a line of its own when a progress bar is drawn), then exit 130 / 143 at once."""
     name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
     try:
-        os.write(2, f"spikeep: stopped by {name}{_resume_hint('dir')}\n".encode())
+        rf = sys.modules.get("spikeep.training.run_folder")  # never an import here: this runs inside signal handlers
+        newline = "\n" if rf is not None and rf.ACTIVE.get("bar") is not None else ""  # not after the bar
+        done = _STATE["status"]
+        os.write(2, f"{newline}spikeep: stopped by {name}"
+                    f"{_resume_hint('dir') if done is None else _after_the_end(done)}\n".encode())
     finally:
         os._exit(130 if signum == signal.SIGINT else 143)
 
@@ -29,11 +49,38 @@ def _resume_hint(which: str) -> str:
     return f"; {where} has no checkpoint yet: start the run again (with --overwrite to reuse that folder)"
 
 
+def _after_the_end(status: int) -> str:
+    """What a signal says that came after the command had ended (its last line written): nothing was cut short."""
+    rf = sys.modules.get("spikeep.training.run_folder")
+    last = rf.ACTIVE.get("last") if rf is not None else None
+    if status == 0 and last is not None:
+        return f" after the run had finished: {last} is complete (nothing to resume)"
+    return f" after the command had ended (with exit status {status})"
+
+
+def _end_now() -> None:
+    """The command line's last exit handler (registered before any other library's, so it runs after them):
+    once the command has ended, the process ends here with its status. The interpreter's teardown that
+    would follow (about a second with torch loaded) writes nothing of a run (its files are closed and
+    complete when its final line is printed), and in it Python answers no signal: it has put SIGINT and
+    SIGTERM back to their defaults, so a Ctrl-C there killed the process silently (exit -2). Exit
+    handlers registered before this one (none of spikeep's libraries: it is registered at once) do not run."""
+    if _STATE["status"] is None:  # the command did not get to its end (Python's own exit goes on)
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed pipe, a closed or replaced stream
+            pass
+    os._exit(_STATE["status"])
+
 
 if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "spikeep"  # the command line (also python -m
         or sys.argv[0].endswith(os.path.join("spikeep", "__main__.py"))):   # spikeep): at once, before
     for _sig in (signal.SIGINT, signal.SIGTERM):                           # anything else is imported
         signal.signal(_sig, _on_signal)
+    _STATE["entry"] = True
+    atexit.register(_end_now)
 
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -80,6 +127,8 @@ def cmd_train(args) -> int:
             cfg.data.download = True
         result = train(cfg, args.run_dir, progress=False if args.no_progress else None, base_dir=args.runs or "runs",
                        overwrite=args.overwrite)
+    # the run's files are complete: a signal from here on waits for the final line (main, _ended)
+    _STATE["hold"] = True
     if result.history and result.main:  # other processes of a data-parallel run hold no up-to-date history
         last = result.history[-1]
         print(f"test accuracy: {last['test_acc']:.2f}% (run folder {result.run_dir})")
@@ -199,16 +248,36 @@ def _traceback_where() -> str:
 def main(argv: list[str] | None = None) -> int:
     # first thing, before torch and the rest are imported: SIGINT / SIGTERM end with one line
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 1  # an exception that gets out (a bug): Python prints its traceback, exit status 1
     try:
-        code = _main(argv)
+        status = _main(argv)
+        _STATE["hold"] = True  # the command's output is out once flushed (train holds from its final line on)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
-        return code
+        code = status
     except BrokenPipeError:  # the reader went away (`spikeep export ... | head -1`): stop quietly, as
         _drop_stdout()       # a process killed by SIGPIPE would
-        return 141
-    finally:  # in-process callers (tests, notebooks) get their handlers back
+        code = 141
+    except SystemExit as e:  # argparse: --help, --version, a usage error
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        raise
+    finally:
+        _ended(code, previous)
+    return code
+
+
+def _ended(code: int, previous: dict) -> None:
+    """The command has ended with exit status `code`, its last line written. On the command line a signal
+    from now on says so (and still exits 130 / 143 at once); in-process callers (tests, notebooks) get
+    their handlers back, and a signal that waited for the last line goes to them."""
+    if _STATE["entry"]:
+        _STATE["status"] = code  # before the hold ends: a signal from now on comes after the end
+    else:
         for sig, h in previous.items():
             signal.signal(sig, h)
+    _STATE["hold"] = False
+    pending, _STATE["pending"] = _STATE["pending"], None
+    if pending is not None:
+        _stop(pending) if _STATE["entry"] else signal.raise_signal(pending)
 
 
 def _drop_stdout() -> None:

@@ -59,8 +59,9 @@ from .files import write_json_atomic
 from .validation import config_from_dict
 
 LOCK_NAME = ".spikeep.lock"
-# the folder this process writes now, and the last one it wrote (read by cli for its interruption hint)
-ACTIVE: dict = {"dir": None, "last": None}
+# the folder this process writes now, the last one it wrote, and the progress bar drawn now on the terminal's
+# current line (trainer._EpochBar); read by cli's signal handlers for their one line
+ACTIVE: dict = {"dir": None, "last": None, "bar": None}
 
 
 class RunFolderError(ValueError):

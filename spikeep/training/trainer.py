@@ -40,7 +40,8 @@ from .train_log import close_logger, get_logger, log_traceback_to_file
 from .learners import Learner, SpikingEP, WarmStarts
 from .plots import spike_pictures
 from .provenance import environment
-from .run_folder import RunLock, check_run_dir, last_checkpoint_words, open_run_dir, refuse_existing_run, resumable
+from .run_folder import ACTIVE, RunLock, check_run_dir, last_checkpoint_words, open_run_dir, refuse_existing_run, \
+    resumable
 from ..spiking.metrics import ChipEvents
 from ..spiking.simulator import probe_phases
 from .time_budget import Budget
@@ -304,8 +305,8 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
     (finite checks, progress bar), before every checkpoint and at the epoch's end."""
     ep = _start_epoch(cfg, procs, device, train_set, st)
     t0 = time.perf_counter() - st.stats.seconds
-    bar = tqdm(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{_epochs(cfg, st)}",
-               disable=not progress, leave=False)
+    bar = _EpochBar(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{_epochs(cfg, st)}",
+                    disable=not progress, leave=False)
     checks = FiniteChecks()
     if budget is not None:
         budget.before_epoch(st, ep.n_batches)
@@ -335,6 +336,21 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
                 break
     bar.close()
     return time.perf_counter() - t0
+
+
+class _EpochBar(tqdm):
+    """An epoch's progress bar. While it is drawn, run_folder.ACTIVE["bar"] holds it: a stop message
+    (cli, at signal time) then starts on a line of its own instead of after the bar."""
+
+    def __init__(self, *args, disable: bool = False, **kwargs):
+        if not disable:
+            ACTIVE["bar"] = self  # before it is drawn
+        super().__init__(*args, disable=disable, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        if ACTIVE.get("bar") is self:
+            ACTIVE["bar"] = None
 
 
 def _stats_of_every_process(procs: Dist, stats: EpochStats) -> EpochStats:
