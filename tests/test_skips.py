@@ -209,3 +209,19 @@ def test_the_shipped_skip_convnet_trains_a_few_iterations(tmp_path):
     assert [a for a, b in init.edges if b != a + 1] == [1, 2, 3, 4]
     moved = {k: float((v.cpu() - init.state_dict()[k]).abs().max()) for k, v in res.net.state_dict().items()}
     assert all(moved[f"synapses.{j}.weight"] > 0 for j in range(7, 11)), moved
+
+
+def test_a_skip_learns_with_its_target_layers_rate():
+    """train.lrs keeps one entry per chain layer (readout last); a skip into layer b gets layer b's."""
+    from spikeep.training.build import make_optimizer
+    from spikeep.training.validation import load_config
+
+    cfg = load_config("quickstart", ["model.hidden=[9,8,7]", "model.skips=[[1,3],[1,4]]", "model.loss=mse",
+                                     "train.lrs=[0.4,0.3,0.2,0.1]"])
+    net = EqNetwork(cfg.model)
+    groups = make_optimizer(net, cfg).param_groups
+    assert [g["lr"] for g in groups] == [0.4, 0.3, 0.2, 0.1, 0.2, 0.1]
+    assert [g["params"][0] is p for g, p in zip(groups, (s.weight for s in net.synapses))] == [True] * 6
+    with pytest.raises(ConfigError, match="train.lrs has 5 entries for 4 layers"):
+        load_config("quickstart", ["model.hidden=[9,8,7]", "model.skips=[[1,3]]", "model.loss=mse",
+                                   "train.lrs=[0.4,0.3,0.2,0.1,0.1]"])

@@ -184,8 +184,8 @@ class EqNetwork(nn.Module):
 
     def lr_slots(self) -> list[int]:
         """For each of `layers`, which train.lrs entry it learns with (one per chain layer, readout last)."""
-        return list(self.lr_index) + ([len(self.lr_index) if not self.lr_index else max(self.lr_index) + 1]
-                                      if self.readout is not None else [])
+        chain = sum(b == a + 1 for a, b in self.edges)  # the readout's entry follows the chain's
+        return list(self.lr_index) + ([chain] if self.readout is not None else [])
 
     def layer_names(self) -> list[str]:
         names = [f"{s.kind}{k}" if b == a + 1 else f"{s.kind}_skip{a}to{b}"
