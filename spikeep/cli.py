@@ -354,7 +354,8 @@ def _add_export_and_configs(sub) -> None:
     p.add_argument("--weights", choices=["best", "last"], default="best")
     p.add_argument("--approximate", action="store_true",
                    help="leave out what NIR cannot express (reset by subtraction, the membrane clamp, conv feedback) "
-                        "and list it in the graph's metadata, instead of refusing")
+                        "and list it in the graph's metadata, instead of refusing; not needed for a network trained "
+                        "with spiking.reset = 'zero' and spiking.v_min = 'none' (NIR's IF) and no conv feedback")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("configs", help="list the configs shipped with spikeep (or print one)",
                        description="List the configs shipped inside spikeep, which `spikeep train NAME` and "

@@ -376,7 +376,8 @@ class SpikingConfig:
     theta: float = 2.0
     leak: float = 0.0  # dt / tau_mem (0: integrate-and-fire; > 0: Norse's LIF box)
     refractory: int = 0  # steps
-    v_min: float = -2.0  # lower bound of the membrane potential
+    v_min: Union[float, str] = -2.0  # lower bound of the membrane potential, or "none" (no bound)
+    reset: str = "subtract"  # after a spike: "subtract" (v <- v - theta) or "zero" (v <- 0; with v_min = "none" NIR's IF)
     syn_alpha: float = 1.0  # synaptic current filter (1: none)
     trace_tau: float = 10.0  # steps: output spike trace that feeds the nudge
     encoding: str = "current"  # "current" or "poisson"
@@ -394,6 +395,11 @@ class SpikingConfig:
         if self.chip_input == "bias" and self.encoding == "poisson":
             raise ConfigError("spiking.chip_input = 'bias' prices the input as a held current, but encoding = "
                               "'poisson' drives the network with input spikes; use chip_input = 'spikes'")
+        if self.reset not in ("subtract", "zero"):
+            raise ConfigError(f"spiking.reset must be 'subtract' (v <- v - theta after a spike) or 'zero' (v <- 0, "
+                              f"the neuron of NIR's IF node), got {self.reset!r}")
+        if isinstance(self.v_min, str) and self.v_min != "none":
+            raise ConfigError(f"spiking.v_min must be a number <= 0 or 'none' (no lower bound), got {self.v_min!r}")
         if self.window > min(self.T1, self.T2):
             raise ConfigError(f"spiking.window ({self.window}) must not exceed spiking.T1 and spiking.T2 "
                               f"({self.T1}, {self.T2})")

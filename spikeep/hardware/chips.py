@@ -119,7 +119,7 @@ class Energy:
 class ChipProfile:
     name: str
     synapse: dict[str, Any]  # [plasticity] keys: bits, scale, rounding, device, levels, ...
-    neuron: dict[str, Any] = field(default_factory=dict)  # [spiking] keys: theta, leak, refractory, v_min
+    neuron: dict[str, Any] = field(default_factory=dict)  # [spiking] keys: theta, leak, refractory, v_min, reset
     energy: Energy = Energy()
     summary: str = ""
     chip_input: str = "spikes"  # the default of [spiking] chip_input: one of CHIP_INPUTS
@@ -146,7 +146,7 @@ class ChipProfile:
                 raise ValueError(f"chip profile {self.name!r}: energy per {k} needs exactly one Source "
                                  f"(its provenance), and none without a figure; got {n_src}")
         known_syn = {"bits", "scale", "rounding", "threshold", "device", "levels", "nu_p", "nu_d", "noise", "headroom"}
-        known_neu = {"theta", "leak", "refractory", "v_min"}
+        known_neu = {"theta", "leak", "refractory", "v_min", "reset"}
         for keys, known, what in ((self.synapse, known_syn, "synapse"), (self.neuron, known_neu, "neuron")):
             bad = set(keys) - known
             if bad:

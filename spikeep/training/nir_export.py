@@ -16,17 +16,20 @@ as spikes; spikeep.spiking.simulator):
 * The time step: one simulation step is one NIR time unit; metadata["dt"] = 1 on the graph and on
   each neuron node (NIR nodes are continuous-time and have no field for it). Import with dt = 1
   (`norse.torch.from_nir(graph, dt=1.0)`).
-* spikeep's neurons reset by subtraction (v <- v - theta z) and keep v in [v_min, theta]; NIR's IF and
-  LIF reset to v_reset. Stated in each neuron node's metadata ("reset") and the graph's; a consumer that
-  resets to zero loses the charge above threshold at each spike (fewer spikes: README, "Export to NIR").
+* With `spiking.reset = "zero"` and `spiking.v_min = "none"` (spikeep.spiking.neurons.exact_in_nir) the
+  neurons are NIR's IF / LIF nodes as they stand (reset to v_reset = 0, no bound on v): such a network
+  exports without `approximate` wherever its wiring is expressible. The default neurons reset by
+  subtraction (v <- v - theta z) and keep v in [v_min, theta]: stated in each neuron node's metadata
+  ("reset", "v_min") and the graph's; a consumer resets to zero and loses the charge above threshold at
+  each spike (fewer spikes: README, "Export to NIR").
 
 What NIR cannot express is refused with a message, or, with `approximate=True` (`spikeep export
 --approximate`), left out and listed under metadata["spikeep"]["dropped"]: the reset by subtraction and
-the clamp (every export needs `approximate`), the feedback of conv synapses (a transposed convolution
-through the pooling's adjoint), dense feedback into a conv layer (NIR has no reshape to undo the
-flatten). Refused even with `approximate`: max-pooling (no NIR node; train with pools "a"),
-refractoriness, synaptic filters. `read_graph` reads a file back with its metadata as plain Python
-(nir.read returns lists of strings as numpy arrays of bytes).
+the clamp (the default neurons), the feedback of conv synapses (a transposed convolution through the
+pooling's adjoint), dense feedback into a conv layer (NIR has no reshape to undo the flatten). Refused
+even with `approximate`: max-pooling (no NIR node; train with pools "a"), refractoriness, synaptic
+filters. `read_graph` reads a file back with its metadata as plain Python (nir.read returns lists of
+strings as numpy arrays of bytes).
 
 Never part of the graph, and said so in the metadata: nudging (beta, the +-beta phases), learning,
 the step budgets and windows. spikeep's update is synchronous (every synapse carries last step's
@@ -46,7 +49,7 @@ import torch
 from .validation import spiking_params
 from ..core.network import EqNetwork
 from .files import replace_atomically
-from ..spiking.neurons import NeuronParams, NeuronState, neuron_step
+from ..spiking.neurons import NeuronParams, NeuronState, exact_in_nir, neuron_step
 from .evaluation import load_run
 from ..spiking.simulator import SpikingParams
 
@@ -74,19 +77,19 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
     nir = _nir()
     p = params.neuron
     _refuse_inexpressible(net, params)
-    dropped = ["reset by subtraction (v <- v - theta z): NIR's IF and LIF reset to v_reset = 0",
-               f"the membrane clamp to [v_min, theta] = [{p.v_min}, {p.theta}]"]
+    dropped = _neuron_drops(p)
     nodes, edges, prev = _forward_nodes(nir, net, p)
     dropped += _feedback_nodes(nir, net, nodes, edges)
     prev = _readout_nodes(nir, net, nodes, edges, prev)
-    if not approximate:
+    if dropped and not approximate:
+        hint = "" if exact_in_nir(p) else (" (or train with spiking.reset = 'zero' and spiking.v_min = 'none', "
+                                            "NIR's own IF / LIF neuron)")
         raise ExportError("NIR cannot express: " + "; ".join(dropped) + ". Pass --approximate "
                           "(to_nir(..., approximate=True)) to export without them; they are then listed "
-                          "in the graph's metadata['spikeep']['dropped']")
-    meta = {"dt": DT, "time_unit": "one simulation step", "reset": RESET, "spikeep": {
+                          f"in the graph's metadata['spikeep']['dropped']{hint}")
+    meta = {"dt": DT, "time_unit": "one simulation step", "reset": _reset_text(p), "spikeep": {
         "what": "the free phase of a network trained with equilibrium propagation (spikeep)",
-        "neuron": (f"LIF: v <- (1 - {p.leak}) v + I per step" if p.leak > 0 else "IF: v <- v + I per step")
-        + f", spike if v > theta = {p.theta}, then v <- v - theta, v kept in [{p.v_min}, {p.theta}]",
+        "neuron": _neuron_text(p),
         "time_step": "dt = 1: one NIR time unit per simulation step; import with dt = 1",
         "input": ("the input as a constant current, fed every step" if encoding == "current" else
                   "Bernoulli input spikes with p = pixel value, one draw per step"),
@@ -108,6 +111,28 @@ def to_nir(net: EqNetwork, params: SpikingParams, approximate: bool = False, enc
 
 DT = 1.0  # one simulation step per NIR time unit
 RESET = "subtract: v <- v - v_threshold after a spike (not NIR's reset to v_reset)"
+RESET_ZERO = "zero: v <- v_reset = 0 after a spike (NIR's IF / LIF)"
+
+
+def _reset_text(p: NeuronParams) -> str:
+    return RESET_ZERO if p.reset == "zero" else RESET
+
+
+def _neuron_text(p: NeuronParams) -> str:
+    leak = f"LIF: v <- (1 - {p.leak}) v + I per step" if p.leak > 0 else "IF: v <- v + I per step"
+    if p.reset == "zero":
+        bound = "" if p.v_min == -math.inf else f", v kept >= v_min = {p.v_min}"
+        return f"{leak}, spike if v > theta = {p.theta}, then v <- 0{bound}"
+    return f"{leak}, spike if v > theta = {p.theta}, then v <- v - theta, v kept in [{p.v_min}, {p.theta}]"
+
+
+def _neuron_drops(p: NeuronParams) -> list[str]:
+    """What of the neuron NIR's IF / LIF node (reset to v_reset = 0, v unbounded) does not say."""
+    if p.reset == "zero":
+        return [] if p.v_min == -math.inf else [f"the membrane's lower bound v_min = {p.v_min} (NIR's IF and LIF "
+                                                f"have none; spiking.v_min = 'none' exports exactly)"]
+    return ["reset by subtraction (v <- v - theta z): NIR's IF and LIF reset to v_reset = 0",
+            f"the membrane clamp to [v_min, theta] = [{p.v_min}, {p.theta}]"]
 
 
 def _refuse_inexpressible(net: EqNetwork, params: SpikingParams) -> None:
@@ -128,9 +153,12 @@ def _refuse_inexpressible(net: EqNetwork, params: SpikingParams) -> None:
 
 
 def _neuron_node(nir, shape: tuple, p: NeuronParams):
-    """IF (leak 0) or LIF (tau = 1 / leak, r = tau / dt) with spikeep's reset stated in its metadata."""
+    """IF (leak 0) or LIF (tau = 1 / leak, r = tau / dt) with spikeep's reset (and v_min, if any) stated in
+    its metadata."""
     full = lambda v: np.full(shape, v, dtype=np.float32)
-    meta = {"dt": DT, "reset": RESET, "v_min": float(p.v_min)}
+    meta = {"dt": DT, "reset": _reset_text(p)}
+    if p.v_min > -math.inf:
+        meta["v_min"] = float(p.v_min)
     if p.leak > 0:
         tau = DT / p.leak
         return "lif", nir.LIF(tau=full(tau), r=full(tau / DT), v_leak=full(0.0), v_threshold=full(p.theta),

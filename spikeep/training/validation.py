@@ -7,6 +7,7 @@ chip profiles, shapes that fit together; and the one entry point that reads a co
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,7 +28,8 @@ from ..spiking.simulator import DEFAULT_CONV_CROSSOVER, DEFAULT_CROSSOVER, Spiki
 
 
 def spiking_params(s: SpikingConfig) -> SpikingParams:
-    return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, s.v_min), s.syn_alpha, s.trace_tau,
+    v_min = -math.inf if s.v_min == "none" else float(s.v_min)  # "none": no lower bound (NIR's IF)
+    return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, v_min, s.reset), s.syn_alpha, s.trace_tau,
                          s.window, s.rate_tol, s.settle_statistic, s.settle_quantile, s.encoding, s.backend,
                          DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover,
                          DEFAULT_CONV_CROSSOVER if s.conv_crossover < 0 else s.conv_crossover)
