@@ -109,6 +109,9 @@ def _plan(net) -> list:
 
 def _gather(values: list, js: tuple, dtype: torch.dtype) -> tuple[Optional[Tensor], int]:
     """(values[j0] + values[j1] + ... in that order, in `dtype`; how many) over the js whose value is there."""
+    if len(js) == 1:  # the common case: one interaction
+        v = values[js[0]]
+        return (None, 0) if v is None else (v if v.dtype is dtype else v.to(dtype), 1)
     out, n = None, 0
     for j in js:
         v = values[j]
@@ -194,7 +197,7 @@ class Relaxer:
         with self._autocast(inp):
             P, Fb = self._drives(net, inp, layers, seen)
             nudge = self._nudge(net, inp, s[-1], beta)
-        return tuple(self._layer_update(net, inp, k, P, Fb, nudge, beta, fresh=True)[0] for k in range(1, len(s) + 1))
+        return tuple([self._layer_update(net, inp, k, P, Fb, nudge, beta, fresh=True)[0] for k in range(1, len(s) + 1)])
 
     # -- asynchronous sweep -----------------------------------------------------------------------------
     def _sweep(self, net, inp, s: list, u: list, beta: Beta) -> None:
