@@ -266,6 +266,8 @@ class Relaxer:
     # -- blocks of steps (the unit a CUDA graph captures) -----------------------------------------------
     def block(self, net, inp, s: State, beta: Beta, steps: int) -> Block:
         """`steps` steps from s; returns the state and the last step's max |change| (no host sync)."""
+        if steps < 1:
+            raise ValueError(f"a block runs at least one step, got {steps}")
         if self.settings.incremental:
             return self._incremental_block(net, inp, s, beta, steps)
         prev = s
@@ -276,8 +278,9 @@ class Relaxer:
                 self._sweep(net, inp, cur, u, beta)
             s = tuple(cur)
         else:
-            for _ in range(steps):
-                prev, s = s, self.step(net, inp, s, beta)
+            for _ in range(steps - 1):  # no reference to the state before: the allocator reuses it
+                s = self.step(net, inp, s, beta)
+            prev, s = s, self.step(net, inp, s, beta)
         return Block(s, torch.stack([(a - b).abs().max() for a, b in zip(s, prev)]).max())
 
     def run_block(self, net, inp, s: State, beta: Beta, steps: int) -> Block:
