@@ -99,6 +99,16 @@ def mlp2_spiking(text):
              f"free / nudged phases {float(m[-1]['steps_free']):.0f} / {float(m[-1]['steps_nudged']):.0f} of")
 
 
+def before_after(text):
+    d = RESULTS / "restructure" / "2026-12-07"
+    rows = {r["net"]: r for r in json.loads((d / "bench_before_after.json").read_text())["rows"]}
+    assert all(r["states_bitwise_equal"] for r in rows.values())
+    same = (d / "same_numbers.txt").read_text().splitlines()
+    assert same and all("bitwise identical" in line for line in same)
+    check_in(text, f"paper ConvNet (batch 16) {rows['paper ConvNet']['after_over_before']:.3f}x",
+             f"MNIST MLP (batch 128) {rows['MNIST MLP']['after_over_before']:.3f}x", f"all {len(same)} hashed runs")
+
+
 def bench_twin(text):
     d = json.loads((RESULTS / "spiking_deep" / "mlp2" / "bench_twin.json").read_text())
     ms = d["ms_per_train_image"]
@@ -255,6 +265,7 @@ CHECKED = {
     "analysis/unidirectional_mnist.py": unidirectional,
     "spikeep train mnist_mlp2_spiking`": mlp2_spiking,
     "analysis/bench_twin.py": bench_twin,
+    "analysis/bench_before_after.py": before_after,
     "analysis/nir_check.py": nir_check,
     "analysis/bench_traces.py": bench_traces,
     "analysis/bench_relax.py": bench_relax,
