@@ -253,6 +253,18 @@ def schedules(text):
              f"{rel['min_cosine']:.3f}", f"{rel['steps_free']} free / {rel['steps_nudged']:.0f} nudged")
 
 
+def cifar10_twin(text):
+    d = json.loads((RESULTS / "cifar10_twin" / "twin.json").read_text())
+    v = d["spiking"]
+    default, routed = v["default (T1 200, window 50)"], v["pool_alpha 0.02"]
+    check_in(text, f"{d['rate']['test_acc']:.2f} % (rate, T1 {d['rate']['T1']})",
+             f"{d['rate_fixed_point']['test_acc']:.2f} % (its fixed point)",
+             f"{default['test_acc']:.2f} % spiking ({default['vs_rate']['same_prediction_pct']:.1f} % same predictions)",
+             f"{routed['test_acc']:.2f} % ({routed['vs_rate']['same_prediction_pct']:.1f} %)",
+             f"{default['spikes_per_inference'] / 1e3:.0f}k spikes and {sci(default['synops_per_inference'])} SynOps",
+             f"{d['data']['test_images']:,} test images")
+
+
 CHECKED = {
     "spikeep train mnist_mlp`": mnist_run("mnist_mlp"),
     "spikeep train mnist_mlp_bptt`": mnist_run("mnist_mlp_bptt"),
@@ -275,6 +287,7 @@ CHECKED = {
     "plasticity.profile": loihi2,
     "analysis/precision.py": precision,
     "scripts/gpu_check.sh": gpu_check,
+    "analysis/cifar10_twin.py": cifar10_twin,
 }
 
 # rows not (yet) checked against a file, and why; a new row must be added to one of the two

@@ -379,6 +379,7 @@ class SpikingConfig:
     v_min: Union[float, str] = -2.0  # lower bound of the membrane potential, or "none" (no bound)
     reset: str = "subtract"  # after a spike: "subtract" (v <- v - theta) or "zero" (v <- 0; with v_min = "none" NIR's IF)
     syn_alpha: float = 1.0  # synaptic current filter (1: none)
+    pool_alpha: float = 1.0  # max-pools route by the maxima of a trace of the current with this filter (1: the step's own)
     trace_tau: float = 10.0  # steps: output spike trace that feeds the nudge
     encoding: str = "current"  # "current" or "poisson"
     chip_input: str = ""  # energy estimates: how the chip takes the input, "spikes" or "bias" ("": the profile's)

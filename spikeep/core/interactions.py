@@ -11,7 +11,8 @@ An interaction declares (Laborieux et al. 2021, Eq. 7):
   which is what EP's estimators difference between phases.
 
 Spiking networks build the same forward drive from a synaptic current instead of a state:
-`forward_current(z) = w * z` (no bias, before pooling) and `drive_from_current(u) = P(u + b)`.
+`forward_current(z) = w * z` (no bias, before pooling) and `drive_from_current(u) = P(u + b)` (a max-pool can be
+routed by the winners of another map, e.g. a slower trace of u: `drive_from_current(u, route)`).
 
 Weights use PyTorch's standard layouts and initialisation (nn.Linear / nn.Conv2d: uniform Kaiming
 with a = sqrt(5), bias uniform in +-1/sqrt(fan_in)), times an optional scale, so they can be
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
 from .fused import IMPLS, Pooled
-from .pooling import max_pool_2x2, max_unpool_2x2
+from .pooling import max_pool_2x2, max_unpool_2x2, take_2x2
 
 Tensor = torch.Tensor
 Grads = dict[str, Tensor]
@@ -71,7 +72,9 @@ class Interaction(nn.Module):
     def forward_current(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def drive_from_current(self, u: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def drive_from_current(self, u: Tensor, route: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """P(u + b) and the max-pool indices; with `route` (a map of u's shape) a max-pool takes u + b at
+        route's winners instead of its own (other poolings ignore it)."""
         raise NotImplementedError
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
@@ -215,7 +218,7 @@ class Dense(Interaction):
     def forward_current(self, z: Tensor) -> Tensor:
         return F.linear(z.flatten(1), self.weight)
 
-    def drive_from_current(self, u: Tensor) -> tuple[Tensor, None]:
+    def drive_from_current(self, u: Tensor, route: Optional[Tensor] = None) -> tuple[Tensor, None]:
         return u + self.bias, None
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
@@ -362,8 +365,11 @@ class Conv(Interaction):
     def forward_current(self, z: Tensor) -> Tensor:
         return F.conv2d(z, self.weight, None, self.stride, self.padding)
 
-    def drive_from_current(self, u: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        return self.pool(u + self.bias.view(1, -1, 1, 1))
+    def drive_from_current(self, u: Tensor, route: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        if route is None or self.pool_kind != "m":
+            return self.pool(u + self.bias.view(1, -1, 1, 1))
+        idx = max_pool_2x2(route)[1]  # the bias is per channel: it moves no window's winner
+        return take_2x2(u, idx) + self.bias.view(1, -1, 1, 1), idx
 
     def phi(self, pre: Tensor, post: Tensor) -> Tensor:
         return (post * self.forward_drive(pre)[0]).sum((1, 2, 3))

@@ -37,6 +37,17 @@ def max_unpool_2x2(g: Tensor, indices: Tensor, out_hw: tuple[int, int]) -> Tenso
     return max_unpool_2x2_explicit(g, indices, out_hw)
 
 
+def take_2x2(z: Tensor, indices: Tensor) -> Tensor:
+    """The values of z at the window winners `indices` of another map's max_pool_2x2 (either index
+    format: F.max_pool2d's flat int64 indices or the explicit rule's uint8 window positions): a 2x2
+    max-pool of z routed by another map's maxima. take_2x2(z, max_pool_2x2(z)[1]) is max_pool_2x2(z)[0]."""
+    if indices.dtype == torch.int64:
+        b, c, h, w = indices.shape
+        return z.reshape(b, c, -1).gather(2, indices.reshape(b, c, -1)).view(b, c, h, w)
+    z00, z01, z10, z11 = _windows(z)
+    return torch.where(indices == 0, z00, torch.where(indices == 1, z01, torch.where(indices == 2, z10, z11)))
+
+
 def max_pool_2x2_explicit(z: Tensor) -> tuple[Tensor, Tensor]:
     """max_pool_2x2 by its definition: returns (values, window position 0..3 of the winner, uint8) in
     z's memory format; under autograd the gradient goes to the winner only."""

@@ -4,7 +4,7 @@ The spiking network uses the very same EqNetwork (weights, wiring, Phi); only th
 Every neuron of layer k integrates a current built from spike events only:
 
     I_k(t) = P(u_k(t) + b_k) + f_k(t) (+ beta * nudge)       currents into layer k (EqNetwork.total_drives)
-    u_k   <- (1 - alpha) u_k   + alpha * W_k z_{k-1}(t-1)     forward synaptic current (pre-pool)
+    u_k   <- (1 - alpha) u_k   + alpha * W_k z_{k-1}(t-1)     forward synaptic current (pre-pool; P: see Max-pools)
     f_k   <- (1 - alpha) f_k   + alpha * W_{b,k+1}^T unpool(z_{k+1}(t-1))   feedback current
     v_k   <- v_k + I_k;  z_k = [v_k > theta];  v_k <- v_k - theta z_k     (IF, reset by subtraction)
 
@@ -13,6 +13,15 @@ rates r of a spiking equilibrium solve r_k = clip(dPhi/ds_k(r) / theta, 0, 1): w
 network's fixed point with `my_hard_sig` (Laborieux et al. 2021, Eq. 8). Spikes reach the currents
 through the dense or the event back end (spikeep.spiking.propagation); `auto` picks per source layer
 once per window, from the activity measured in the window before (no per-step device sync).
+
+Max-pools: a max-pool of the current u_k = W_k z_{k-1} takes, each step, the largest of four noisy
+currents, and the mean of a maximum is above the maximum of the means (Jensen): behind a max-pool the
+spiking rates sit above the rate network's fixed point (on the CPU CIFAR-10 ConvNet +0.008 and +0.005 in
+the mean rates of its 2nd and 3rd layers; analysis/results/cifar10_twin/). With pool_alpha < 1 the
+winner of each 2x2 pooling window is the maximum of a trace q_k <- q_k + pool_alpha (u_k - q_k), and
+the pool passes this step's u_k at that winner (mean: W_k r there); the feedback goes back through the
+same winners. pool_alpha = 1 (the default) is the winner of each step's own current. The synaptic filter
+syn_alpha narrows the noise too, but slows every current (and so the settling) with it.
 
 Phases (free, +beta, -beta) run in windows of `window` steps; a window's spike counts give the
 rates. Settling: an IF neuron at equilibrium still flickers by one spike between windows (its rate
@@ -68,6 +77,9 @@ class SpikingParams:
     backend: str = "auto"
     crossover: float = DEFAULT_CROSSOVER
     conv_crossover: float = DEFAULT_CONV_CROSSOVER  # the same for layers that drive conv synapses
+    # max-pool routing: the winners of a window are the maxima of a trace q <- q + pool_alpha (u - q) of its
+    # synaptic current u; 1 = of this step's current itself (see the module docstring)
+    pool_alpha: float = 1.0
 
     def __post_init__(self):
         check_neuron_params(self.neuron)
@@ -95,6 +107,8 @@ class SpikingParams:
             raise ValueError(f"spiking backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.crossover <= 1:
             raise ValueError(f"spiking crossover must be an activity in [0, 1], got {self.crossover!r}")
+        if not 0 < self.pool_alpha <= 1:
+            raise ValueError(f"spiking pool_alpha must lie in (0, 1], got {self.pool_alpha!r}")
         if not 0 <= self.conv_crossover <= 1:
             raise ValueError(f"spiking conv_crossover must be an activity in [0, 1], got {self.conv_crossover!r}")
 
@@ -106,6 +120,7 @@ class SimState(NamedTuple):
     u: tuple[Tensor, ...]  # filtered forward currents W_k z_{k-1}, per synapse (pre-pool)
     f: tuple[Tensor, ...]  # filtered feedback currents into layers 0..N-2
     rho: Tensor  # exponential trace of the last layer's spikes (the rate the nudge sees)
+    q: tuple[Tensor, ...] = ()  # pool_alpha < 1: per synapse, the trace of u whose maxima route its max-pool
 
 
 class Phase(NamedTuple):
@@ -204,7 +219,8 @@ class SpikingSimulator:
         neurons = tuple(NeuronState(z.clone(), torch.zeros_like(z, dtype=torch.int32)) for z in zeros)
         u = tuple(torch.zeros(b, *syn.current_shape, **c) for syn in net.synapses)
         f = tuple(z.clone() for z in zeros[:-1])
-        return SimState(neurons, tuple(zeros), u, f, zeros[-1].clone())
+        q = tuple(torch.zeros_like(c) for c in u) if self.p.pool_alpha < 1 else ()
+        return SimState(neurons, tuple(zeros), u, f, zeros[-1].clone(), q)
 
     def _use_events(self, z: Tensor, k: int) -> bool:
         if self.p.backend != "auto":
@@ -245,17 +261,7 @@ class SpikingSimulator:
             if k + 1 < n:
                 sent_up[k + 1] = up
             sent_down[k] = down
-        u, drive, idx = [], [], []
-        for k in range(n):
-            if k == 0 and x_spikes is None:  # constant current: the rate network's own first drive
-                u.append(st.u[0])
-                drive.append(inp.drive)
-                idx.append(None)
-                continue
-            u.append(filt(st.u[k], sent_up[k]))
-            d, i = syn[k].drive_from_current(u[k])
-            drive.append(d)
-            idx.append(i)
+        u, q, drive, idx = self._forward_drives(inp, st, sent_up, x_spikes is None)
         f = []
         for k in range(n - 1):
             fb = sent_down[k + 1]
@@ -272,7 +278,27 @@ class SpikingSimulator:
             zs.append(z)
             neurons.append(ns)
         rho = st.rho + (zs[-1] - st.rho) / p.trace_tau
-        return SimState(tuple(neurons), tuple(zs), tuple(u), tuple(f), rho)
+        return SimState(tuple(neurons), tuple(zs), tuple(u), tuple(f), rho, tuple(q))
+
+    def _forward_drives(self, inp: Inputs, st: SimState, sent_up: list[Optional[Tensor]], constant_input: bool):
+        """Each layer's forward drive P(u + b) from its filtered synaptic current u (the new currents
+        `sent_up`): (currents, pool traces, drives, max-pool indices). With pool_alpha < 1 a max-pool
+        takes u + b at the maxima of the trace q <- q + pool_alpha (u - q) instead of its own."""
+        a, pa = self.p.syn_alpha, self.p.pool_alpha
+        u, q, drive, idx = [], list(st.q), [], []
+        for k, syn in enumerate(self.net.synapses):
+            if k == 0 and constant_input:  # constant current: the rate network's own first drive
+                u.append(st.u[0])
+                drive.append(inp.drive)
+                idx.append(None)
+                continue
+            u.append(sent_up[k] if a == 1.0 else st.u[k] + a * (sent_up[k] - st.u[k]))
+            if q:
+                q[k] = st.q[k] + pa * (u[k] - st.q[k])
+            d, i = syn.drive_from_current(u[k], q[k] if q else None)
+            drive.append(d)
+            idx.append(i)
+        return u, q, drive, idx
 
     def _check_input_spikes(self, inp: Inputs, input_spikes: Tensor, T: int) -> Tensor:
         check_spikes(input_spikes, "input spike train")

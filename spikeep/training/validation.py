@@ -32,7 +32,7 @@ def spiking_params(s: SpikingConfig) -> SpikingParams:
     return SpikingParams(NeuronParams(s.theta, s.leak, s.refractory, v_min, s.reset), s.syn_alpha, s.trace_tau,
                          s.window, s.rate_tol, s.settle_statistic, s.settle_quantile, s.encoding, s.backend,
                          DEFAULT_CROSSOVER if s.crossover < 0 else s.crossover,
-                         DEFAULT_CONV_CROSSOVER if s.conv_crossover < 0 else s.conv_crossover)
+                         DEFAULT_CONV_CROSSOVER if s.conv_crossover < 0 else s.conv_crossover, s.pool_alpha)
 
 
 def synapse_spec(p: PlasticityConfig) -> SynapseSpec:
