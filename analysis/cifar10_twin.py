@@ -14,6 +14,10 @@ random with data.subset_seed as data.test_subset draws them, normalised as the c
   event prices (--profile; the twin's float weights, its events priced with the profile's figures, the
   input held as a bias).
 
+Any other network runs the same way (--config, --weights, --set): a spiking-trained ConvNet's "rate network"
+is its weights with rate neurons (model.neurons = "rate"), e.g. the MNIST spiking ConvNets of
+analysis/results/spiking_deep/ (give --rate-T1: a spiking config's dynamics.T1 is not what it was trained with).
+
 Writes OUT/NAME.json (every figure) and OUT/NAME.md (the table). One CPU thread by default.
 
     python analysis/cifar10_twin.py --images 2000 --out analysis/results/cifar10_twin \
@@ -95,7 +99,7 @@ def test_images(args, cfg):
 @torch.no_grad()
 def rate_network(args, net, x, y, T1: int) -> dict:
     """The rate network's free phase of T1 steps on every batch: states, predictions, loss, seconds."""
-    cfg = load_config(args.config, args.set + [f"dynamics.T1={T1}"])
+    cfg = load_config(args.config, args.set + ['model.neurons="rate"', f"dynamics.T1={T1}"])  # a spiking config's rate twin too
     learner = make_learner(cfg, net)
     states, t0 = [], time.perf_counter()
     for i in range(0, len(y), args.batch):

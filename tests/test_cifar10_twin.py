@@ -61,3 +61,39 @@ def test_help():
     r = subprocess.run([sys.executable, str(REPO / "analysis" / "cifar10_twin.py"), "--help"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and "--variant" in r.stdout and "--weights" in r.stdout
+
+
+def test_a_spiking_trained_config_gets_a_rate_twin_that_is_a_rate_network(tmp_path):
+    """With a spiking config (model.neurons = "spiking", e.g. the MNIST spiking ConvNets) the two rate
+    columns must run rate neurons: once they ran the spiking network itself (gap 0, 100 % agreement)."""
+    import torch
+
+    from spikeep.training.build import build_network
+    from spikeep.training.checkpoint_files import CHECKPOINT_FORMAT
+    from spikeep.training.validation import load_config
+
+    sets = ['data.name="mnist-quickstart"', "model.channels=[4,8]"]
+    torch.manual_seed(0)
+    net = build_network(load_config("mnist_conv64_spiking", sets))
+    torch.save({"format": CHECKPOINT_FORMAT, "model": net.state_dict()}, tmp_path / "w.pt")
+    args = ["--config", "mnist_conv64_spiking", "--weights", str(tmp_path / "w.pt"), "--images", "8", "--batch", "4",
+            "--rate-T1", "30", "--fixed-T1", "60", "--out", str(tmp_path)]
+    for s in sets:
+        args += ["--set", s]
+    out = cifar10_twin.main(args + ["--variant", "short: T1=40, T2=20, window=10, rate_tol=0"])
+    v = out["spiking"]["short"]
+    assert [x["layer"] for x in v["layers"]] == ["conv1 4x12x12", "conv2 8x4x4"]
+    assert v["steps_per_inference"] == 40 and out["rate"]["T1"] == 30
+    # spike rates of a 40-step phase read from its last window of 10 steps: multiples of 1/10, which a
+    # rate network's states are not, and near but not at the rate fixed point
+    gaps = [x["mean_abs_rate_gap"] for x in v["layers"]]
+    assert all(1e-3 < g < 0.2 for g in gaps), gaps
+    assert all(0 < x["rate_network_state"] < 1 for x in v["layers"])
+    # and the rate twin's states are a rate network's: off the 1/window grid that spike rates sit on
+    a = cifar10_twin.parse_args(args)
+    cfg, net, _ = cifar10_twin.load_network(a)
+    x, y, _ = cifar10_twin.test_images(a, cfg)
+    s = cifar10_twin.rate_network(a, net, x, y, 30)["state"]
+    inner = torch.cat([t.flatten() for t in s])
+    inner = inner[(inner > 0.01) & (inner < 0.99)] * cfg.spiking.window
+    assert inner.numel() > 100 and float(((inner - inner.round()).abs() < 1e-4).float().mean()) < 0.05
