@@ -142,6 +142,36 @@ def test_the_stop_message_starts_a_line_of_its_own_after_a_progress_bar(tmp_path
     assert before.endswith("\n"), f"glued to the progress bar's line: {before[-120:]!r}"
 
 
+
+def test_an_error_mid_epoch_starts_a_line_of_its_own_after_a_progress_bar(tmp_path):
+    """A run that diverges a few iterations into its epoch, its bar on a terminal: the error line must not
+    be glued to the bar (the bar is closed, i.e. erased, before the error goes up)."""
+    run = tmp_path / "run"
+    diverging = ["model.loss=mse", "train.lrs=[1e3, 1e3]", "model.activation=identity", "model.init_scale=0.05",
+                 "dynamics.T1=30", "data.subset=600", "model.hidden=[64]", "train.batch_size=25", "train.epochs=1"]
+    master, slave = pty.openpty()
+    termios.tcsetwinsize(slave, (24, 120))
+    cmd = [sys.executable, "-m", "spikeep.cli", "train", str(QUICK), "--run-dir", str(run), *sets(diverging)]
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=ENV,
+                             cwd=REPO)
+    finally:
+        os.close(slave)
+    try:
+        seen = read_until(master, lambda s: False, time.time() + 240)
+        p.wait(timeout=60)
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    text = seen.decode(errors="replace")
+    assert p.returncode == 3, (p.returncode, text)  # divergence
+    before, found, _ = text.partition("spikeep train: error:")
+    assert found and "%|" in before, text  # the bar was drawn, then the error came
+    on_screen = before.rsplit("\n", 1)[-1].rsplit("\r", 1)[-1]  # what the cursor's line shows before the error
+    assert on_screen.strip() == "", f"glued to the progress bar's line: {before[-160:]!r}"
+
 # spikeep.cli.main called in-process (a notebook, a script), its SIGINT handler the caller's; the run faked
 IN_PROCESS = r"""
 import os, signal, sys

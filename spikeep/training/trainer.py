@@ -307,6 +307,16 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
     t0 = time.perf_counter() - st.stats.seconds
     bar = _EpochBar(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{_epochs(cfg, st)}",
                     disable=not progress, leave=False)
+    try:  # an error mid-epoch (divergence, a full disk) closes the bar first: its line starts clean
+        _epoch_batches(cfg, run_dir, procs, train_set, st, learner, recorder, budget, ep, bar, t0)
+    finally:
+        bar.close()
+    return time.perf_counter() - t0
+
+
+def _epoch_batches(cfg: Config, run_dir: Path, procs: Dist, train_set: Split, st: TrainState, learner: Learner,
+                   recorder: Optional[TraceRecorder], budget: Optional[Budget], ep: _Epoch, bar: tqdm,
+                   t0: float) -> None:
     checks = FiniteChecks()
     if budget is not None:
         budget.before_epoch(st, ep.n_batches)
@@ -334,8 +344,6 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
             budget.after_iteration(cfg, st, procs, ep.n_batches)
             if budget.cut:
                 break
-    bar.close()
-    return time.perf_counter() - t0
 
 
 class _EpochBar(tqdm):
