@@ -351,3 +351,19 @@ def test_every_script_the_readme_names_answers_help(script):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage" in r.stdout.lower(), r.stdout[:500]
+
+
+def test_the_wide_spiking_convnet_row_is_its_run_folder_and_twin_file():
+    """README's row of mnist_conv64_spiking (issue 30, item 1): accuracy per epoch, spikes, SynOps, activity and
+    energy are those of analysis/results/spiking_deep/conv64/ (run/ and twin.json)."""
+    d = RESULTS / "spiking_deep" / "conv64"
+    m = metrics(d / "run" / "metrics.csv")
+    s = json.loads((d / "run" / "summary.json").read_text())
+    v = json.loads((d / "twin.json").read_text())["spiking"]["default"]
+    text = README.read_text()
+    line = next(x for x in text.splitlines() if "mnist_conv64_spiking.toml" in x and x.startswith("|"))
+    accs = " / ".join(f"{float(r['test_acc']):.2f}" for r in m)
+    check_in(line, f"{s['final_test_acc']:.2f} %: **short of**", f"({accs} %, train {s['final_train_acc']:.2f} %)",
+             f"{len(m)} epochs", f"{v['spikes_per_inference']:,.0f} spikes", f"{v['synops_per_inference']:.2e}".replace("e+0", "e"),
+             "activity " + " / ".join(f"{x['activity']:.3f}" for x in v["layers"]),
+             f"{v['energy']['per_inference_J']['total'] * 1e3:.2f} mJ at Loihi prices")
