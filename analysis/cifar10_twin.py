@@ -242,7 +242,7 @@ def markdown(out: dict) -> str:
     if some["energy"]:
         rows.append([f"energy per inference, {some['energy']['profile']} event prices (input as a bias)", "", ""]
                     + [f"{v['energy']['per_inference_J']['total'] * 1e3:.2f} mJ" for v in vs.values()])
-    threads = out.get("threads", 1)
+    threads = out["threads"]
     rows.append([f"seconds per image ({threads} CPU thread{'s' if threads != 1 else ''})", f"{r['seconds_per_image']:.3f}", f"{f['seconds_per_image']:.3f}"]
                 + [f"{v['seconds_per_image']:.3f}" for v in vs.values()])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(row) + " |" for row in rows]

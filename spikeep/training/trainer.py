@@ -308,42 +308,36 @@ def _train_epoch(cfg: Config, run_dir: Path, procs: Dist, device, progress: bool
     bar = _EpochBar(total=ep.n_batches, initial=st.batch, desc=f"epoch {ep.number}/{_epochs(cfg, st)}",
                     disable=not progress, leave=False)
     try:  # an error mid-epoch (divergence, a full disk) closes the bar first: its line starts clean
-        _epoch_batches(cfg, run_dir, procs, train_set, st, learner, recorder, budget, ep, bar, t0)
+        checks = FiniteChecks()
+        if budget is not None:
+            budget.before_epoch(st, ep.n_batches)
+        while st.batch < ep.n_batches:
+            before = _iteration(cfg, procs, train_set, st, learner, recorder, ep, checks)
+            st.batch += 1
+            st.stats.batches += 1
+            checkpoint_now = _sync_point(cfg, procs, st, ep.n_batches, checks, bar)
+            if recorder is not None:
+                it_global = st.epoch * ep.n_batches + st.batch
+                recorder.record(it_global, ep.number, ep.layer_weights, before,
+                                {n: w.grad for n, w in ep.layer_weights.items()}, alignment_angles(st.net))
+                if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
+                    record_snapshot(recorder, learner, it_global, ep.number)
+            bar.update()
+            saved_stats = _stats_of_every_process(procs, st.stats) if checkpoint_now else None  # a collective
+            if checkpoint_now and procs.main:
+                st.stats.seconds = saved_stats.seconds = time.perf_counter() - t0
+                if recorder is not None:
+                    recorder.flush()  # traces up to the checkpoint are on disk before it is
+                st.save(run_dir / "checkpoint.pt", cfg, saved_stats)
+            if checkpoint_now:
+                st.saved_at = time.monotonic()  # every process: the next time-based checkpoint is agreed on
+            if budget is not None:
+                budget.after_iteration(cfg, st, procs, ep.n_batches)
+                if budget.cut:
+                    break
     finally:
         bar.close()
     return time.perf_counter() - t0
-
-
-def _epoch_batches(cfg: Config, run_dir: Path, procs: Dist, train_set: Split, st: TrainState, learner: Learner,
-                   recorder: Optional[TraceRecorder], budget: Optional[Budget], ep: _Epoch, bar: tqdm,
-                   t0: float) -> None:
-    checks = FiniteChecks()
-    if budget is not None:
-        budget.before_epoch(st, ep.n_batches)
-    while st.batch < ep.n_batches:
-        before = _iteration(cfg, procs, train_set, st, learner, recorder, ep, checks)
-        st.batch += 1
-        st.stats.batches += 1
-        checkpoint_now = _sync_point(cfg, procs, st, ep.n_batches, checks, bar)
-        if recorder is not None:
-            it_global = st.epoch * ep.n_batches + st.batch
-            recorder.record(it_global, ep.number, ep.layer_weights, before,
-                            {n: w.grad for n, w in ep.layer_weights.items()}, alignment_angles(st.net))
-            if cfg.traces.full_every and it_global % cfg.traces.full_every == 0:
-                record_snapshot(recorder, learner, it_global, ep.number)
-        bar.update()
-        saved_stats = _stats_of_every_process(procs, st.stats) if checkpoint_now else None  # a collective
-        if checkpoint_now and procs.main:
-            st.stats.seconds = saved_stats.seconds = time.perf_counter() - t0
-            if recorder is not None:
-                recorder.flush()  # traces up to the checkpoint are on disk before it is
-            st.save(run_dir / "checkpoint.pt", cfg, saved_stats)
-        if checkpoint_now:
-            st.saved_at = time.monotonic()  # every process: the next time-based checkpoint is agreed on
-        if budget is not None:
-            budget.after_iteration(cfg, st, procs, ep.n_batches)
-            if budget.cut:
-                break
 
 
 class _EpochBar(tqdm):
