@@ -353,7 +353,7 @@ def test_every_script_the_readme_names_answers_help(script):
     assert "usage" in r.stdout.lower(), r.stdout[:500]
 
 
-@pytest.mark.parametrize("folder", ["conv64"])  # conv64_e14 once its twin.json is in
+@pytest.mark.parametrize("folder", ["conv64", "conv64_e14"])
 def test_the_wide_spiking_convnet_rows_are_their_run_folders_and_twin_files(folder):
     """README's rows of mnist_conv64_spiking (issue 30, item 1), one per run: accuracy per epoch, the verdict
     against the 99.0 % asked, spikes, SynOps, activity and energy are those of
